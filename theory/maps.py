@@ -112,7 +112,8 @@ def _anchor_check(rng: np.random.Generator):
         for _ in range(6):
             u = nm.sphere_step(u[None], -aw * p[None], 1.0)[0]  # loss -w cos; eta w = aw
             th = f(th, aw)
-            errors.append(abs(np.arccos(np.clip(u @ p, -1, 1)) - abs(th)))
+            angle = np.arctan2(np.linalg.norm(u - (u @ p) * p), u @ p)
+            errors.append(abs(angle - abs(th)))
         if aw > 2.05:
             ts = anchor_cycle_angle(aw)
             errors.append(abs(f(f(ts, aw), aw) - ts))
@@ -239,7 +240,8 @@ def _pair_check_factory(raw: bool):
             th = 1e-6
             uv = np.array([[1.0, 0.0], [np.cos(th), np.sin(th)]])
             new = nm.sphere_step(uv, -np.stack([uv[1], uv[0]]), b, project=not raw)
-            angle = abs(np.arctan2(np.cross(new[0], new[1]), new[0] @ new[1]))
+            cross = new[0, 0] * new[1, 1] - new[0, 1] * new[1, 0]
+            angle = abs(np.arctan2(cross, new[0] @ new[1]))
             pred = abs(1 - 2 * b) if not raw else abs(1 - b) / (1 + b)
             errors.append(abs(angle / th - pred))
         return np.array(errors), 1e-9

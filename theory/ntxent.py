@@ -280,7 +280,10 @@ def _rank1_check(rng: np.random.Generator):
         n_side = int(rng.integers(3, 11))
         t = float(rng.uniform(0.15, 1.2))
         crit = float(RANK1_CRITICAL.subs({tau: t, n: n_side}))
+        lam = float(LAMBDA_SIGMA.subs({tau: t, n: n_side, E: np.exp(1 / t)}))
         e = float(rng.uniform(0.1, 3.0)) * (crit if np.isfinite(crit) else 1.0)
+        while abs(1 - e * lam) < 0.25:  # keep away from the flip, where |r| -> 0
+            e *= 1.3
         u, pos, sig = rank1_configuration(n_side, 2)
         f = lambda z: nm.ntxent_sum(z, pos, t, raw=True)  # noqa: E731
 
@@ -293,12 +296,13 @@ def _rank1_check(rng: np.random.Generator):
         J = np.stack(
             [(step_angles(h * ei) - step_angles(-h * ei)) / (2 * h) for ei in np.eye(2 * n_side)], 1
         )
-        measured = np.sort(np.linalg.eigvals(J).real)
+        # J = (I - eta S) / |r| with S symmetric at this configuration
+        measured = np.sort(np.linalg.eigvalsh((J + J.T) / 2))
         modes = rank1_modes(t, n_side, e)
         mult = {"global rotation": 1, "shared shift": 1}
         mult.update({k: n_side - 1 for k in MODE_MU if k not in mult})
         predicted = np.sort(np.concatenate([[modes[k]] * mult[k] for k in mult]))
-        errors.append(np.max(np.abs(measured - predicted)))
+        errors.append(np.max(np.abs(measured - predicted) / np.maximum(1.0, np.abs(predicted))))
     return np.array(errors), 1e-6
 
 
