@@ -1,0 +1,127 @@
+"""Figures drawn from `theory` alone: cobweb plots of the one-step maps and critical rates."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import theory
+
+from .registry import Figure, Table, plt, register
+
+
+def _cobweb(ax, f, x0, steps, lo, hi, label_fmt):
+    xs = np.linspace(lo, hi, 400)
+    ax.plot(xs, f(xs), color="C0", lw=1.6)
+    ax.plot(xs, xs, color="0.6", lw=0.8, ls="--")
+    pts = [x0]
+    x = x0
+    path_x, path_y = [x], [lo]
+    for _ in range(steps):
+        y = float(f(x))
+        path_x += [x, y]
+        path_y += [y, y]
+        x = y
+        pts.append(x)
+    ax.plot(path_x, path_y, color="C3", lw=0.9)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(min(lo, float(np.min(f(xs)))), hi)
+    ax.set_title(label_fmt, fontsize=9)
+    return pts
+
+
+def build_maps():
+    rows = []
+    fig, axes = plt.subplots(2, 3, figsize=(11, 7))
+    w = 1.0
+    eta_anchor = theory.critical_lr("anchor", w=w)
+    for ax, factor in zip(axes[0], (0.5, 0.9, 1.25)):
+        eta = factor * eta_anchor
+        f = theory.step_map("anchor", eta=eta, w=w)
+        pts = _cobweb(ax, f, 1.2, 25, -np.pi / 2, np.pi / 2,
+                      f"anchor map, $\\eta w$ = {eta * w:.2f} ($\\eta_c w$ = 2)")
+        ax.set_xlabel(r"$\theta$")
+        ax.set_ylabel(r"$\theta'$")
+        if eta * w > 2:
+            ts = theory.anchor_cycle_angle(eta * w)
+            ax.axhline(ts, color="C2", lw=0.8, ls=":")
+            ax.axhline(-ts, color="C2", lw=0.8, ls=":", label=r"period-2 orbit $\pm\theta^*$")
+            ax.legend(fontsize=7, loc="lower right")
+        rows += [("anchor", eta * w, k, p) for k, p in enumerate(pts)]
+    eta_pair = theory.critical_lr("pair", w=w)
+    for ax, factor in zip(axes[1], (0.5, 0.9, 1.5)):
+        eta = factor * eta_pair
+        f = theory.step_map("pair", eta=eta, w=w)
+        pts = _cobweb(ax, f, 0.2, 25, -1.0, 1.0,
+                      f"pair map (attraction), $\\beta$ = {eta * w:.2f} ($\\beta_c$ = 1)")
+        ax.set_xlabel(r"$\cos\theta$")
+        ax.set_ylabel(r"$\cos\theta'$")
+        rows += [("pair", eta * w, k, p) for k, p in enumerate(pts)]
+    fig.suptitle("One-step maps below and above their critical learning rates")
+    fig.tight_layout()
+    return fig, Table(("map", "eta_w", "step", "value"), rows)
+
+
+def build_ntxent_critical():
+    taus = np.geomspace(0.1, 2.0, 80)
+    rows = []
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for k, batch in enumerate((8, 64, 512)):
+        n_neg = 2 * batch - 2
+        exact, cand = [], []
+        for t in taus:
+            p = theory.ntxent_p_pos(t, n_neg, -1.0)
+            exact.append(theory.critical_lr("ntxent_pair", tau=t, p_pos=p))
+            cand.append(float(theory.ntxent.NTXENT_CANDIDATE.subs(
+                {theory.symbols.tau: t, theory.symbols.p_pos: p})))
+        ax1.loglog(taus, exact, color=f"C{k}", label=f"N = {batch} pairs")
+        ax1.loglog(taus, cand, color=f"C{k}", ls="--", lw=0.9)
+        rows += [("ntxent_pair", batch, t, e, c) for t, e, c in zip(taus, exact, cand)]
+    ax1.set_xlabel(r"temperature $\tau$")
+    ax1.set_ylabel(r"critical learning rate $\eta_c$ (sum over anchors)")
+    ax1.set_title("aligned positive pair, antipodal negatives\n(solid: derived; dashed: "
+                  r"candidate $\tau/(2(1-p_{pos}))$)", fontsize=9)
+    ax1.legend(fontsize=8)
+    for k, n in enumerate((3, 8, 64)):
+        exact, cand = [], []
+        for t in taus:
+            exact.append(theory.critical_lr("rank1_cycle", tau=t, n=n))
+            cand.append(t / (np.tanh(1 / t) - 1 / n))
+        exact = np.array(exact)
+        ax2.loglog(taus, np.where(np.isfinite(exact), exact, np.nan), color=f"C{k}",
+                   label=f"n = {n} per side")
+        ax2.loglog(taus, cand, color=f"C{k}", ls="--", lw=0.9)
+        rows += [("rank1_cycle", n, t, e, c) for t, e, c in zip(taus, exact, cand)]
+    ax2.set_xlabel(r"temperature $\tau$")
+    ax2.set_ylabel(r"$\eta$ above which $\pm u^*$ attracts")
+    ax2.set_title("rank-1 two-cycle, unprojected update\n(solid: derived; dashed: candidate "
+                  r"$\tau/(\tanh(1/\tau) - 1/n)$)", fontsize=9)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    return fig, Table(("claim", "size", "tau", "eta_c", "candidate"), rows)
+
+
+register(Figure(
+    id="maps",
+    title="Cobweb plots of the anchor and pair maps",
+    caption=(
+        "Top: angle to a fixed prototype under the anchor map at eta*w = 1, 1.8 and 2.5 "
+        "(threshold 2; above it an attracting period-2 orbit appears). Bottom: cosine of an "
+        "attracting pair at beta = 0.5, 0.9 and 1.5 (threshold 1)."
+    ),
+    preset=None,
+    build=build_maps,
+))
+
+register(Figure(
+    id="ntxent_critical_lr",
+    title="Critical learning rate of NT-Xent against temperature",
+    caption=(
+        "Left: eta_c of an aligned positive pair (claim ntxent_pair, antipodal negatives, "
+        "2N - 2 negatives) against tau, with the pair-term-only candidate dashed. Right: the "
+        "rate above which the rank-1 two-cycle attracts (claim rank1_cycle); missing values: "
+        "never attracting. NT-Xent summed over anchors (SimCLR's mean over 2N anchors "
+        "multiplies every rate by 2N)."
+    ),
+    preset=None,
+    build=build_ntxent_critical,
+))

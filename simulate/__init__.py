@@ -1,0 +1,1 @@
+"""Simulation of contrastive training on Gaussian-mixture data (PyTorch)."""
