@@ -1,0 +1,117 @@
+"""CLOP: pull labelled embeddings toward fixed orthonormal class prototypes
+(Li, Nguyen, Pimentel-Alarcon, arXiv 2403.18699)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._common import as_runs, check_labels, check_views, compute_dtype, finish, nonnegative_number
+
+DISTANCES = ("cosine", "euclidean", "manhattan")
+PROTOTYPE_KINDS = ("orthonormal", "simplex")
+
+
+def make_prototypes(k: int, d: int, kind: str = "orthonormal", seed: int = 0) -> torch.Tensor:
+    """Fixed unit prototypes ``(k, d)`` in float64.
+
+    ``orthonormal``: k rows of a seeded QR of a Gaussian matrix (needs k <= d).
+    ``simplex``: a simplex ETF, pairwise cosine -1/(k-1) (needs k <= d + 1), the ablation
+    the paper argues against.
+    """
+    if kind not in PROTOTYPE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(PROTOTYPE_KINDS)}, got {kind!r}")
+    if not (isinstance(k, int) and k >= 1) or not (isinstance(d, int) and d >= 1):
+        raise ValueError(f"k and d must be integers >= 1, got k={k!r}, d={d!r}")
+    if kind == "orthonormal" and k > d:
+        raise ValueError(f"k must be <= d = {d} for orthonormal prototypes, got k = {k}")
+    if kind == "simplex" and (k > d + 1 or k < 2):
+        raise ValueError(f"k must be in [2, d + 1 = {d + 1}] for simplex prototypes, got k = {k}")
+    from ..data import class_directions
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x70726F]))
+    return torch.as_tensor(class_directions(kind, k, d, rng), dtype=torch.float64)
+
+
+def clop_term(
+    z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
+    weight: float = 1.0, distance: str = "cosine",
+) -> torch.Tensor:
+    """``weight * mean_{labelled i} (d(z_i, p_{y_i}) + d(z'_i, p_{y_i})) / 2`` per run.
+
+    Distances act on L2-normalised embeddings: cosine ``1 - cos``, euclidean ``|u - p|_2``,
+    manhattan ``|u - p|_1``. Rows with label -1 are skipped; a run with no labelled row
+    gives 0 (and a zero gradient). For cosine the value lies in [0, 2] (times weight) and is 0
+    exactly when every labelled embedding points at its prototype.
+
+    Shape:
+        z1, z2: (R, B, D) or (B, D); labels: (B,) or (R, B); prototypes: (K, D); output (R,).
+    """
+    check_views(z1, z2)
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
+    unbatched, (z1, z2) = as_runs(z1, z2)
+    runs, b, d = z1.shape
+    if prototypes.dim() != 2 or prototypes.shape[1] != d:
+        raise ValueError(f"prototypes must have shape (K, {d}), got {tuple(prototypes.shape)}")
+    labels = check_labels(labels, runs, b, prototypes.shape[0]).to(z1.device)
+    dtype = z1.dtype
+    cdt = compute_dtype(dtype)
+    protos = prototypes.to(device=z1.device, dtype=cdt)
+    labelled = labels >= 0
+    target = protos[labels.clamp(min=0)]  # (R, B, D)
+
+    def dist(z):
+        u = torch.nn.functional.normalize(z.to(cdt), dim=-1)
+        if distance == "cosine":
+            return 1 - (u * target).sum(-1)
+        if distance == "euclidean":
+            return (u - target).norm(dim=-1)
+        return (u - target).abs().sum(-1)
+
+    per_row = 0.5 * (dist(z1) + dist(z2)) * labelled
+    count = labelled.sum(1).clamp(min=1)
+    return finish(weight * per_row.sum(1) / count, unbatched, dtype)
+
+
+class CLOPLoss(nn.Module):
+    """CLOP term with fixed prototypes held as a buffer.
+
+    Args:
+        num_classes: K.
+        dim: embedding dimension D (K <= D for orthonormal prototypes).
+        weight: lambda >= 0.
+        distance: cosine | euclidean | manhattan.
+        prototypes: orthonormal | simplex.
+        seed: seed of the prototype draw.
+
+    Shape:
+        z1, z2: (R, B, D) or (B, D); labels: (B,) or (R, B), -1 unlabelled; output (R,).
+    """
+
+    def __init__(self, num_classes: int, dim: int, weight: float = 1.0, distance: str = "cosine",
+                 prototypes: str = "orthonormal", seed: int = 0):
+        super().__init__()
+        if distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
+        self.weight = nonnegative_number("weight", weight)
+        self.distance = distance
+        self.register_buffer("prototypes", make_prototypes(num_classes, dim, prototypes, seed))
+
+    def forward(self, z1, z2, labels):
+        return clop_term(z1, z2, labels, self.prototypes, self.weight, self.distance)
+
+
+class WithCLOP(nn.Module):
+    """``base(z1, z2, labels) + CLOP(z1, z2, labels)``: any base loss with the CLOP term."""
+
+    def __init__(self, base: nn.Module, clop: CLOPLoss):
+        super().__init__()
+        self.base, self.clop = base, clop
+        self.cosine_only = False
+
+    def forward(self, z1, z2, labels=None, normalize: bool = True):
+        if labels is None:
+            raise ValueError("labels are required with CLOP (use -1 for unlabelled rows)")
+        return self.base(z1, z2, labels, normalize) + self.clop(z1, z2, labels)

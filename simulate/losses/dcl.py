@@ -1,0 +1,54 @@
+"""Decoupled contrastive loss (Yeh et al., ECCV 2022, eq. 6)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._common import as_runs, check_views, compute_dtype, finish, masked_logsumexp, positive_number, unit
+
+
+def dcl(z1: torch.Tensor, z2: torch.Tensor, tau: float, normalize: bool = True) -> torch.Tensor:
+    """DCL averaged over the 2B anchors: NT-Xent with the positive removed from the
+    denominator, ``l_i = -s_{i,p(i)} + log sum_{j != i, p(i)} exp(s_ij)``.
+
+    Shape:
+        z1, z2: (R, B, D) or (B, D), B >= 2 (B = 1 leaves no negative); output (R,).
+        All embeddings equal: ``log(2B - 2)``.
+    """
+    check_views(z1, z2)
+    tau = positive_number("tau", tau)
+    if z1.shape[-2] < 2:
+        raise ValueError(f"batch size must be >= 2 for DCL (no negatives otherwise), got {z1.shape[-2]}")
+    unbatched, (z1, z2) = as_runs(z1, z2)
+    dtype = z1.dtype
+    z = torch.cat([z1, z2], dim=1).to(compute_dtype(dtype))
+    u = unit(z, normalize)
+    n = u.shape[1]
+    b = n // 2
+    s = u @ u.transpose(1, 2) / tau
+    idx = torch.arange(n, device=z.device)
+    pos = torch.cat([idx[b:], idx[:b]])
+    negatives = (idx[None, :] != idx[:, None]) & (idx[None, :] != pos[:, None])
+    lse = masked_logsumexp(s, negatives.expand_as(s))
+    return finish((lse - s[:, idx, pos]).mean(1), unbatched, dtype)
+
+
+class DCLLoss(nn.Module):
+    """DCL loss (module form of :func:`dcl`).
+
+    Args:
+        temperature: tau > 0.
+
+    Shape:
+        z1, z2: (R, B, D) or (B, D); output (R,) or scalar.
+    """
+
+    cosine_only = True
+
+    def __init__(self, temperature: float = 0.5):
+        super().__init__()
+        self.temperature = positive_number("temperature", temperature)
+
+    def forward(self, z1, z2, labels=None, normalize: bool = True):
+        return dcl(z1, z2, self.temperature, normalize)

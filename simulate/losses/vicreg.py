@@ -1,0 +1,69 @@
+"""VICReg (Bardes, Ponce, LeCun, ICLR 2022, eqs. 1-6)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._common import as_runs, check_views, compute_dtype, finish, nonnegative_number, positive_number
+
+
+def vicreg(
+    z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
+    cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4,
+) -> torch.Tensor:
+    """``lambda s(Z, Z') + mu [v(Z) + v(Z')] + nu [c(Z) + c(Z')]`` per run.
+
+    ``s`` = mean squared distance of the views (MSE over B and D); ``v(Z) = 1/D sum_j
+    max(0, gamma - sqrt(Var(z_j) + eps))`` (unbiased variance over the batch); ``c(Z) = 1/D
+    sum_{i != j} C(Z)_ij^2`` with ``C`` the covariance matrix. Not a cosine-only loss.
+
+    Shape:
+        z1, z2: (R, B, D) or (B, D), B >= 2; output (R,).
+    """
+    check_views(z1, z2)
+    if z1.shape[-2] < 2:
+        raise ValueError(f"batch size must be >= 2 for VICReg (variance), got {z1.shape[-2]}")
+    unbatched, (z1, z2) = as_runs(z1, z2)
+    dtype = z1.dtype
+    z1, z2 = z1.to(compute_dtype(dtype)), z2.to(compute_dtype(dtype))
+    _, b, d = z1.shape
+    inv = ((z1 - z2) ** 2).mean(dim=(1, 2))
+
+    def var_cov(z):
+        zc = z - z.mean(1, keepdim=True)
+        cov = zc.transpose(1, 2) @ zc / (b - 1)
+        std = torch.sqrt(torch.diagonal(cov, dim1=1, dim2=2) + eps)
+        v = torch.relu(gamma - std).mean(1)
+        off = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2))
+        return v, (off**2).sum((1, 2)) / d
+
+    v1, c1 = var_cov(z1)
+    v2, c2 = var_cov(z2)
+    loss = sim_weight * inv + var_weight * (v1 + v2) + cov_weight * (c1 + c2)
+    return finish(loss, unbatched, dtype)
+
+
+class VICRegLoss(nn.Module):
+    """VICReg (module form of :func:`vicreg`).
+
+    Args:
+        sim_weight, var_weight, cov_weight: lambda, mu, nu >= 0 (paper: 25, 25, 1).
+        gamma: target standard deviation > 0. eps: > 0.
+
+    Shape:
+        z1, z2: (R, B, D) or (B, D); output (R,) or scalar.
+    """
+
+    cosine_only = False
+
+    def __init__(self, sim_weight=25.0, var_weight=25.0, cov_weight=1.0, gamma=1.0, eps=1e-4):
+        super().__init__()
+        self.sim_weight = nonnegative_number("sim_weight", sim_weight)
+        self.var_weight = nonnegative_number("var_weight", var_weight)
+        self.cov_weight = nonnegative_number("cov_weight", cov_weight)
+        self.gamma = positive_number("gamma", gamma)
+        self.eps = positive_number("eps", eps)
+
+    def forward(self, z1, z2, labels=None, normalize: bool = True):
+        return vicreg(z1, z2, self.sim_weight, self.var_weight, self.cov_weight, self.gamma, self.eps)

@@ -1,0 +1,200 @@
+"""Collapse metrics, computed per run and vectorised over a stack of runs.
+
+Every function takes embeddings ``(R, N, D)`` (or ``(N, D)``, treated as R = 1) and returns
+one value per run, in float64 (inputs are promoted). No per-sample Python loops.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: collapse_state codes and their names
+HEALTHY, RANK1_COLLAPSED, FULLY_COLLAPSED = 0, 1, 2
+STATE_NAMES = {HEALTHY: "healthy", RANK1_COLLAPSED: "rank1", FULLY_COLLAPSED: "collapsed"}
+#: mean pairwise cosine at or above which a run is fully collapsed (one point)
+FULL_COLLAPSE_MEAN_COS = 0.99
+#: mean pairwise |cosine| at or above which a run is rank-1 collapsed (one line, +-u*)
+RANK1_MEAN_ABS_COS = 0.99
+#: probability floor inside RankMe's entropy (Garrido et al. 2023 use 1e-7)
+RANKME_EPS = 1e-7
+
+
+def _runs(z: torch.Tensor) -> torch.Tensor:
+    z = z.detach()
+    if z.dim() == 2:
+        z = z.unsqueeze(0)
+    if z.dim() != 3:
+        raise ValueError(f"embeddings must have shape (N, D) or (R, N, D), got {tuple(z.shape)}")
+    return z.to(torch.float64)
+
+
+def _unit(z: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(z, dim=-1)
+
+
+def singular_values(z: torch.Tensor) -> torch.Tensor:
+    """Singular values of each run's (uncentred) embedding matrix, descending. (R, min(N, D))."""
+    return torch.linalg.svdvals(_runs(z))
+
+
+def effective_rank(z: torch.Tensor) -> torch.Tensor:
+    """RankMe (Garrido et al., ICML 2023, eq. 1): ``exp(-sum_k p_k log p_k)`` with
+    ``p_k = s_k / ||s||_1 + eps``, ``s`` the singular values of the uncentred embeddings,
+    ``eps = RANKME_EPS``. The one definition of effective rank in this toolkit. (R,)."""
+    s = singular_values(z)
+    p = s / s.sum(-1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny) + RANKME_EPS
+    return torch.exp(-(p * p.log()).sum(-1))
+
+
+def embedding_variance(z: torch.Tensor) -> torch.Tensor:
+    """Sum over dimensions of the per-dimension variance (biased, over the N rows). (R,).
+    Pass normalised embeddings for the scale-free quantity the paper plots."""
+    return _runs(z).var(dim=1, unbiased=False).sum(-1)
+
+
+def _offdiag_cos(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    u = _unit(_runs(z))
+    c = u @ u.transpose(1, 2)
+    n = c.shape[-1]
+    mask = ~torch.eye(n, dtype=torch.bool, device=c.device)
+    return c, mask
+
+
+def mean_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
+    """Mean of cos(z_i, z_j) over i != j. (R,). Uses ``sum(u)^2`` (O(N D)), not the N x N matrix."""
+    u = _unit(_runs(z))
+    n = u.shape[1]
+    total = (u.sum(1) ** 2).sum(-1) - (u * u).sum((1, 2))
+    return total / (n * (n - 1))
+
+
+def mean_abs_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
+    """Mean of |cos(z_i, z_j)| over i != j. (R,)."""
+    c, mask = _offdiag_cos(z)
+    return (c.abs() * mask).sum((1, 2)) / mask.sum()
+
+
+def max_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
+    """Largest cos(z_i, z_j) over i != j. (R,)."""
+    c, mask = _offdiag_cos(z)
+    return c.masked_fill(~mask, -2.0).amax((1, 2))
+
+
+def mean_norm(z: torch.Tensor) -> torch.Tensor:
+    """Mean Euclidean norm of the rows. (R,)."""
+    return _runs(z).norm(dim=-1).mean(-1)
+
+
+def _class_means(z: torch.Tensor, y: torch.Tensor, k: int):
+    z = _runs(z)
+    y = y.to(z.device)
+    if y.dim() == 1:
+        y = y.unsqueeze(0).expand(z.shape[0], -1)
+    onehot = torch.nn.functional.one_hot(y.clamp(min=0), k).to(z.dtype) * (y >= 0)[..., None]
+    counts = onehot.sum(1)  # (R, k)
+    means = onehot.transpose(1, 2) @ z / counts.clamp(min=1)[..., None]
+    return z, onehot, counts, means
+
+
+def nc1(z: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """NC1 within-class variability (Papyan, Han, Donoho, PNAS 2020, Sec. 3):
+    ``Tr(Sigma_W Sigma_B^+) / k`` with ``Sigma_W`` the within-class covariance and
+    ``Sigma_B`` the covariance of the class means around the global mean. Rows with label
+    -1 are ignored. (R,)."""
+    z, onehot, counts, means = _class_means(z, y, k)
+    n = counts.sum(-1)
+    centred = z - onehot @ means
+    valid = onehot.sum(-1, keepdim=True)
+    sw = (centred * valid).transpose(1, 2) @ (centred * valid) / n[:, None, None]
+    present = (counts > 0).to(z.dtype)
+    gmean = (means * present[..., None]).sum(1, keepdim=True) / present.sum(-1)[:, None, None]
+    mc = (means - gmean) * present[..., None]
+    sb = mc.transpose(1, 2) @ mc / present.sum(-1)[:, None, None]
+    return torch.diagonal(sw @ torch.linalg.pinv(sb, hermitian=True), dim1=1, dim2=2).sum(-1) / k
+
+
+def target_gram(k: int, kind: str = "orthonormal") -> torch.Tensor:
+    """Target Gram matrix of unit class means: identity (orthonormal, CLOP's target) or the
+    simplex ETF ``(k I - 1 1^T) / (k - 1)``."""
+    if kind == "orthonormal":
+        return torch.eye(k, dtype=torch.float64)
+    if kind == "simplex":
+        return (k * torch.eye(k, dtype=torch.float64) - 1) / (k - 1)
+    raise ValueError(f"kind must be orthonormal or simplex, got {kind!r}")
+
+
+def gram_distance(z: torch.Tensor, y: torch.Tensor, k: int, target: str = "orthonormal") -> torch.Tensor:
+    """Distance of the normalised class-mean Gram matrix to a target (an NC2-style measure,
+    Papyan et al. 2020): ``|| M M^T / ||M M^T||_F - G / ||G||_F ||_F`` with ``M`` the unit
+    class means (uncentred) and ``G = target_gram(k, target)``. (R,)."""
+    _, _, _, means = _class_means(z, y, k)
+    m = _unit(means)
+    g = m @ m.transpose(1, 2)
+    t = target_gram(k, target).to(g.device)
+    return (g / g.norm(dim=(1, 2), keepdim=True) - t / t.norm()).norm(dim=(1, 2))
+
+
+def min_class_angle(z: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """Smallest angle (radians) between two class means. (R,)."""
+    _, _, _, means = _class_means(z, y, k)
+    m = _unit(means)
+    c = (m @ m.transpose(1, 2)).clamp(-1, 1)
+    c = c.masked_fill(torch.eye(k, dtype=torch.bool, device=c.device), -1.0)
+    return torch.arccos(c.amax((1, 2)))
+
+
+def prototype_cosine(z: torch.Tensor, y: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Mean cos(z_i, p_{y_i}) over rows with a label (y >= 0). (R,)."""
+    z = _unit(_runs(z))
+    y = y.to(z.device)
+    if y.dim() == 1:
+        y = y.unsqueeze(0).expand(z.shape[0], -1)
+    p = prototypes.to(device=z.device, dtype=z.dtype)[y.clamp(min=0)]
+    lab = (y >= 0).to(z.dtype)
+    return ((z * p).sum(-1) * lab).sum(-1) / lab.sum(-1).clamp(min=1)
+
+
+def knn_accuracy(train: torch.Tensor, y_train: torch.Tensor, test: torch.Tensor, y_test: torch.Tensor,
+                 k_classes: int, neighbours: int = 5) -> torch.Tensor:
+    """Accuracy of a cosine-similarity k-nearest-neighbour vote (ties to the lowest class). (R,)."""
+    a, b = _unit(_runs(train)), _unit(_runs(test))
+    sim = b @ a.transpose(1, 2)  # (R, Nte, Ntr)
+    nb = min(neighbours, a.shape[1])
+    idx = sim.topk(nb, dim=-1).indices
+    ytr = y_train.to(a.device)
+    ytr = ytr.unsqueeze(0).expand(a.shape[0], -1) if ytr.dim() == 1 else ytr
+    votes = torch.gather(ytr[:, None, :].expand(-1, idx.shape[1], -1), 2, idx)
+    counts = torch.nn.functional.one_hot(votes, k_classes).sum(2)
+    pred = counts.argmax(-1)
+    yte = y_test.to(a.device)
+    return (pred == yte).to(torch.float64).mean(-1)
+
+
+def linear_probe_accuracy(train: torch.Tensor, y_train: torch.Tensor, test: torch.Tensor,
+                          y_test: torch.Tensor, k_classes: int, ridge: float = 1e-3) -> torch.Tensor:
+    """Accuracy of a ridge-regression linear probe on one-hot targets (closed form, with a
+    bias; inputs standardised per run, ``ridge`` times the identity added). (R,)."""
+    a, b = _runs(train), _runs(test)
+    mu, sd = a.mean(1, keepdim=True), a.std(1, keepdim=True).clamp_min(1e-12)
+    a, b = (a - mu) / sd, (b - mu) / sd
+    ones = lambda x: torch.cat([x, torch.ones_like(x[..., :1])], -1)  # noqa: E731
+    a, b = ones(a), ones(b)
+    ytr = y_train.to(a.device)
+    t = torch.nn.functional.one_hot(ytr, k_classes).to(a.dtype)
+    t = t.unsqueeze(0).expand(a.shape[0], -1, -1) if t.dim() == 2 else t
+    gram = a.transpose(1, 2) @ a + ridge * a.shape[1] * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    w = torch.linalg.solve(gram, a.transpose(1, 2) @ t)
+    pred = (b @ w).argmax(-1)
+    return (pred == y_test.to(a.device)).to(torch.float64).mean(-1)
+
+
+def collapse_state(z: torch.Tensor) -> torch.Tensor:
+    """Classify each run: ``FULLY_COLLAPSED`` (2) when the mean pairwise cosine is at least
+    ``FULL_COLLAPSE_MEAN_COS``; else ``RANK1_COLLAPSED`` (1) when the mean pairwise |cosine|
+    is at least ``RANK1_MEAN_ABS_COS``; else ``HEALTHY`` (0). (R,) int64."""
+    full = mean_pairwise_cosine(z) >= FULL_COLLAPSE_MEAN_COS
+    line = mean_abs_pairwise_cosine(z) >= RANK1_MEAN_ABS_COS
+    state = torch.full(full.shape, HEALTHY, dtype=torch.int64, device=full.device)
+    state[line] = RANK1_COLLAPSED
+    state[full] = FULLY_COLLAPSED
+    return state

@@ -1,0 +1,143 @@
+"""Models over stacks of runs, and the update modes that match the theory's assumptions.
+
+``FreeEmbeddings`` is the unconstrained-features model: one free vector per data point and
+view-independent (both views of point i read row i). ``StackedMLP`` is an encoder whose
+weights carry a leading run dimension and are applied with batched matmuls.
+
+Update modes (``UPDATE_MODES``):
+
+* ``free``: the loss normalises inside; parameters take plain gradient steps, so norms grow
+  (claim ``norm_growth``).
+* ``sphere``: as ``free``, then every embedding row is renormalised after the step: the
+  projected step + renormalisation of claims ``anchor_map``, ``pair_map``, ``ntxent_pair``.
+* ``sphere_raw``: the loss uses raw dot products of the (unit) rows, so the gradient is
+  not projected, then rows are renormalised: claims ``pair_map_unprojected``, ``rank1_cycle``.
+
+The sphere modes apply to free embeddings only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+UPDATE_MODES = {
+    "free": "plain gradient step; the loss normalises; norms grow",
+    "sphere": "projected gradient step, then renormalise rows",
+    "sphere_raw": "raw dot-product gradient step, then renormalise rows",
+}
+
+
+def check_mode(mode: str, model: nn.Module | None = None) -> str:
+    if mode not in UPDATE_MODES:
+        raise ValueError(f"update_mode must be one of {', '.join(UPDATE_MODES)}, got {mode!r}")
+    if model is not None and mode != "free" and not isinstance(model, FreeEmbeddings):
+        raise ValueError(f"update_mode {mode!r} needs free embeddings; an encoder takes 'free'")
+    return mode
+
+
+def run_generators(seeds, device="cpu") -> list[torch.Generator]:
+    """One torch generator per run from integer seeds (independent of the stack a run is in)."""
+    return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+
+
+def _stack_randn(gens, shape, dtype) -> torch.Tensor:
+    return torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in gens]).to(dtype)
+
+
+class FreeEmbeddings(nn.Module):
+    """Free embeddings ``(R, N, D)``, one row per data point, drawn per run from its seed.
+
+    Args:
+        seeds: one integer seed per run.
+        n: number of points. dim: embedding dimension.
+        init_scale: standard deviation of the initial entries (> 0).
+        unit_init: start on the unit sphere (the sphere modes need it).
+    """
+
+    def __init__(self, seeds, n: int, dim: int, init_scale: float = 1.0, unit_init: bool = False,
+                 dtype=torch.float32):
+        super().__init__()
+        if not (math.isfinite(init_scale) and init_scale > 0):
+            raise ValueError(f"init_scale must be a finite number > 0, got {init_scale!r}")
+        w = _stack_randn(run_generators(seeds), (n, dim), dtype) * init_scale
+        if unit_init:
+            w = nn.functional.normalize(w, dim=-1)
+        self.weight = nn.Parameter(w)
+
+    @property
+    def runs(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, index: torch.Tensor, x=None) -> torch.Tensor:
+        """Rows ``index`` (R, B) of each run -> (R, B, D); ``x`` (the data) is ignored."""
+        return torch.gather(self.weight, 1, index[..., None].expand(-1, -1, self.weight.shape[-1]))
+
+    @torch.no_grad()
+    def renormalise_(self) -> None:
+        self.weight.copy_(nn.functional.normalize(self.weight, dim=-1))
+
+    def embed_all(self, x=None) -> torch.Tensor:
+        return self.weight
+
+
+class StackedMLP(nn.Module):
+    """MLP encoder with weights ``(R, in, out)`` per layer: ReLU between layers, optional
+    batch norm (per-run batch statistics, no affine), Kaiming-uniform init per run seed.
+
+    Args:
+        seeds: one integer seed per run.
+        in_dim, hidden, out_dim: layer widths; depth: number of linear layers (>= 1).
+        batch_norm: normalise hidden activations over the batch.
+
+    Shape:
+        x: (R, B, in_dim) -> (R, B, out_dim).
+    """
+
+    def __init__(self, seeds, in_dim: int, hidden: int, out_dim: int, depth: int = 3,
+                 batch_norm: bool = False, dtype=torch.float32):
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        for name, v in (("in_dim", in_dim), ("hidden", hidden), ("out_dim", out_dim)):
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        widths = [in_dim] + [hidden] * (depth - 1) + [out_dim]
+        gens = run_generators(seeds)
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+            bound = 1 / math.sqrt(fan_in)
+            w = torch.stack([(torch.rand(fan_in, fan_out, generator=g, dtype=torch.float64) * 2 - 1)
+                             for g in gens]) * bound
+            b = torch.stack([(torch.rand(1, fan_out, generator=g, dtype=torch.float64) * 2 - 1)
+                             for g in gens]) * bound
+            self.weights.append(nn.Parameter(w.to(dtype)))
+            self.biases.append(nn.Parameter(b.to(dtype)))
+        self.batch_norm = batch_norm
+
+    @property
+    def runs(self) -> int:
+        return self.weights[0].shape[0]
+
+    def forward(self, index=None, x: torch.Tensor | None = None) -> torch.Tensor:
+        h = x
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b, h, w)
+            if i < last:
+                if self.batch_norm:
+                    h = (h - h.mean(1, keepdim=True)) / (h.var(1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+                h = torch.relu(h)
+        return h
+
+    def embed_all(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(None, x)
+
+
+def derive_seeds(seed: int, runs: int) -> np.ndarray:
+    """Independent per-run seeds from one integer (``numpy.random.SeedSequence.spawn``)."""
+    return np.array([s.generate_state(1)[0] for s in np.random.SeedSequence(seed).spawn(runs)])
