@@ -33,3 +33,107 @@ def sphere_step(u: torch.Tensor, g: torch.Tensor, eta: float, project: bool = Tr
     if project:
         g = g - (u * g).sum(-1, keepdim=True) * u
     return unit(u - eta * g)
+
+
+# ----------------------------------------------------------------------------- loss loops
+import math  # noqa: E402
+
+
+def cos(a, b):
+    return (a @ b) / (a.norm() * b.norm())
+
+
+def ntxent_views_loop(z1, z2, tau):
+    """SimCLR eq. 1, averaged over 2B anchors, one anchor at a time."""
+    z = torch.cat([z1, z2])
+    n, b = z.shape[0], z1.shape[0]
+    total = 0.0
+    for i in range(n):
+        p = (i + b) % n
+        den = sum(torch.exp(cos(z[i], z[k]) / tau) for k in range(n) if k != i)
+        total = total - torch.log(torch.exp(cos(z[i], z[p]) / tau) / den)
+    return total / n
+
+
+def supcon_views_loop(z1, z2, labels, tau):
+    """Khosla et al. eq. 2 (L_out); positives: the other view and same-label labelled rows."""
+    z = torch.cat([z1, z2])
+    lab = torch.cat([labels, labels]).tolist()
+    n, b = z.shape[0], z1.shape[0]
+    total = 0.0
+    for i in range(n):
+        pos = [p for p in range(n) if p != i and (p % b == i % b or (lab[i] >= 0 and lab[p] == lab[i]))]
+        den = sum(torch.exp(cos(z[i], z[k]) / tau) for k in range(n) if k != i)
+        total = total - sum(torch.log(torch.exp(cos(z[i], z[p]) / tau) / den) for p in pos) / len(pos)
+    return total / n
+
+
+def dcl_views_loop(z1, z2, tau):
+    z = torch.cat([z1, z2])
+    n, b = z.shape[0], z1.shape[0]
+    total = 0.0
+    for i in range(n):
+        p = (i + b) % n
+        den = sum(torch.exp(cos(z[i], z[k]) / tau) for k in range(n) if k not in (i, p))
+        total = total - cos(z[i], z[p]) / tau + torch.log(den)
+    return total / n
+
+
+def clop_loop(z1, z2, labels, protos, weight):
+    rows = [i for i in range(len(labels)) if labels[i] >= 0]
+    if not rows:
+        return torch.zeros((), dtype=z1.dtype)
+    s = sum(1 - (cos(z1[i], protos[labels[i]]) + cos(z2[i], protos[labels[i]])) / 2 for i in rows)
+    return weight * s / len(rows)
+
+
+def vicreg_loop(z1, z2, lam=25.0, mu=25.0, nu=1.0, gamma=1.0, eps=1e-4):
+    """Bardes et al. eqs. 1-6, written per dimension."""
+    b, d = z1.shape
+    s = sum(((z1[i] - z2[i]) ** 2).sum() for i in range(b)) / (b * d)
+
+    def v(z):
+        out = 0.0
+        for j in range(d):
+            col = z[:, j]
+            var = ((col - col.mean()) ** 2).sum() / (b - 1)
+            out = out + torch.clamp(gamma - torch.sqrt(var + eps), min=0)
+        return out / d
+
+    def c(z):
+        zc = z - z.mean(0)
+        out = 0.0
+        for i in range(d):
+            for j in range(d):
+                if i != j:
+                    out = out + ((zc[:, i] * zc[:, j]).sum() / (b - 1)) ** 2
+        return out / d
+
+    return lam * s + mu * (v(z1) + v(z2)) + nu * (c(z1) + c(z2))
+
+
+def barlow_loop(z1, z2, lambd=5e-3, eps=1e-5):
+    b, d = z1.shape
+
+    def std(z):
+        m = z.mean(0)
+        return (z - m) / torch.sqrt(((z - m) ** 2).mean(0) + eps)
+
+    a, c = std(z1), std(z2)
+    out = 0.0
+    for i in range(d):
+        for j in range(d):
+            cij = sum(a[k, i] * c[k, j] for k in range(b)) / b
+            out = out + ((1 - cij) ** 2 if i == j else lambd * cij**2)
+    return out
+
+
+def rankme_numpy(z):
+    import numpy as np
+
+    s = np.linalg.svd(np.asarray(z, dtype=np.float64), compute_uv=False)
+    p = s / s.sum() + 1e-7
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+_ = math

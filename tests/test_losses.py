@@ -1,0 +1,279 @@
+"""Losses against slow loops from their papers' formulas, invariants, numerics, bad input."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import reference as ref
+from simulate.losses import (
+    BASE_LOSSES, CLOPLoss, NTXentLoss, SupConLoss, barlow_twins, build_loss, clop_term,
+    cosine_pair, dcl, make_prototypes, nt_xent, supcon, vicreg,
+)
+
+DT = torch.float64
+seeds = st.integers(0, 2**31 - 1)
+
+
+def views(seed, r, b, d, dtype=DT):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(r, b, d, generator=g, dtype=dtype), torch.randn(r, b, d, generator=g, dtype=dtype))
+
+
+def labels_for(seed, b, k, unlabelled=True):
+    g = torch.Generator().manual_seed(seed + 7)
+    return torch.randint(-1 if unlabelled else 0, k, (b,), generator=g)
+
+
+# ----------------------------------------------------------------------------- references
+
+
+@given(seed=seeds, b=st.integers(1, 6), d=st.integers(2, 5), tau=st.floats(0.05, 2.0))
+def test_ntxent_matches_simclr_loop(seed, b, d, tau):
+    z1, z2 = views(seed, 1, b, d)
+    assert torch.allclose(nt_xent(z1, z2, tau)[0], ref.ntxent_views_loop(z1[0], z2[0], tau), rtol=1e-10)
+
+
+@pytest.mark.parametrize("b", [1, 2, 8, 32])
+@pytest.mark.parametrize("tau", [0.01, 0.5, 2.0])
+def test_collapsed_closed_forms(b, tau):
+    z = torch.ones(3, b, 4, dtype=DT)
+    assert torch.allclose(nt_xent(z, z, tau), torch.full((3,), math.log(2 * b - 1), dtype=DT))
+    if b >= 2:
+        assert torch.allclose(dcl(z, z, tau), torch.full((3,), math.log(2 * b - 2), dtype=DT))
+
+
+@given(seed=seeds, b=st.integers(1, 6), d=st.integers(2, 5), tau=st.floats(0.05, 2.0), k=st.integers(1, 3))
+def test_supcon_matches_khosla_loop(seed, b, d, tau, k):
+    z1, z2 = views(seed, 1, b, d)
+    lab = labels_for(seed, b, k)
+    got = supcon(z1, z2, lab, tau)[0]
+    assert torch.allclose(got, ref.supcon_views_loop(z1[0], z2[0], lab, tau), rtol=1e-10)
+
+
+@given(seed=seeds, b=st.integers(1, 8), tau=st.floats(0.05, 2.0))
+def test_supcon_with_unique_labels_is_ntxent(seed, b, tau):
+    z1, z2 = views(seed, 2, b, 4)
+    uniq = torch.arange(b)
+    assert torch.allclose(supcon(z1, z2, uniq, tau), nt_xent(z1, z2, tau), rtol=1e-12)
+    assert torch.allclose(supcon(z1, z2, None, tau), nt_xent(z1, z2, tau), rtol=1e-12)
+
+
+@given(seed=seeds, b=st.integers(2, 6), tau=st.floats(0.05, 2.0))
+def test_dcl_matches_loop(seed, b, tau):
+    z1, z2 = views(seed, 1, b, 3)
+    assert torch.allclose(dcl(z1, z2, tau)[0], ref.dcl_views_loop(z1[0], z2[0], tau), rtol=1e-10)
+
+
+@given(seed=seeds, b=st.integers(1, 8), k=st.integers(1, 4), w=st.floats(0.0, 5.0))
+def test_clop_matches_formula(seed, b, k, w):
+    d = k + 1
+    z1, z2 = views(seed, 1, b, d)
+    lab = labels_for(seed, b, k)
+    protos = make_prototypes(k, d, seed=seed % 1000)
+    got = clop_term(z1, z2, lab, protos, w)[0]
+    assert torch.allclose(got, torch.as_tensor(ref.clop_loop(z1[0], z2[0], lab, protos, w), dtype=DT), atol=1e-12)
+
+
+@given(seed=seeds, b=st.integers(2, 5), d=st.integers(1, 4))
+def test_vicreg_and_barlow_match_paper_loops(seed, b, d):
+    z1, z2 = views(seed, 1, b, d)
+    assert torch.allclose(vicreg(z1, z2)[0], ref.vicreg_loop(z1[0], z2[0]), rtol=1e-10)
+    assert torch.allclose(barlow_twins(z1, z2)[0], ref.barlow_loop(z1[0], z2[0]), rtol=1e-10)
+
+
+def test_prototypes_orthonormal_and_simplex():
+    p = make_prototypes(5, 8, seed=3)
+    assert torch.allclose(p @ p.T, torch.eye(5, dtype=DT), atol=1e-12)
+    s = make_prototypes(4, 3, "simplex")
+    g = s @ s.T
+    assert torch.allclose(torch.diagonal(g), torch.ones(4, dtype=DT))
+    off = g[~torch.eye(4, dtype=torch.bool)]
+    assert torch.allclose(off, torch.full_like(off, -1 / 3), atol=1e-12)
+    assert torch.equal(make_prototypes(5, 8, seed=3), p)
+
+
+# ----------------------------------------------------------------------------- invariants
+
+COSINE = {
+    "ntxent": lambda z1, z2, lab, P, tau: nt_xent(z1, z2, tau),
+    "supcon": lambda z1, z2, lab, P, tau: supcon(z1, z2, lab, tau),
+    "dcl": lambda z1, z2, lab, P, tau: dcl(z1, z2, tau),
+    "align": lambda z1, z2, lab, P, tau: cosine_pair(z1, z2, 1.3),
+    "clop": lambda z1, z2, lab, P, tau: clop_term(z1, z2, lab, P, 0.7),
+    "ntxent+clop": lambda z1, z2, lab, P, tau: nt_xent(z1, z2, tau) + clop_term(z1, z2, lab, P, 2.0),
+}
+names = st.sampled_from(sorted(COSINE))
+
+
+def setup(seed, b=6, d=5, k=3, r=2):
+    z1, z2 = views(seed, r, b, d)
+    return z1, z2, labels_for(seed, b, k), make_prototypes(k, d, seed=1)
+
+
+@given(name=names, seed=seeds, tau=st.floats(0.1, 1.0))
+def test_invariant_to_positive_row_scaling(name, seed, tau):
+    z1, z2, lab, P = setup(seed)
+    g = torch.Generator().manual_seed(seed)
+    s1 = torch.rand(z1.shape[:-1] + (1,), generator=g, dtype=DT) * 10 + 0.01
+    s2 = torch.rand(z1.shape[:-1] + (1,), generator=g, dtype=DT) * 10 + 0.01
+    f = COSINE[name]
+    assert torch.allclose(f(z1 * s1, z2 * s2, lab, P, tau), f(z1, z2, lab, P, tau), rtol=1e-10)
+
+
+@given(name=names, seed=seeds, tau=st.floats(0.1, 1.0))
+def test_invariant_to_shared_rotation(name, seed, tau):
+    z1, z2, lab, P = setup(seed)
+    q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=DT, generator=torch.Generator().manual_seed(seed)))
+    f = COSINE[name]
+    assert torch.allclose(f(z1 @ q, z2 @ q, lab, P @ q, tau), f(z1, z2, lab, P, tau), rtol=1e-10)
+
+
+@given(name=names, seed=seeds, tau=st.floats(0.1, 1.0))
+def test_invariant_to_batch_permutation_and_view_swap(name, seed, tau):
+    z1, z2, lab, P = setup(seed)
+    perm = torch.randperm(z1.shape[1], generator=torch.Generator().manual_seed(seed))
+    f = COSINE[name]
+    base = f(z1, z2, lab, P, tau)
+    assert torch.allclose(f(z1[:, perm], z2[:, perm], lab[perm], P, tau), base, rtol=1e-10)
+    assert torch.allclose(f(z2, z1, lab, P, tau), base, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["vicreg", "barlow"])
+def test_non_cosine_losses_symmetric_and_permutation_invariant(name):
+    z1, z2 = views(3, 2, 7, 4)
+    f = {"vicreg": vicreg, "barlow": barlow_twins}[name]
+    perm = torch.randperm(7, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(f(z2, z1), f(z1, z2), rtol=1e-10)
+    assert torch.allclose(f(z1[:, perm], z2[:, perm]), f(z1, z2), rtol=1e-10)
+
+
+@given(name=names, seed=seeds, tau=st.floats(0.1, 1.0))
+def test_gradient_orthogonal_to_each_row(name, seed, tau):
+    z1, z2, lab, P = setup(seed)
+    z1.requires_grad_(True)
+    z2.requires_grad_(True)
+    COSINE[name](z1, z2, lab, P, tau).sum().backward()
+    for z in (z1, z2):
+        dots = (z.grad * z).sum(-1).abs()
+        scale = z.grad.norm(dim=-1) * z.norm(dim=-1) + 1e-300
+        assert float((dots / scale).detach().max()) < 1e-12
+
+
+@given(seed=seeds, b=st.integers(1, 8), k=st.integers(1, 4))
+def test_clop_zero_exactly_on_prototypes_bounded_and_blind_to_unlabelled(seed, b, k):
+    d = k + 2
+    P = make_prototypes(k, d, seed=seed % 97)
+    lab = labels_for(seed, b, k)
+    z1, z2 = views(seed, 1, b, d)
+    val = clop_term(z1, z2, lab, P, 1.0)[0]
+    assert 0.0 <= float(val) <= 2.0
+    on = z1.clone()
+    labelled = lab >= 0
+    on[0, labelled] = P[lab[labelled]] * 3.0
+    assert float(clop_term(on, on, lab, P, 1.0)[0]) == pytest.approx(0.0, abs=1e-12)
+    if labelled.any():
+        off = on.clone()
+        i = int(torch.nonzero(labelled)[0])
+        off[0, i] = off[0, i] + 0.1 * torch.randn(d, dtype=DT)
+        assert float(clop_term(off, on, lab, P, 1.0)[0]) > 1e-10
+    moved1, moved2 = z1.clone(), z2.clone()
+    moved1[0, ~labelled] = torch.randn(int((~labelled).sum()), d, dtype=DT)
+    moved2[0, ~labelled] = torch.randn(int((~labelled).sum()), d, dtype=DT)
+    assert torch.allclose(clop_term(moved1, moved2, lab, P, 1.0), clop_term(z1, z2, lab, P, 1.0))
+
+
+def test_clop_all_unlabelled_is_zero_with_zero_gradient():
+    z1, z2 = views(0, 2, 4, 3)
+    z1.requires_grad_(True)
+    lab = torch.full((4,), -1)
+    v = clop_term(z1, z2, lab, make_prototypes(2, 3), 1.0)
+    v.sum().backward()
+    assert torch.equal(v, torch.zeros(2, dtype=DT)) and torch.equal(z1.grad, torch.zeros_like(z1))
+
+
+@pytest.mark.parametrize("loss", sorted(BASE_LOSSES))
+@pytest.mark.parametrize("clop", [0.0, 0.5])
+def test_stacked_runs_equal_one_at_a_time(loss, clop):
+    z1, z2 = views(11, 4, 6, 5)
+    labels = torch.stack([labels_for(s, 6, 3) for s in range(4)])
+    f = build_loss(loss, temperature=0.3, clop_weight=clop, num_classes=3, dim=5)
+    stacked = f(z1, z2, labels)
+    single = torch.stack([f(z1[r], z2[r], labels[r]) for r in range(4)])
+    assert torch.allclose(stacked, single, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- numerics
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", sorted(BASE_LOSSES))
+def test_dtype_device_matrix(loss, dtype, device):
+    z1, z2 = views(5, 2, 16, 8)
+    labels = labels_for(5, 16, 3)
+    f = build_loss(loss, temperature=0.01, clop_weight=0.5, num_classes=3, dim=8).to(device)
+    want = f(z1.to(device), z2.to(device), labels.to(device))
+    a = z1.to(device=device, dtype=dtype).requires_grad_(True)
+    b = z2.to(device=device, dtype=dtype).requires_grad_(True)
+    got = f(a, b, labels.to(device))
+    got.sum().backward()
+    assert got.dtype == dtype
+    assert torch.isfinite(got).all() and torch.isfinite(a.grad.float()).all()
+    tol = {torch.float64: 1e-12, torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}[dtype]
+    assert torch.allclose(got.double(), want.double(), rtol=tol, atol=tol * 10)
+
+
+@pytest.mark.parametrize("loss", ["ntxent", "supcon", "dcl"])
+def test_tiny_temperature_float32_collapsed_and_spread(loss):
+    f = build_loss(loss, temperature=0.01)
+    for z in (torch.ones(1, 32, 8), torch.randn(1, 32, 8)):
+        a = z.clone().requires_grad_(True)
+        v = f(a, z.clone())
+        v.sum().backward()
+        assert torch.isfinite(v).all() and torch.isfinite(a.grad).all()
+
+
+def test_single_point_batch():
+    z1, z2 = views(0, 1, 1, 3)
+    assert torch.allclose(nt_xent(z1, z2, 0.5), torch.zeros(1, dtype=DT))
+    z1.requires_grad_(True)
+    supcon(z1, z2, torch.tensor([-1]), 0.5).sum().backward()
+    assert torch.isfinite(z1.grad).all()
+
+
+def test_modules_unbatched_input():
+    z1, z2 = views(0, 1, 5, 3)
+    assert NTXentLoss(0.5)(z1[0], z2[0]).shape == ()
+    assert torch.allclose(SupConLoss(0.5)(z1[0], z2[0]), NTXentLoss(0.5)(z1, z2)[0])
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "call, word",
+    [
+        (lambda: make_prototypes(5, 3), "k"),
+        (lambda: CLOPLoss(5, 3), "k"),
+        (lambda: NTXentLoss(0.0), "temperature"),
+        (lambda: nt_xent(*views(0, 1, 3, 2), tau=-1.0), "tau"),
+        (lambda: SupConLoss(-0.5), "temperature"),
+        (lambda: CLOPLoss(2, 3, weight=-1.0), "weight"),
+        (lambda: build_loss("ntxent", clop_weight=-0.1, num_classes=2, dim=3), "clop_weight"),
+        (lambda: build_loss("nope"), "loss"),
+        (lambda: clop_term(*views(0, 1, 3, 4), torch.tensor([0, 1, 5]), make_prototypes(3, 4)), "labels"),
+        (lambda: clop_term(*views(0, 1, 3, 4), torch.tensor([0, 1, -2]), make_prototypes(3, 4)), "labels"),
+        (lambda: nt_xent(torch.randn(2, 3, 4), torch.randn(2, 4, 4), 0.5), "z2"),
+        (lambda: clop_term(*views(0, 1, 3, 4), torch.tensor([0, 1, 1]), make_prototypes(3, 4), distance="l3"), "distance"),
+        (lambda: dcl(*views(0, 1, 1, 4), tau=0.5), "batch size"),
+    ],
+)
+def test_bad_input_names_the_parameter(call, word):
+    with pytest.raises(ValueError, match=word):
+        call()
