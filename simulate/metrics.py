@@ -13,8 +13,8 @@ HEALTHY, RANK1_COLLAPSED, FULLY_COLLAPSED = 0, 1, 2
 STATE_NAMES = {HEALTHY: "healthy", RANK1_COLLAPSED: "rank1", FULLY_COLLAPSED: "collapsed"}
 #: mean pairwise cosine at or above which a run is fully collapsed (one point)
 FULL_COLLAPSE_MEAN_COS = 0.99
-#: mean pairwise |cosine| at or above which a run is rank-1 collapsed (one line, +-u*)
-RANK1_MEAN_ABS_COS = 0.99
+#: mean pairwise squared cosine at or above which a run is rank-1 collapsed (one line, +-u*)
+RANK1_MEAN_SQ_COS = 0.98
 #: probability floor inside RankMe's entropy (Garrido et al. 2023 use 1e-7)
 RANKME_EPS = 1e-7
 
@@ -52,32 +52,39 @@ def embedding_variance(z: torch.Tensor) -> torch.Tensor:
     return _runs(z).var(dim=1, unbiased=False).sum(-1)
 
 
-def _offdiag_cos(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    u = _unit(_runs(z))
-    c = u @ u.transpose(1, 2)
-    n = c.shape[-1]
-    mask = ~torch.eye(n, dtype=torch.bool, device=c.device)
-    return c, mask
-
-
 def mean_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
-    """Mean of cos(z_i, z_j) over i != j. (R,). Uses ``sum(u)^2`` (O(N D)), not the N x N matrix."""
+    """Mean of cos(z_i, z_j) over i != j. (R,). O(N D): ``(|sum_i u_i|^2 - N) / (N (N - 1))``."""
     u = _unit(_runs(z))
     n = u.shape[1]
     total = (u.sum(1) ** 2).sum(-1) - (u * u).sum((1, 2))
     return total / (n * (n - 1))
 
 
-def mean_abs_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
-    """Mean of |cos(z_i, z_j)| over i != j. (R,)."""
-    c, mask = _offdiag_cos(z)
-    return (c.abs() * mask).sum((1, 2)) / mask.sum()
+def mean_sq_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
+    """Mean of cos(z_i, z_j)^2 over i != j. (R,). O(N D^2): ``(|U^T U|_F^2 - N) / (N (N - 1))``;
+    1 exactly when every row lies on one line through the origin."""
+    u = _unit(_runs(z))
+    n = u.shape[1]
+    g = u.transpose(1, 2) @ u
+    return ((g**2).sum((1, 2)) - (u * u).sum((1, 2)) ** 2 / n) / (n * (n - 1))
 
 
 def max_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
-    """Largest cos(z_i, z_j) over i != j. (R,)."""
-    c, mask = _offdiag_cos(z)
-    return c.masked_fill(~mask, -2.0).amax((1, 2))
+    """Largest cos(z_i, z_j) over i != j. (R,). Formed in row blocks of about 2^21 entries
+    (cache-sized), in the embeddings' own dtype (float32 resolves cosines to ~1e-7); the
+    result is float64."""
+    z = z.detach()
+    z = z.unsqueeze(0) if z.dim() == 2 else z
+    u = _unit(z if z.dtype in (torch.float32, torch.float64) else z.float())
+    runs, n, _ = u.shape
+    block = max(1, (1 << 21) // max(1, runs * n))
+    best = torch.full((runs,), -2.0, dtype=u.dtype, device=u.device)
+    ut = u.transpose(1, 2)
+    for i in range(0, n, block):
+        c = torch.bmm(u[:, i: i + block], ut)
+        c[:, :, i: i + block].diagonal(dim1=1, dim2=2).fill_(-2.0)
+        best = torch.maximum(best, c.amax((1, 2)))
+    return best.to(torch.float64)
 
 
 def mean_norm(z: torch.Tensor) -> torch.Tensor:
@@ -190,10 +197,10 @@ def linear_probe_accuracy(train: torch.Tensor, y_train: torch.Tensor, test: torc
 
 def collapse_state(z: torch.Tensor) -> torch.Tensor:
     """Classify each run: ``FULLY_COLLAPSED`` (2) when the mean pairwise cosine is at least
-    ``FULL_COLLAPSE_MEAN_COS``; else ``RANK1_COLLAPSED`` (1) when the mean pairwise |cosine|
-    is at least ``RANK1_MEAN_ABS_COS``; else ``HEALTHY`` (0). (R,) int64."""
+    ``FULL_COLLAPSE_MEAN_COS``; else ``RANK1_COLLAPSED`` (1) when the mean pairwise squared
+    cosine is at least ``RANK1_MEAN_SQ_COS``; else ``HEALTHY`` (0). (R,) int64."""
     full = mean_pairwise_cosine(z) >= FULL_COLLAPSE_MEAN_COS
-    line = mean_abs_pairwise_cosine(z) >= RANK1_MEAN_ABS_COS
+    line = mean_sq_pairwise_cosine(z) >= RANK1_MEAN_SQ_COS
     state = torch.full(full.shape, HEALTHY, dtype=torch.int64, device=full.device)
     state[line] = RANK1_COLLAPSED
     state[full] = FULLY_COLLAPSED

@@ -277,3 +277,22 @@ def test_modules_unbatched_input():
 def test_bad_input_names_the_parameter(call, word):
     with pytest.raises(ValueError, match=word):
         call()
+
+
+@given(seed=seeds, b=st.integers(1, 5), tau=st.floats(0.05, 2.0), raw=st.booleans())
+def test_ntxent_gradient_matches_autograd_of_the_loop(seed, b, tau, raw):
+    z1, z2 = views(seed, 1, b, 3)
+    if raw:  # sphere_raw: unit rows, raw dot products
+        z1, z2 = torch.nn.functional.normalize(z1, dim=-1), torch.nn.functional.normalize(z2, dim=-1)
+    a1, a2 = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+    nt_xent(a1, a2, tau, normalize=not raw).sum().backward()
+    b1, b2 = z1[0].clone().requires_grad_(True), z2[0].clone().requires_grad_(True)
+    pos = torch.cat([torch.arange(b, 2 * b), torch.arange(b)])
+    (ref.ntxent_sum_loop(torch.cat([b1, b2]), pos, tau, raw=raw) / (2 * b)).backward()
+    assert torch.allclose(a1.grad[0], b1.grad, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(a2.grad[0], b2.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_ntxent_gradcheck():
+    z1, z2 = views(0, 2, 3, 4)
+    torch.autograd.gradcheck(lambda a, b: nt_xent(a, b, 0.3), (z1.requires_grad_(), z2.requires_grad_()))

@@ -27,7 +27,7 @@ def test_batched_metrics_equal_per_run():
     z = torch.randn(3, 40, 6, generator=g, dtype=DT)
     y = torch.randint(0, 3, (40,), generator=g)
     fns = [M.effective_rank, M.embedding_variance, M.mean_pairwise_cosine, M.max_pairwise_cosine,
-           M.mean_norm, M.mean_abs_pairwise_cosine, M.collapse_state,
+           M.mean_norm, M.mean_sq_pairwise_cosine, M.collapse_state,
            lambda x: M.nc1(x, y, 3), lambda x: M.gram_distance(x, y, 3),
            lambda x: M.min_class_angle(x, y, 3)]
     for f in fns:
@@ -42,7 +42,7 @@ def test_cosine_stats_against_loops():
     cs = [float(u[i] @ u[j]) for i in range(12) for j in range(12) if i != j]
     assert float(M.mean_pairwise_cosine(z)[0]) == pytest.approx(np.mean(cs), rel=1e-12)
     assert float(M.max_pairwise_cosine(z)[0]) == pytest.approx(max(cs), rel=1e-12)
-    assert float(M.mean_abs_pairwise_cosine(z)[0]) == pytest.approx(np.mean(np.abs(cs)), rel=1e-12)
+    assert float(M.mean_sq_pairwise_cosine(z)[0]) == pytest.approx(np.mean(np.square(cs)), rel=1e-12)
     var = sum(float(((z[:, j] - z[:, j].mean()) ** 2).mean()) for j in range(4))
     assert float(M.embedding_variance(z)[0]) == pytest.approx(var, rel=1e-12)
 

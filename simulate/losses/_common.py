@@ -39,8 +39,14 @@ def unit(z: torch.Tensor, normalize: bool = True) -> torch.Tensor:
 
 
 def masked_logsumexp(s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """log-sum-exp over the last dim of ``s`` where ``mask`` is True (dtype-aware fill)."""
-    return torch.logsumexp(s.masked_fill(~mask, torch.finfo(s.dtype).min), dim=-1)
+    """log-sum-exp over the last dim of ``s`` where ``mask`` (broadcastable to ``s``) is True.
+
+    Masked entries get ``torch.finfo(dtype).min`` added (dtype-aware, never a bare -1e9):
+    they contribute exactly zero, and a row with every entry masked stays finite.
+    """
+    bias = torch.zeros(mask.shape, dtype=s.dtype, device=s.device)
+    bias.masked_fill_(~mask, torch.finfo(s.dtype).min)
+    return torch.logsumexp(s + bias, dim=-1)
 
 
 def positive_number(name: str, value: float) -> float:

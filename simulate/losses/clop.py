@@ -59,20 +59,53 @@ def clop_term(
     dtype = z1.dtype
     cdt = compute_dtype(dtype)
     protos = prototypes.to(device=z1.device, dtype=cdt)
+    return finish(weight * _clop_per_run(z1.to(cdt), z2.to(cdt), labels, protos, distance), unbatched, dtype)
+
+
+def _clop_per_run(z1, z2, labels, protos, distance: str) -> torch.Tensor:
+    """Unchecked core of :func:`clop_term` (R, B, D) -> (R,), weight 1; inputs validated."""
+    return clop_rows(torch.cat([z1, z2], 1), labels, protos, distance)
+
+
+class _CosineCLOP(torch.autograd.Function):
+    """Cosine CLOP on rows ``z = [z1; z2]`` with its analytic gradient:
+    ``dL/dz_i = -w_i (p - cos_i u_i) / |z_i|`` with ``w_i = 1 / (2 m)`` for labelled rows."""
+
+    @staticmethod
+    def forward(ctx, z, target2, weight2):
+        r = z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        u = z / r
+        cos = (u * target2).sum(-1)
+        ctx.save_for_backward(u, r, cos, target2, weight2)
+        return ((1 - cos) * weight2).sum(1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        u, r, cos, target2, weight2 = ctx.saved_tensors
+        coef = (weight2 * grad_out[:, None]).unsqueeze(-1)
+        return -coef * (target2 - cos.unsqueeze(-1) * u) / r, None, None
+
+
+def clop_rows(z, labels, protos, distance: str = "cosine") -> torch.Tensor:
+    """Unchecked CLOP on the concatenated views ``z = [z1; z2]`` (R, 2B, D) with labels (R, B),
+    weight 1 -> (R,). Used by the training engine, whose inputs are validated once."""
     labelled = labels >= 0
-    target = protos[labels.clamp(min=0)]  # (R, B, D)
-
-    def dist(z):
-        u = torch.nn.functional.normalize(z.to(cdt), dim=-1)
-        if distance == "cosine":
-            return 1 - (u * target).sum(-1)
-        if distance == "euclidean":
-            return (u - target).norm(dim=-1)
-        return (u - target).abs().sum(-1)
-
-    per_row = 0.5 * (dist(z1) + dist(z2)) * labelled
-    count = labelled.sum(1).clamp(min=1)
-    return finish(weight * per_row.sum(1) / count, unbatched, dtype)
+    if distance == "cosine" and z.dtype in (torch.float32, torch.float64):
+        target = protos[labels.clamp(min=0)]
+        w = labelled.to(z.dtype) / (2 * labelled.sum(1, keepdim=True).clamp(min=1)).to(z.dtype)
+        return _CosineCLOP.apply(z, torch.cat([target, target], 1), torch.cat([w, w], 1))
+    target = protos[labels.clamp(min=0)]
+    u = torch.nn.functional.normalize(z, dim=-1)
+    t2 = torch.cat([target, target], 1)
+    if distance == "cosine":
+        d = 1 - (u * t2).sum(-1)
+    elif distance == "euclidean":
+        d = (u - t2).norm(dim=-1)
+    else:
+        d = (u - t2).abs().sum(-1)
+    b = labels.shape[1]
+    per_row = 0.5 * (d[:, :b] + d[:, b:]) * labelled
+    return per_row.sum(1) / labelled.sum(1).clamp(min=1)
 
 
 class CLOPLoss(nn.Module):

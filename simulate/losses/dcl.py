@@ -30,8 +30,9 @@ def dcl(z1: torch.Tensor, z2: torch.Tensor, tau: float, normalize: bool = True) 
     idx = torch.arange(n, device=z.device)
     pos = torch.cat([idx[b:], idx[:b]])
     negatives = (idx[None, :] != idx[:, None]) & (idx[None, :] != pos[:, None])
-    lse = masked_logsumexp(s, negatives.expand_as(s))
-    return finish((lse - s[:, idx, pos]).mean(1), unbatched, dtype)
+    lse = masked_logsumexp(s, negatives)
+    pos_sim = (u[:, :b] * u[:, b:]).sum(-1) / tau
+    return finish((lse.sum(1) - 2 * pos_sim.sum(1)) / n, unbatched, dtype)
 
 
 class DCLLoss(nn.Module):

@@ -43,7 +43,7 @@ def supcon(
         lab = torch.cat([labels, labels], dim=1).to(z.device)
         same = (lab[:, :, None] == lab[:, None, :]) & (lab[:, :, None] >= 0)
         pos = pos | (same & ~eye)
-    lse = masked_logsumexp(s, (~eye).expand_as(s))
+    lse = masked_logsumexp(s, ~eye)
     log_prob = s - lse[..., None]
     per_anchor = -(log_prob * pos).sum(-1) / pos.sum(-1)
     return finish(per_anchor.mean(1), unbatched, dtype)

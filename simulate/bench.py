@@ -1,0 +1,116 @@
+"""``python -m simulate bench``: the batched engine against a per-configuration loop.
+
+One fixed grid of 64 configurations shaped like the default figure sweeps (NT-Xent with and
+without CLOP, 8 learning rates from 0.01 to 10, 4 seeds; free embeddings from an 8-class
+mixture, 512 points, d = 16, batch 64, 300 steps) is trained two ways in one process:
+
+* ``loop_s``: one configuration at a time, each with its own ``torch.optim.SGD`` and the same
+  loss functions at R = 1 (as a per-configuration training script runs);
+* ``batched_s``: the engine (all 64 runs as one stack).
+
+The last line printed is one JSON object with ``loop_s``, ``batched_s``, ``speedup``,
+``max_abs_diff`` (between the two sets of final embeddings), ``flops`` (similarity matmuls
+forward and backward), ``matmul_flops_per_s`` (measured batched-matmul throughput at the
+grid's shapes), ``floor_fraction`` = (flops / throughput) / batched_s, and the device.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+
+from .config import RunConfig, expand
+from .losses import clop_term, nt_xent
+from .train import build_chunk, draw_batch, evaluate, forward_views, resolve_device, train_chunk
+
+
+def bench_grid(steps: int = 300) -> list[RunConfig]:
+    return expand({
+        "loss": "ntxent", "temperature": 0.5, "clop_weight": [0.0, 1.0],
+        "lr": [float(x) for x in np.geomspace(0.01, 10.0, 8)], "seed": [0, 1, 2, 3],
+        "model": "free", "k": 8, "d": 16, "per_class": 64, "holdout_fraction": 0.0,
+        "label_fraction": 0.5, "batch_size": 64, "steps": steps, "log_every": steps,
+    })
+
+
+def loop_one(run: RunConfig, device) -> torch.Tensor:
+    """Train one configuration alone with torch.optim.SGD; return its final embeddings."""
+    chunk = build_chunk([run], device)
+    params = list(chunk.model.parameters())
+    opt = torch.optim.SGD(params, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay)
+    evaluate(chunk, final=False)
+    for _ in range(run.steps):
+        idx, labels, v1, v2 = draw_batch(chunk)
+        z1, z2 = forward_views(chunk, idx, v1, v2)
+        loss = nt_xent(z1, z2, run.temperature)
+        if chunk.prototypes is not None:
+            loss = loss + run.clop_weight * clop_term(z1, z2, labels, chunk.prototypes, 1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        opt.step()
+    evaluate(chunk, final=True)
+    return chunk.model.weight.detach()[0]
+
+
+def matmul_throughput(runs: int, rows: int, dim: int, device, repeats: int = 50) -> float:
+    """FLOP/s of ``bmm((R, 2B, D), (R, D, 2B))`` on this device, best of three timings."""
+    a = torch.randn(runs, rows, dim, device=device)
+    b = torch.randn(runs, dim, rows, device=device)
+    best = float("inf")
+    for _ in range(3):
+        torch.bmm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(repeats):
+            torch.bmm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * runs * rows * rows * dim * repeats / best
+
+
+def run_bench(device: str = "auto", steps: int = 300, verbose: bool = True) -> dict:
+    dev = resolve_device(device)
+    runs = bench_grid(steps)
+    say = print if verbose else (lambda *a, **k: None)
+    t = time.perf_counter()
+    looped = torch.stack([loop_one(r, dev) for r in runs])
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    loop_s = time.perf_counter() - t
+    say(f"loop: {len(runs)} configurations one at a time in {loop_s:.2f} s")
+    state: dict = {}
+    t = time.perf_counter()
+    train_chunk(runs, dev, state=state)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    batched_s = time.perf_counter() - t
+    say(f"batched: {len(runs)} configurations as one stack in {batched_s:.2f} s")
+    final = state["model"].weight.detach()
+    r0 = runs[0]
+    rows = 2 * r0.batch_size
+    flops = 3 * 2.0 * len(runs) * rows * rows * r0.d * steps
+    tput = matmul_throughput(len(runs), rows, r0.d, dev)
+    return {
+        "configs": len(runs),
+        "steps": steps,
+        "loop_s": round(loop_s, 4),
+        "batched_s": round(batched_s, 4),
+        "speedup": round(loop_s / batched_s, 3),
+        "max_abs_diff": float((final - looped).abs().max()),
+        "flops": flops,
+        "matmul_flops_per_s": tput,
+        "floor_fraction": round(flops / tput / batched_s, 4),
+        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main_bench(device: str, steps: int) -> int:
+    result = run_bench(device, steps)
+    print(json.dumps(result))
+    return 0

@@ -1,0 +1,388 @@
+"""Train a stack of runs as one program.
+
+``train_chunk(runs)`` takes runs that share a chunk key (same shapes and loss program) and
+trains them together: parameters carry a leading run dimension, one SGD update serves all
+runs (per-run learning rate, momentum, weight decay), and every run draws its minibatches
+and view noise from its own generator, seeded from its own seed, so a run's trajectory does
+not depend on which chunk it lands in.
+
+A run whose loss or parameters become non-finite is marked diverged at that step and frozen;
+its later rows carry ``state = "diverged"`` and NaN metrics. The others go on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .config import RunConfig
+from .data import make_mixture
+from .losses import BASE_LOSSES, TEMPERATURE_LOSSES, make_prototypes
+from .losses.clop import clop_rows
+from .models import FreeEmbeddings, StackedMLP
+
+DIVERGED = "diverged"
+METRIC_COLUMNS = (
+    "loss", "effective_rank", "variance", "mean_cos", "max_cos", "mean_norm", "proto_cos",
+    "state", "diverged", "diverged_step", "knn_acc", "probe_acc",
+)
+#: steps of randomness drawn per generator call
+_BLOCK = 64
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA device is available")
+    return torch.device(device)
+
+
+def run_seeds(seed: int) -> tuple[int, int]:
+    """(initialisation seed, minibatch seed) of a run, spawned from its seed."""
+    a, b = np.random.SeedSequence(seed).spawn(2)
+    return int(a.generate_state(1)[0]), int(b.generate_state(1)[0])
+
+
+class BatchStream:
+    """Minibatch indices and view noise of one run, drawn in blocks from its own generator.
+
+    Each step's indices are a uniformly random subset of size B (the B largest of N iid
+    uniforms), so draws never depend on the other runs of the chunk.
+    """
+
+    def __init__(self, seed: int, n: int, batch: int, views_shape: tuple | None, run: RunConfig):
+        self.g = torch.Generator().manual_seed(seed)
+        self.n, self.b, self.views_shape, self.run = n, batch, views_shape, run
+
+    def block(self):
+        """(indices (BLOCK, B), noise (BLOCK, 2, B, d) or None, signs (BLOCK, 2, B, 1) or None)."""
+        idx = torch.rand(_BLOCK, self.n, generator=self.g).topk(self.b, -1, sorted=False).indices
+        noise = signs = None
+        if self.views_shape is not None:
+            noise = torch.randn((_BLOCK, 2, self.b) + self.views_shape, generator=self.g,
+                                dtype=torch.float64) * self.run.aug_sigma
+            if self.run.sign_flip:
+                signs = torch.randint(0, 2, (_BLOCK, 2, self.b, 1), generator=self.g) * 2 - 1
+        return idx, noise, signs
+
+
+class StackedStream:
+    """The per-run streams of a chunk, stacked block by block onto the device."""
+
+    def __init__(self, streams: list[BatchStream], device, dtype):
+        self.streams, self.device, self.dtype = streams, device, dtype
+        self._pos = _BLOCK
+
+    def _fill(self):
+        blocks = [s.block() for s in self.streams]
+        self._idx = torch.stack([b[0] for b in blocks], 1).to(self.device)  # (BLOCK, R, B)
+        self._noise = self._signs = None
+        if blocks[0][1] is not None:
+            self._noise = torch.stack([b[1] for b in blocks], 1).to(self.device, self.dtype)
+        if blocks[0][2] is not None:
+            self._signs = torch.stack([b[2] for b in blocks], 1).to(self.device, self.dtype)
+        self._pos = 0
+
+    def next(self):
+        if self._pos == _BLOCK:
+            self._fill()
+        i = self._pos
+        self._pos += 1
+        return (self._idx[i], None if self._noise is None else self._noise[i],
+                None if self._signs is None else self._signs[i])
+
+
+@dataclass
+class Chunk:
+    """Stacked state of a chunk: data, model, optimiser tensors, per-run flags."""
+
+    runs: list
+    model: torch.nn.Module
+    x_train: torch.Tensor  # (R, N, d)
+    y_train: torch.Tensor  # (R, N)
+    labels: torch.Tensor  # (R, N), -1 unlabelled
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    streams: StackedStream
+    prototypes: torch.Tensor | None
+    lr: torch.Tensor
+    momentum: torch.Tensor
+    weight_decay: torch.Tensor
+    clop: torch.Tensor
+
+    @property
+    def run_offsets(self) -> torch.Tensor:
+        return torch.arange(len(self.runs), device=self.labels.device)[:, None]
+
+
+def _per_run(values, device, dtype):
+    return torch.tensor(values, device=device, dtype=dtype)
+
+
+def build_chunk(runs: list[RunConfig], device: torch.device, dtype=torch.float32) -> Chunk:
+    keys = {r.chunk_key() for r in runs}
+    if len(keys) != 1:
+        raise ValueError("runs must share one chunk key (same shapes and loss program)")
+    r0 = runs[0]
+    datas = [make_mixture(r.data_config()) for r in runs]
+    stack = lambda name, dt=dtype: torch.stack([getattr(d, name) for d in datas]).to(device=device, dtype=dt)  # noqa: E731
+    x_train, x_test = stack("x_train"), stack("x_test")
+    y_train, y_test = stack("y_train", torch.int64), stack("y_test", torch.int64)
+    labels = stack("labels_train", torch.int64)
+    seeds = [run_seeds(r.seed) for r in runs]
+    n = x_train.shape[1]
+    if r0.model == "free":
+        # rows [0, N) hold view 1 and [N, 2N) view 2 of each point, initialised at the views
+        init = []
+        for (init_seed, _), d, r in zip(seeds, datas, runs):
+            g = torch.Generator().manual_seed(init_seed)
+            v = d.x_train.unsqueeze(0) + r.aug_sigma * torch.randn((2,) + tuple(d.x_train.shape), generator=g, dtype=torch.float64)
+            if r.sign_flip:
+                v = v * (torch.randint(0, 2, (2, n, 1), generator=g) * 2 - 1)
+            init.append(v.reshape(2 * n, -1))
+        model = FreeEmbeddings([0] * len(runs), 2 * n, r0.d, dtype=dtype)
+        with torch.no_grad():
+            model.weight.copy_(torch.stack(init).to(dtype))
+        if r0.update_mode != "free":
+            model.renormalise_()
+        views_shape = None
+    else:
+        model = StackedMLP([s for s, _ in seeds], r0.d, r0.hidden, r0.out_dim, r0.depth,
+                           r0.batch_norm, dtype=dtype)
+        views_shape = (r0.d,)
+    model = model.to(device)
+    streams = StackedStream([BatchStream(bs, n, r0.batch_size, views_shape, r)
+                             for (_, bs), r in zip(seeds, runs)], device, dtype)
+    protos = None
+    if any(r.clop_weight > 0 for r in runs):
+        protos = make_prototypes(r0.k, r0.embedding_dim, r0.prototypes).to(device=device, dtype=dtype)
+    f = lambda name: _per_run([getattr(r, name) for r in runs], device, dtype)  # noqa: E731
+    return Chunk(runs, model, x_train, y_train, labels, x_test, y_test, streams, protos,
+                 f("lr"), f("momentum"), f("weight_decay"), f("clop_weight"))
+
+
+def base_loss_fn(run: RunConfig):
+    cls = BASE_LOSSES[run.loss]
+    return cls(run.temperature) if run.loss in TEMPERATURE_LOSSES else cls()
+
+
+def draw_batch(chunk: Chunk):
+    """Indices (R, B), labels (R, B) and the two views of this step for every run."""
+    idx, noise, signs = chunk.streams.next()
+    labels = chunk.labels.take(idx + chunk.labels.shape[1] * chunk.run_offsets)
+    if noise is None:
+        return idx, labels, None, None
+    x = torch.gather(chunk.x_train, 1, idx[..., None].expand(-1, -1, chunk.x_train.shape[-1]))
+    v1, v2 = x + noise[:, 0], x + noise[:, 1]
+    if signs is not None:
+        v1, v2 = v1 * signs[:, 0], v2 * signs[:, 1]
+    return idx, labels, v1, v2
+
+
+def forward_views(chunk: Chunk, idx, v1, v2):
+    if isinstance(chunk.model, FreeEmbeddings):
+        return chunk.model(idx), chunk.model(idx + chunk.x_train.shape[1])
+    return chunk.model(None, v1), chunk.model(None, v2)
+
+
+def chunk_loss(chunk: Chunk, loss_fn, z: torch.Tensor, labels) -> torch.Tensor:
+    """Per-run objective ``base + lambda_r * CLOP`` (R,) on the rows ``z = [z1; z2]``."""
+    raw = chunk.runs[0].update_mode == "sphere_raw"
+    b = labels.shape[1]
+    if hasattr(loss_fn, "forward_rows") and z.dtype in (torch.float32, torch.float64):
+        loss = loss_fn.forward_rows(z, labels, normalize=not raw)
+    else:
+        loss = loss_fn(z[:, :b], z[:, b:], labels, normalize=not raw)
+    if chunk.prototypes is not None:
+        # labels and prototypes were validated when the chunk was built
+        loss = loss + chunk.clop * clop_rows(z, labels, chunk.prototypes, chunk.runs[0].distance)
+    return loss
+
+
+@torch.no_grad()
+def sgd_step(params, grads, bufs, chunk: Chunk, alive: torch.Tensor, first: bool) -> torch.Tensor:
+    """``torch.optim.SGD`` semantics (no dampening, no Nesterov) with per-run hyper-parameters,
+    over stacked parameters. A run is updated only if it is alive and its new parameters are
+    all finite; returns that per-run mask (the others keep their parameters and buffers)."""
+    R = alive.shape[0]
+    use_wd = bool((chunk.weight_decay != 0).any())
+    use_mom = bool((chunk.momentum != 0).any())
+    new_p, new_b = [], []
+    for p, g, buf in zip(params, grads, bufs):
+        shape = (-1,) + (1,) * (p.dim() - 1)
+        d_p = g + chunk.weight_decay.view(shape) * p if use_wd else g
+        b = d_p if (first or not use_mom) else buf * chunk.momentum.view(shape) + d_p
+        new_p.append(p - chunk.lr.view(shape) * b)
+        new_b.append(b)
+    ok = alive & _finite_per_run(new_p, R)  # non-finite gradients or buffers reach the parameters
+    everyone = bool(ok.all())
+    for p, buf, u, b in zip(params, bufs, new_p, new_b):
+        shape = (-1,) + (1,) * (p.dim() - 1)
+        if everyone:
+            p.copy_(u)
+            if use_mom:
+                buf.copy_(b)
+        else:
+            p.copy_(torch.where(ok.view(shape), u, p))
+            if use_mom:
+                buf.copy_(torch.where(ok.view(shape), b, buf))
+    return ok
+
+
+def _finite_per_run(tensors, runs: int) -> torch.Tensor:
+    """Per-run finiteness, via one sum per tensor (a NaN or inf anywhere makes the sum
+    non-finite; so does a finite sum that overflows, which only happens to runaway runs)."""
+    ok = torch.ones(runs, dtype=torch.bool, device=tensors[0].device)
+    for t in tensors:
+        ok &= torch.isfinite(t.reshape(runs, -1).sum(1))
+    return ok
+
+
+def _sparse_free_step(chunk: Chunk, loss_fn, idx, labels, alive, sphere: bool):
+    """Plain SGD (no momentum, no weight decay) on free embeddings, touching only the rows of
+    the batch: the same update as the dense step, whose gradient is zero on every other row."""
+    weight = chunk.model.weight
+    R, rows_per_run, dim = weight.shape
+    n = chunk.x_train.shape[1]
+    rows = torch.cat([idx, idx + n], 1)  # (R, 2B): view 1 and view 2 rows, all distinct
+    flat = (rows + rows_per_run * torch.arange(R, device=rows.device)[:, None]).reshape(-1)
+    table = weight.detach().view(-1, dim)
+    z = table.index_select(0, flat).view(R, -1, dim).requires_grad_(True)
+    loss = chunk_loss(chunk, loss_fn, z, labels)
+    finite = torch.isfinite(loss)
+    total = torch.where(alive & finite, loss, torch.zeros_like(loss)).sum()
+    (g,) = torch.autograd.grad(total, [z])
+    with torch.no_grad():
+        upd = z - chunk.lr.view(-1, 1, 1) * g
+        if sphere:
+            upd = torch.nn.functional.normalize(upd, dim=-1)
+        ok = alive & finite & _finite_per_run([upd], R)
+        if not bool(ok.all()):
+            upd = torch.where(ok.view(-1, 1, 1), upd, z)
+        table.index_copy_(0, flat, upd.reshape(-1, dim).to(weight.dtype))
+    return loss, ok
+
+
+@torch.no_grad()
+def evaluate(chunk: Chunk, final: bool) -> dict:
+    """Per-run metrics of the embeddings of all training points (float64)."""
+    model = chunk.model
+    if isinstance(model, FreeEmbeddings):
+        emb = model.weight
+        y = torch.cat([chunk.y_train, chunk.y_train], 1)
+    else:
+        emb = model.embed_all(chunk.x_train)
+        y = chunk.y_train
+    finite = _finite_per_run([emb], emb.shape[0])
+    emb = torch.where(finite.view(-1, 1, 1), emb, torch.ones_like(emb))  # keep linalg defined
+    out = {
+        "effective_rank": M.effective_rank(emb),
+        "variance": M.embedding_variance(torch.nn.functional.normalize(emb.double(), dim=-1)),
+        "mean_cos": M.mean_pairwise_cosine(emb),
+        "max_cos": M.max_pairwise_cosine(emb),
+        "mean_norm": M.mean_norm(emb),
+        "state_code": M.collapse_state(emb),
+    }
+    out["proto_cos"] = (M.prototype_cosine(emb, y, chunk.prototypes) if chunk.prototypes is not None
+                        else torch.full_like(out["mean_norm"], math.nan))
+    nan = torch.full_like(out["mean_norm"], math.nan)
+    out["knn_acc"], out["probe_acc"] = nan, nan
+    out["finite"] = finite
+    if final and not isinstance(model, FreeEmbeddings) and chunk.x_test.shape[1] > 0:
+        test = model.embed_all(chunk.x_test)
+        test_ok = _finite_per_run([test], test.shape[0])
+        out["finite"] = finite & test_ok
+        test = torch.where(out["finite"].view(-1, 1, 1), test, torch.ones_like(test))
+        emb = torch.where(out["finite"].view(-1, 1, 1), emb, torch.ones_like(emb))
+        k = chunk.runs[0].k
+        tr_u = torch.nn.functional.normalize(emb.double(), dim=-1)
+        te_u = torch.nn.functional.normalize(test.double(), dim=-1)
+        out["knn_acc"] = M.knn_accuracy(tr_u, chunk.y_train, te_u, chunk.y_test, k)
+        out["probe_acc"] = M.linear_probe_accuracy(tr_u, chunk.y_train, te_u, chunk.y_test, k)
+    return out
+
+
+def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype=torch.float32,
+                progress=None, state: dict | None = None) -> list[dict]:
+    """Train ``runs`` (one chunk) together; return one row per run and logged step.
+
+    Args:
+        runs: runs sharing one chunk key.
+        device: ``auto``, ``cpu``, ``cuda`` or a torch device.
+        dtype: parameter dtype (float32 by default).
+        progress: called with 1 after every step (e.g. a tqdm bar's ``update``).
+        state: if given, receives the trained ``model`` and the ``chunk`` at the end.
+    """
+    device = resolve_device(device) if isinstance(device, str) else device
+    t0 = time.perf_counter()
+    chunk = build_chunk(runs, device, dtype)
+    r0, R = runs[0], len(runs)
+    loss_fn = base_loss_fn(r0)
+    params = [p for p in chunk.model.parameters()]
+    bufs = [torch.zeros_like(p) for p in params]
+    alive = torch.ones(R, dtype=torch.bool, device=device)
+    diverged_step = torch.full((R,), -1, dtype=torch.int64)
+    last_loss = torch.full((R,), math.nan, dtype=torch.float64)
+    rows: list[dict] = []
+    sphere = r0.update_mode != "free"
+
+    def log(step: int, final: bool):
+        nonlocal alive
+        ev = evaluate(chunk, final)
+        ev_cpu = {k: v.detach().cpu() for k, v in ev.items()}
+        for i in torch.nonzero(~ev_cpu["finite"] & (diverged_step < 0)).flatten().tolist():
+            diverged_step[i] = step  # embeddings overflowed although parameters are finite
+        alive = alive & ev["finite"]
+        for i, run in enumerate(runs):
+            dead = diverged_step[i] >= 0
+            row = {"run_id": run.run_id, "step": step, "loss": float(last_loss[i])}
+            for k in ("effective_rank", "variance", "mean_cos", "max_cos", "mean_norm", "proto_cos",
+                      "knn_acc", "probe_acc"):
+                row[k] = math.nan if dead else float(ev_cpu[k][i])
+            row["state"] = DIVERGED if dead else M.STATE_NAMES[int(ev_cpu["state_code"][i])]
+            row["diverged"] = bool(dead)
+            row["diverged_step"] = int(diverged_step[i])
+            rows.append(row)
+
+    log(0, r0.steps == 0)
+    sparse = isinstance(chunk.model, FreeEmbeddings) and not bool(
+        (chunk.momentum != 0).any() or (chunk.weight_decay != 0).any())
+    for step in range(1, r0.steps + 1):
+        idx, labels, v1, v2 = draw_batch(chunk)
+        if sparse:
+            loss, ok = _sparse_free_step(chunk, loss_fn, idx, labels, alive, sphere)
+            finite = torch.isfinite(loss)
+        else:
+            z1, z2 = forward_views(chunk, idx, v1, v2)
+            loss = chunk_loss(chunk, loss_fn, torch.cat([z1, z2], 1), labels)
+            finite = torch.isfinite(loss)
+            total = torch.where(alive & finite, loss, torch.zeros_like(loss)).sum()
+            grads = torch.autograd.grad(total, params)
+            ok = sgd_step(params, grads, bufs, chunk, alive & finite, first=step == 1)
+            if sphere:
+                chunk.model.renormalise_()
+        newly = (alive & ~ok).cpu()
+        for i in torch.nonzero(newly).flatten().tolist():
+            diverged_step[i] = step
+        alive = alive & ok
+        last_loss = torch.where(finite.cpu(), loss.detach().double().cpu(), torch.full_like(last_loss, math.nan))
+        if step % r0.log_every == 0 or step == r0.steps:
+            log(step, step == r0.steps)
+        if progress is not None:
+            progress(1)
+    wall = time.perf_counter() - t0
+    if state is not None:
+        state.update(model=chunk.model, chunk=chunk)
+    for row in rows:
+        row["chunk_wall_s"] = wall
+        row["chunk_runs"] = R
+    return rows
