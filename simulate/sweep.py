@@ -4,7 +4,8 @@ chunk, and write each finished chunk atomically into a tidy Parquet table.
 Output folder layout::
 
     OUT/spec.json          the sweep's spec (as given, normalised)
-    OUT/chunks/*.parquet   one file per finished chunk (rows: run x logged step)
+    OUT/chunks/*.parquet   one file per finished chunk (rows: run x logged step; written to a
+                           temporary .partial file, then renamed)
     OUT/provenance.json    package versions, git revision, device, seed, wall time per chunk
 
 Re-running the same command skips every run already present in ``chunks/``, so an
@@ -102,7 +103,7 @@ def chunk_name(chunk: list[RunConfig]) -> str:
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".partial")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -205,6 +206,8 @@ def run_sweep(spec: str | Path | dict, out: str | Path, device: str = "auto",
     if spec_path.exists() and json.loads(spec_path.read_text()) != json.loads(spec_json):
         raise SpecError(f"out folder {str(out)!r} holds a different sweep (spec.json differs)")
     _atomic_write_bytes(spec_path, spec_json.encode())
+    for stale in (out / "chunks").glob(".tmp-*.partial"):  # a write cut short by a kill
+        stale.unlink()
     done = finished_run_ids(out)
     todo = [r for r in runs if r.run_id not in done]
     chunks = plan_chunks(todo, budget)

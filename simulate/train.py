@@ -28,7 +28,7 @@ from .models import FreeEmbeddings, StackedMLP
 
 DIVERGED = "diverged"
 METRIC_COLUMNS = (
-    "loss", "effective_rank", "variance", "mean_cos", "max_cos", "mean_norm", "proto_cos",
+    "objective", "effective_rank", "variance", "mean_cos", "max_cos", "mean_norm", "proto_cos",
     "state", "diverged", "diverged_step", "knn_acc", "probe_acc",
 )
 #: steps of randomness drawn per generator call
@@ -344,7 +344,7 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
         alive = alive & ev["finite"]
         for i, run in enumerate(runs):
             dead = diverged_step[i] >= 0
-            row = {"run_id": run.run_id, "step": step, "loss": float(last_loss[i])}
+            row = {"run_id": run.run_id, "step": step, "objective": float(last_loss[i])}
             for k in ("effective_rank", "variance", "mean_cos", "max_cos", "mean_norm", "proto_cos",
                       "knn_acc", "probe_acc"):
                 row[k] = math.nan if dead else float(ev_cpu[k][i])

@@ -1,0 +1,135 @@
+"""Batched training: equals per-run training and torch.optim.SGD; divergence; update modes."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import theory
+from simulate.config import RunConfig, expand
+from simulate.train import build_chunk, chunk_loss, base_loss_fn, draw_batch, forward_views, train_chunk
+
+SMALL = dict(k=3, d=6, per_class=16, batch_size=8, steps=12, log_every=4, hidden=16, out_dim=8)
+METRICS = ["objective", "effective_rank", "variance", "mean_cos", "max_cos", "mean_norm", "knn_acc", "probe_acc"]
+
+
+def _frame(rows):
+    df = pd.DataFrame(rows).drop(columns=["chunk_wall_s", "chunk_runs"])
+    return df.sort_values(["run_id", "step"]).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("model", ["free", "mlp"])
+def test_stack_equals_one_run_at_a_time(model):
+    runs = expand({**SMALL, "model": model, "loss": "ntxent", "clop_weight": [0.0, 0.5],
+                   "lr": [0.05, 0.5], "seed": [0, 1], "momentum": [0.0, 0.9], "label_fraction": 0.5})
+    together = _frame(train_chunk(runs))
+    alone = _frame([row for r in runs for row in train_chunk([r])])
+    pd.testing.assert_frame_equal(together[["run_id", "step", "state"]], alone[["run_id", "step", "state"]])
+    np.testing.assert_allclose(together[METRICS].to_numpy(float), alone[METRICS].to_numpy(float),
+                               rtol=2e-4, atol=2e-5)
+
+
+def _sgd_reference(run: RunConfig) -> list[torch.Tensor]:
+    """One run trained with torch.optim.SGD (the per-configuration script)."""
+    chunk = build_chunk([run], torch.device("cpu"))
+    params = list(chunk.model.parameters())
+    opt = torch.optim.SGD(params, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay)
+    loss_fn = base_loss_fn(run)
+    for _ in range(run.steps):
+        idx, labels, v1, v2 = draw_batch(chunk)
+        z1, z2 = forward_views(chunk, idx, v1, v2)
+        loss = chunk_loss(chunk, loss_fn, torch.cat([z1, z2], 1), labels).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if run.update_mode != "free":
+            chunk.model.renormalise_()
+    return [p.detach()[0] for p in params]
+
+
+@pytest.mark.parametrize("model, loss, lrs", [("mlp", "ntxent", [0.02, 0.3]), ("mlp", "vicreg", [1e-3, 5e-3]),
+                                              ("free", "supcon", [0.02, 0.3]), ("free", "ntxent", [0.02, 0.3])])
+def test_engine_matches_torch_sgd(model, loss, lrs):
+    runs = expand({**SMALL, "model": model, "loss": loss, "lr": lrs, "momentum": [0.0, 0.5],
+                   "weight_decay": [0.0, 0.01], "clop_weight": 0.3, "label_fraction": 0.5})
+    state = {}
+    train_chunk(runs, state=state)
+    stacked = list(state["model"].parameters())
+    for i, r in enumerate(runs):
+        for p_ref, p in zip(_sgd_reference(r), stacked):
+            assert torch.isfinite(p_ref).all()
+            assert torch.allclose(p[i], p_ref, rtol=1e-4, atol=1e-5), r
+
+
+def test_diverging_run_is_recorded_and_others_finish():
+    runs = expand({**SMALL, "model": "mlp", "loss": "vicreg", "lr": [1e-3, 1e6, 5e-3]})
+    df = _frame(train_chunk(runs))
+    by = {r.lr: r.run_id for r in runs}
+    bad = df[df.run_id == by[1e6]]
+    assert bad.diverged.iloc[-1] and bad.diverged_step.iloc[-1] >= 1
+    assert (bad[bad.step >= bad.diverged_step.iloc[-1]].state == "diverged").all()
+    assert bad[bad.step >= bad.diverged_step.iloc[-1]].effective_rank.isna().all()
+    for lr in (1e-3, 5e-3):
+        good = df[df.run_id == by[lr]]
+        assert not good.diverged.any() and good.step.max() == SMALL["steps"]
+        assert np.isfinite(good.objective.iloc[-1]) and np.isfinite(good.probe_acc.iloc[-1])
+
+
+def test_deterministic_on_cpu():
+    runs = expand({**SMALL, "model": "mlp", "lr": [0.1, 1.0]})
+    a, b = _frame(train_chunk(runs)), _frame(train_chunk(runs))
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("mode, kind", [("sphere", "pair"), ("sphere_raw", "pair_unprojected")])
+def test_one_step_on_the_sphere_is_the_theory_pair_map(mode, kind):
+    """Free embeddings, align loss w * mean(1 - cos): each positive pair follows the pair map
+    with beta = eta * w / B (the mean divides by B)."""
+    run = RunConfig(model="free", update_mode=mode, loss="align", lr=3.0, k=2, d=4, per_class=4,
+                    holdout_fraction=0.0, batch_size=8, steps=1, log_every=1, aug_sigma=0.5)
+    chunk = build_chunk([run], torch.device("cpu"), torch.float64)
+    w0 = chunk.model.weight.detach()[0].clone()
+    state = {}
+    train_chunk([run], dtype=torch.float64, state=state)
+    w1 = state["model"].weight.detach()[0]
+    n = 8
+    c0 = (w0[:n] * w0[n:]).sum(-1)
+    c1 = (w1[:n] * w1[n:]).sum(-1)
+    f = theory.step_map(kind, eta=run.lr / run.batch_size, w=1.0)
+    assert torch.allclose(c1, torch.as_tensor(f(c0.numpy())), atol=1e-12)
+    assert torch.allclose(w1.norm(dim=-1), torch.ones(2 * n, dtype=torch.float64))
+
+
+def test_free_mode_norm_growth():
+    """Free mode, plain SGD: squared norms grow by eta^2 |grad|^2 (claim norm_growth) — so they
+    never shrink."""
+    run = RunConfig(model="free", loss="ntxent", lr=5.0, k=2, d=4, per_class=8, holdout_fraction=0.0,
+                    batch_size=16, steps=5, log_every=1)
+    df = _frame(train_chunk([run], dtype=torch.float64))
+    assert (np.diff(df.mean_norm.to_numpy()) >= -1e-12).all()
+    assert df.mean_norm.iloc[-1] > df.mean_norm.iloc[0]
+
+
+def test_device_auto_resolves_and_cuda_is_refused_without_gpu():
+    from simulate.train import resolve_device
+
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="device"):
+        resolve_device("tpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_cuda_matches_cpu():
+    runs = expand({**SMALL, "model": "mlp", "lr": [0.1, 0.5]})
+    a, b = _frame(train_chunk(runs, "cpu")), _frame(train_chunk(runs, "cuda"))
+    np.testing.assert_allclose(a[METRICS].to_numpy(float), b[METRICS].to_numpy(float), rtol=1e-3, atol=1e-4)
+
+
+def test_nan_metrics_are_nan_not_missing():
+    df = _frame(train_chunk(expand({**SMALL, "model": "free"})))
+    assert math.isnan(df.knn_acc.iloc[-1])  # free embeddings have no held-out points
