@@ -103,12 +103,13 @@ def _run(args) -> int:
 
 
 def _sweep(args) -> int:
-    from .sweep import run_sweep
+    from .sweep import run_specs
 
-    res = run_sweep(args.spec, args.out, device=args.device, max_memory=args.max_memory,
-                    quiet=True if args.quiet else None)
-    print(f"{res.total_runs} runs: {res.skipped_runs} already done, {res.chunks_run} chunk(s) "
-          f"trained in {res.wall_s:.1f} s -> {res.out}")
+    results = run_specs(args.spec, args.out, device=args.device, max_memory=args.max_memory,
+                        quiet=True if args.quiet else None)
+    for res in results.values():
+        print(f"{res.total_runs} runs: {res.skipped_runs} already done, {res.chunks_run} chunk(s) "
+              f"trained in {res.wall_s:.1f} s -> {res.out}")
     return 0
 
 

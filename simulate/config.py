@@ -49,7 +49,8 @@ class RunConfig:
     Data: the fields of :class:`simulate.data.MixtureConfig` (``k``, ``d``, ``per_class``,
     ``means``, ``mean_scale``, ``sigma``, ``noise_rank``, ``label_fraction``, ``aug_sigma``,
     ``sign_flip``, ``holdout_fraction``) and ``data_seed``.
-    ``seed`` drives the initialisation and the minibatches.
+    ``seed`` drives the initialisation and the minibatches. ``save_embeddings`` keeps the
+    final embeddings of the training points (for small runs such as the 3-D toy).
     """
 
     loss: str = "ntxent"
@@ -82,6 +83,7 @@ class RunConfig:
     holdout_fraction: float = 0.25
     data_seed: int = 0
     seed: int = 0
+    save_embeddings: bool = False
     name: str = field(default="", compare=False)
 
     def __post_init__(self):

@@ -116,17 +116,28 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def write_chunk(out: Path, chunk: list[RunConfig], rows: list[dict]) -> Path:
-    """Join metrics rows with their run configs and write them atomically as Parquet."""
-    table = pd.DataFrame(rows)
-    configs = pd.DataFrame([{**r.to_dict(), "run_id": r.run_id} for r in chunk])
-    table = table.merge(configs, on="run_id", how="left", validate="many_to_one")
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
     import io
 
     buf = io.BytesIO()
-    table.to_parquet(buf, index=False)
-    path = out / "chunks" / f"{chunk_name(chunk)}.parquet"
-    _atomic_write_bytes(path, buf.getvalue())
+    frame.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def write_chunk(out: Path, chunk: list[RunConfig], rows: list[dict],
+                embeddings: pd.DataFrame | None = None) -> Path:
+    """Join metrics rows with their run configs and write them atomically as Parquet.
+
+    Embeddings (if any) are written first; the chunk file, written last, marks the chunk done.
+    """
+    table = pd.DataFrame(rows)
+    configs = pd.DataFrame([{**r.to_dict(), "run_id": r.run_id} for r in chunk])
+    table = table.merge(configs, on="run_id", how="left", validate="many_to_one")
+    name = f"{chunk_name(chunk)}.parquet"
+    if embeddings is not None:
+        _atomic_write_bytes(out / "embeddings" / name, _parquet_bytes(embeddings))
+    path = out / "chunks" / name
+    _atomic_write_bytes(path, _parquet_bytes(table))
     return path
 
 
@@ -144,6 +155,16 @@ def load_results(out: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"no results in {str(out)!r} (expected {str(out)}/chunks/*.parquet)")
     df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     return df.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
+
+
+def load_embeddings(out: str | Path) -> pd.DataFrame:
+    """Final embeddings of the runs with ``save_embeddings`` (run_id, point, label, e0, ...),
+    for finished chunks only."""
+    out = Path(out)
+    files = [f for f in sorted((out / "embeddings").glob("*.parquet")) if (out / "chunks" / f.name).exists()]
+    if not files:
+        raise FileNotFoundError(f"no saved embeddings in {str(out)!r}")
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
 def _git_revision() -> str | None:
@@ -170,15 +191,41 @@ def provenance(device: str) -> dict:
     }
 
 
+def _read_mapping(path: Path) -> dict:
+    import yaml
+
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise SpecError(f"spec {str(path)!r} must be a mapping")
+    return data
+
+
+def resolve_specs(spec: str | Path | dict) -> dict[str, dict]:
+    """Named sweeps of a spec: a spec file or dict gives one sweep (name ``""``); a file with a
+    top-level ``sweeps`` mapping (the presets ``quick`` and ``paper``) gives several."""
+    if isinstance(spec, dict):
+        data = spec
+    else:
+        path = Path(spec)
+        if not path.exists():
+            path = PRESET_DIR / f"{spec}.yaml"
+            if not path.exists():
+                names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+                raise SpecError(f"spec {str(spec)!r} is neither a file nor a preset ({', '.join(names)})")
+        data = _read_mapping(path)
+    if "sweeps" in data:
+        common = {k: v for k, v in data.items() if k != "sweeps"}
+        return {name: load_spec({**common, **sub}) for name, sub in data["sweeps"].items()}
+    return {"": load_spec(data)}
+
+
 def resolve_spec(spec: str | Path | dict) -> dict:
-    """A spec path, a preset name (``quick``, ``paper``, or any file in presets/) or a dict."""
-    if isinstance(spec, (str, Path)) and not Path(spec).exists():
-        preset = PRESET_DIR / f"{spec}.yaml"
-        if preset.exists():
-            return load_spec(preset)
-        names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-        raise SpecError(f"spec {str(spec)!r} is neither a file nor a preset ({', '.join(names)})")
-    return load_spec(spec)
+    """One sweep's spec (a file, a dict, or a single-sweep preset)."""
+    specs = resolve_specs(spec)
+    if len(specs) != 1:
+        raise SpecError(f"spec {spec!r} holds several sweeps ({', '.join(specs)}); use run_specs")
+    return next(iter(specs.values()))
 
 
 @dataclass
@@ -194,7 +241,7 @@ class SweepResult:
 def run_sweep(spec: str | Path | dict, out: str | Path, device: str = "auto",
               max_memory: int | str = DEFAULT_MAX_MEMORY, quiet: bool | None = None,
               on_chunk: Callable[[Path], None] | None = None) -> SweepResult:
-    """Run (or resume) a sweep into ``out``. Every run is validated before any training."""
+    """Run (or resume) one sweep into ``out``. Every run is validated before any training."""
     spec_dict = resolve_spec(spec)
     runs = expand(spec_dict)
     budget = parse_memory(max_memory)
@@ -226,8 +273,9 @@ def run_sweep(spec: str | Path | dict, out: str | Path, device: str = "auto",
         for i, chunk in enumerate(chunks):
             bar.set_postfix_str(f"chunk {i + 1}/{len(chunks)} ({len(chunk)} runs)")
             tc = time.perf_counter()
-            rows = train_chunk(chunk, dev, progress=bar.update)
-            path = write_chunk(out, chunk, rows)
+            state: dict = {}
+            rows = train_chunk(chunk, dev, progress=bar.update, state=state)
+            path = write_chunk(out, chunk, rows, state.get("embeddings"))
             files.append(path)
             prov["chunks"].append({"file": path.name, "runs": len(chunk),
                                    "wall_s": round(time.perf_counter() - tc, 3)})
@@ -239,3 +287,13 @@ def run_sweep(spec: str | Path | dict, out: str | Path, device: str = "auto",
         _atomic_write_bytes(prov_path, json.dumps(prov, indent=2).encode())
     return SweepResult(out, len(runs), len(runs) - len(todo), len(chunks),
                        time.perf_counter() - t0, files)
+
+
+def run_specs(spec: str | Path | dict, out: str | Path, **kwargs) -> dict[str, SweepResult]:
+    """Run every sweep of a spec or preset; a multi-sweep preset writes ``out/<name>/``.
+    All sweeps are validated before any of them trains."""
+    specs = resolve_specs(spec)
+    for sub in specs.values():
+        expand(sub)
+    out = Path(out)
+    return {name: run_sweep(sub, out / name if name else out, **kwargs) for name, sub in specs.items()}

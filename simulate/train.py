@@ -29,7 +29,7 @@ from .models import FreeEmbeddings, StackedMLP
 DIVERGED = "diverged"
 METRIC_COLUMNS = (
     "objective", "effective_rank", "variance", "mean_cos", "max_cos", "mean_norm", "proto_cos",
-    "state", "diverged", "diverged_step", "knn_acc", "probe_acc",
+    "min_class_angle", "state", "diverged", "diverged_step", "knn_acc", "probe_acc",
 )
 #: steps of randomness drawn per generator call
 _BLOCK = 64
@@ -274,7 +274,9 @@ def _sparse_free_step(chunk: Chunk, loss_fn, idx, labels, alive, sphere: bool):
 
 @torch.no_grad()
 def evaluate(chunk: Chunk, final: bool) -> dict:
-    """Per-run metrics of the embeddings of all training points (float64)."""
+    """Per-run metrics of the embeddings of all training points (float64). With ``final``
+    (the first and the last logged step), also kNN and linear-probe accuracy on the held-out
+    points (MLP encoders; free embeddings have no held-out points: NaN)."""
     model = chunk.model
     if isinstance(model, FreeEmbeddings):
         emb = model.weight
@@ -291,6 +293,7 @@ def evaluate(chunk: Chunk, final: bool) -> dict:
         "max_cos": M.max_pairwise_cosine(emb),
         "mean_norm": M.mean_norm(emb),
         "state_code": M.collapse_state(emb),
+        "min_class_angle": M.min_class_angle(emb, y, chunk.runs[0].k),
     }
     out["proto_cos"] = (M.prototype_cosine(emb, y, chunk.prototypes) if chunk.prototypes is not None
                         else torch.full_like(out["mean_norm"], math.nan))
@@ -309,6 +312,26 @@ def evaluate(chunk: Chunk, final: bool) -> dict:
         out["knn_acc"] = M.knn_accuracy(tr_u, chunk.y_train, te_u, chunk.y_test, k)
         out["probe_acc"] = M.linear_probe_accuracy(tr_u, chunk.y_train, te_u, chunk.y_test, k)
     return out
+
+
+@torch.no_grad()
+def final_embeddings(chunk: Chunk):
+    """Long table of the embeddings of every training point: run_id, point, label, e0..e{D-1}.
+    Free embeddings contribute their view-1 rows."""
+    import pandas as pd
+
+    model = chunk.model
+    n = chunk.x_train.shape[1]
+    emb = model.weight[:, :n] if isinstance(model, FreeEmbeddings) else model.embed_all(chunk.x_train)
+    emb = emb.double().cpu().numpy()
+    frames = []
+    for i, run in enumerate(chunk.runs):
+        f = pd.DataFrame(emb[i], columns=[f"e{j}" for j in range(emb.shape[-1])])
+        f.insert(0, "label", chunk.y_train[i].cpu().numpy())
+        f.insert(0, "point", np.arange(n))
+        f.insert(0, "run_id", run.run_id)
+        frames.append(f)
+    return pd.concat(frames, ignore_index=True)
 
 
 def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype=torch.float32,
@@ -346,14 +369,14 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
             dead = diverged_step[i] >= 0
             row = {"run_id": run.run_id, "step": step, "objective": float(last_loss[i])}
             for k in ("effective_rank", "variance", "mean_cos", "max_cos", "mean_norm", "proto_cos",
-                      "knn_acc", "probe_acc"):
+                      "min_class_angle", "knn_acc", "probe_acc"):
                 row[k] = math.nan if dead else float(ev_cpu[k][i])
             row["state"] = DIVERGED if dead else M.STATE_NAMES[int(ev_cpu["state_code"][i])]
             row["diverged"] = bool(dead)
             row["diverged_step"] = int(diverged_step[i])
             rows.append(row)
 
-    log(0, r0.steps == 0)
+    log(0, True)
     sparse = isinstance(chunk.model, FreeEmbeddings) and not bool(
         (chunk.momentum != 0).any() or (chunk.weight_decay != 0).any())
     for step in range(1, r0.steps + 1):
@@ -382,6 +405,8 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
     wall = time.perf_counter() - t0
     if state is not None:
         state.update(model=chunk.model, chunk=chunk)
+        if r0.save_embeddings:
+            state["embeddings"] = final_embeddings(chunk)
     for row in rows:
         row["chunk_wall_s"] = wall
         row["chunk_runs"] = R

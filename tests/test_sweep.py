@@ -108,13 +108,14 @@ def test_spec_files_yaml_json_and_presets(tmp_path):
     assert spec["seed"] == [0, 1, 2] and len(expand(spec)) == 6
     (tmp_path / "s.json").write_text(json.dumps({"lr": 0.1}))
     assert load_spec(tmp_path / "s.json") == {"lr": 0.1}
-    from simulate.sweep import resolve_spec
+    from simulate.sweep import resolve_specs
 
     for preset in ("quick", "paper"):
-        runs = expand(resolve_spec(preset))
-        assert len(runs) > 10
+        specs = resolve_specs(preset)
+        assert {"lr", "toy", "batch", "labels", "phase_tau", "phase_clop", "etf"} <= set(specs)
+        assert all(len(expand(s)) >= 2 for s in specs.values())
     with pytest.raises(SpecError, match="preset"):
-        resolve_spec("nope")
+        resolve_specs("nope")
 
 
 def test_plan_chunks_groups_by_shape_and_budget():

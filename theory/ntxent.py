@@ -103,12 +103,14 @@ def _pair_loss_stack(uv, negs, t):
     return -2 * uv_dot[..., 0] + nm.logsumexp(su) + nm.logsumexp(sv)
 
 
-def balanced_negatives(rng: np.random.Generator, u0: np.ndarray, pairs: int) -> np.ndarray:
-    """Negatives in mirror pairs ``c u0 +- s w`` so that their pull on the aligned pair is radial."""
+def balanced_negatives(rng: np.random.Generator, u0: np.ndarray, pairs: int,
+                       cos_range: tuple[float, float] = (-0.95, 0.95)) -> np.ndarray:
+    """Negatives in mirror pairs ``c u0 +- s w`` so that their pull on the aligned pair is
+    radial; each pair's cosine ``c`` is drawn uniformly from ``cos_range``."""
     d = u0.size
     out = []
     for _ in range(pairs):
-        cj = rng.uniform(-0.95, 0.95)
+        cj = rng.uniform(*cos_range)
         wv = rng.standard_normal(d)
         wv -= (wv @ u0) * u0
         wv /= np.linalg.norm(wv)
