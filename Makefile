@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?= -n auto
 
-.PHONY: test figures theory clean-venv
+.PHONY: test figures theory agreement bench lab clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,19 @@ figures: $(STAMP)
 ## make theory: print the table of theory claims (proved and checked)
 theory: $(STAMP)
 	$(BIN)/python -m theory
+
+## make agreement: predicted against measured critical learning rates
+agreement: $(STAMP)
+	$(BIN)/python -m figures agreement
+
+## make bench: batched engine against a per-configuration loop (prints JSON last)
+bench: $(STAMP)
+	$(BIN)/python -m simulate bench
+
+## make lab: open the notebooks in JupyterLab
+lab: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[lab]"
+	$(BIN)/jupyter lab notebooks
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,6 +1,6 @@
 """Figures of clop-lab: one registry, one command (``python -m figures``)."""
 
-from . import theory_figures  # noqa: F401  (registers the theory figures)
+from . import sim_figures, theory_figures  # noqa: F401  (register the figures)
 from .registry import FIGURES, Figure, Table, write, write_index
 
 __all__ = ["FIGURES", "Figure", "Table", "write", "write_index"]

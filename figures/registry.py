@@ -38,15 +38,18 @@ class Figure:
         id: file stem and ``--only`` key.
         title: one line.
         caption: what the figure shows, for ``INDEX.md``.
-        preset: sweep preset the figure reads (``None`` for figures drawn from theory alone).
-        build: returns the matplotlib figure and the table of plotted numbers.
+        preset_sweeps: the sweeps of the preset (``quick`` or ``paper``) the figure reads; empty
+            for figures drawn from theory and small direct simulations alone.
+        build: ``build(data)`` with ``data`` mapping sweep name to its results table (and
+            ``"<sweep>:embeddings"`` to saved embeddings); returns the figure and the table of
+            plotted numbers.
     """
 
     id: str
     title: str
     caption: str
-    preset: str | None
-    build: Callable[[], tuple[plt.Figure, Table]]
+    preset_sweeps: tuple[str, ...]
+    build: Callable[[dict], tuple[plt.Figure, Table]]
 
 
 FIGURES: dict[str, Figure] = {}
@@ -59,28 +62,42 @@ def register(fig: Figure) -> Figure:
     return fig
 
 
-def write(fig_entry: Figure, out: Path) -> dict:
+def write(fig_entry: Figure, out: Path, data: dict | None = None, data_hash: str | None = None) -> dict:
     """Build one figure; write PNG, PDF and CSV into ``out``; return its index record."""
     out.mkdir(parents=True, exist_ok=True)
-    fig, table = fig_entry.build()
+    fig, table = fig_entry.build(data or {})
     try:
         fig.savefig(out / f"{fig_entry.id}.png", dpi=130, bbox_inches="tight")
         fig.savefig(out / f"{fig_entry.id}.pdf", bbox_inches="tight")
     finally:
         plt.close(fig)
-    data = table.to_csv()
-    (out / f"{fig_entry.id}.csv").write_text(data)
+    csv_text = table.to_csv()
+    (out / f"{fig_entry.id}.csv").write_text(csv_text)
+    csv_hash = hashlib.sha256(csv_text.encode()).hexdigest()[:16]
     return {
         "id": fig_entry.id,
         "title": fig_entry.title,
         "caption": fig_entry.caption,
-        "data_sha256": hashlib.sha256(data.encode()).hexdigest()[:16],
+        "data_sha256": data_hash or csv_hash,
+        "csv_sha256": csv_hash,
+        "sweeps": ", ".join(fig_entry.preset_sweeps) or "none (theory and direct simulation)",
     }
 
 
 def write_index(records: list[dict], out: Path, command: str) -> Path:
-    lines = ["# Figures", "", f"Made by `{command}`.", ""]
+    """Merge ``records`` into ``out/index.json`` (one record per figure, in registry order)
+    and write ``out/INDEX.md`` from it."""
+    import json
+
+    store = out / "index.json"
+    known = {r["id"]: r for r in json.loads(store.read_text())} if store.exists() else {}
     for r in records:
+        known[r["id"]] = {**r, "command": command}
+    order = list(FIGURES) + [i for i in known if i not in FIGURES]
+    merged = [known[i] for i in order if i in known]
+    store.write_text(json.dumps(merged, indent=2))
+    lines = ["# Figures", "", "Regenerate with `make figures` (or the command given per figure).", ""]
+    for r in merged:
         lines += [
             f"## {r['id']}: {r['title']}",
             "",
@@ -88,8 +105,9 @@ def write_index(records: list[dict], out: Path, command: str) -> Path:
             "",
             r["caption"],
             "",
-            f"Files: `{r['id']}.png`, `{r['id']}.pdf`, `{r['id']}.csv` (data sha256 "
-            f"`{r['data_sha256']}`).",
+            f"Made by `{r['command']}`. Files: `{r['id']}.png`, `{r['id']}.pdf`, `{r['id']}.csv`. "
+            f"Sweeps: {r['sweeps']}. Data sha256 `{r['data_sha256']}`, plotted numbers sha256 "
+            f"`{r['csv_sha256']}`.",
             "",
         ]
     path = out / "INDEX.md"

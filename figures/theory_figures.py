@@ -6,38 +6,31 @@ import numpy as np
 
 import theory
 
+from .explorer import cobweb_path, iterate
 from .registry import Figure, Table, plt, register
 
 
-def _cobweb(ax, f, x0, steps, lo, hi, label_fmt):
+def _cobweb(ax, kind, eta, w, x0, steps, lo, hi, title):
+    f = theory.step_map(kind, eta=eta, w=w)
     xs = np.linspace(lo, hi, 400)
     ax.plot(xs, f(xs), color="C0", lw=1.6)
     ax.plot(xs, xs, color="0.6", lw=0.8, ls="--")
-    pts = [x0]
-    x = x0
-    path_x, path_y = [x], [lo]
-    for _ in range(steps):
-        y = float(f(x))
-        path_x += [x, y]
-        path_y += [y, y]
-        x = y
-        pts.append(x)
-    ax.plot(path_x, path_y, color="C3", lw=0.9)
+    orbit = iterate(kind, eta, w, x0, steps)
+    ax.plot(*cobweb_path(orbit), color="C3", lw=0.9)
     ax.set_xlim(lo, hi)
     ax.set_ylim(min(lo, float(np.min(f(xs)))), hi)
-    ax.set_title(label_fmt, fontsize=9)
-    return pts
+    ax.set_title(title, fontsize=9)
+    return orbit
 
 
-def build_maps():
+def build_maps(data=None):
     rows = []
     fig, axes = plt.subplots(2, 3, figsize=(11, 7))
     w = 1.0
     eta_anchor = theory.critical_lr("anchor", w=w)
     for ax, factor in zip(axes[0], (0.5, 0.9, 1.25)):
         eta = factor * eta_anchor
-        f = theory.step_map("anchor", eta=eta, w=w)
-        pts = _cobweb(ax, f, 1.2, 25, -np.pi / 2, np.pi / 2,
+        pts = _cobweb(ax, "anchor", eta, w, 1.2, 25, -np.pi / 2, np.pi / 2,
                       f"anchor map, $\\eta w$ = {eta * w:.2f} ($\\eta_c w$ = 2)")
         ax.set_xlabel(r"$\theta$")
         ax.set_ylabel(r"$\theta'$")
@@ -50,8 +43,7 @@ def build_maps():
     eta_pair = theory.critical_lr("pair", w=w)
     for ax, factor in zip(axes[1], (0.5, 0.9, 1.5)):
         eta = factor * eta_pair
-        f = theory.step_map("pair", eta=eta, w=w)
-        pts = _cobweb(ax, f, 0.2, 25, -1.0, 1.0,
+        pts = _cobweb(ax, "pair", eta, w, 0.2, 25, -1.0, 1.0,
                       f"pair map (attraction), $\\beta$ = {eta * w:.2f} ($\\beta_c$ = 1)")
         ax.set_xlabel(r"$\cos\theta$")
         ax.set_ylabel(r"$\cos\theta'$")
@@ -61,7 +53,7 @@ def build_maps():
     return fig, Table(("map", "eta_w", "step", "value"), rows)
 
 
-def build_ntxent_critical():
+def build_ntxent_critical(data=None):
     taus = np.geomspace(0.1, 2.0, 80)
     rows = []
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -108,7 +100,7 @@ register(Figure(
         "(threshold 2; above it an attracting period-2 orbit appears). Bottom: cosine of an "
         "attracting pair at beta = 0.5, 0.9 and 1.5 (threshold 1)."
     ),
-    preset=None,
+    preset_sweeps=(),
     build=build_maps,
 ))
 
@@ -122,6 +114,6 @@ register(Figure(
         "never attracting. NT-Xent summed over anchors (SimCLR's mean over 2N anchors "
         "multiplies every rate by 2N)."
     ),
-    preset=None,
+    preset_sweeps=(),
     build=build_ntxent_critical,
 ))

@@ -1,0 +1,130 @@
+"""Plain functions behind the notebooks' widgets (tested without a notebook).
+
+``bound_explorer`` wires sliders for eta, w, tau, n and the update mode to
+:func:`explorer_figure`; ``collapse_lab`` builds a small sweep with :func:`lab_spec`, runs it
+with :func:`run_lab` and plots it with :func:`lab_figure`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+import theory
+
+from .registry import plt
+
+#: notebook size: ``small`` (tests, CI) or ``full``; read from the environment
+SIZE_ENV = "CLOP_LAB_NOTEBOOK_SIZE"
+MODES = {"projected (sphere)": "pair", "unprojected (sphere_raw)": "pair_unprojected"}
+
+
+def notebook_size() -> str:
+    size = os.environ.get(SIZE_ENV, "full")
+    if size not in ("small", "full"):
+        raise ValueError(f"{SIZE_ENV} must be small or full, got {size!r}")
+    return size
+
+
+def iterate(kind: str, eta: float, w: float, x0: float, steps: int) -> np.ndarray:
+    """Orbit ``x0, f(x0), ..., f^steps(x0)`` of a one-step map of :mod:`theory`."""
+    f = theory.step_map(kind, eta=eta, w=w)
+    out = [float(x0)]
+    for _ in range(int(steps)):
+        out.append(float(f(out[-1])))
+    return np.array(out)
+
+
+def cobweb_path(orbit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices of a cobweb: (x_i, x_{i+1}) then (x_{i+1}, x_{i+1}) for each step."""
+    a, b = orbit[:-1], orbit[1:]
+    xs = np.column_stack([a, b]).ravel()
+    ys = np.column_stack([b, b]).ravel()
+    return xs, ys
+
+
+def thresholds(eta: float, w: float, tau: float, n: int) -> dict[str, dict]:
+    """Every critical rate at these parameters and whether ``eta`` lies above it."""
+    p = theory.ntxent_p_pos(tau, 2 * n - 2, -1.0)
+    rates = {
+        "anchor": theory.critical_lr("anchor", w=w),
+        "pair": theory.critical_lr("pair", w=w),
+        "ntxent_pair": theory.critical_lr("ntxent_pair", tau=tau, p_pos=p),
+        "rank1_cycle": theory.critical_lr("rank1_cycle", tau=tau, n=n),
+    }
+    return {k: {"eta_c": v, "above": bool(eta > v)} for k, v in rates.items()}
+
+
+def explorer_figure(eta: float = 1.0, w: float = 1.0, tau: float = 0.5, n: int = 8,
+                    mode: str = "projected (sphere)", steps: int = 30):
+    """Cobweb plots of the anchor map and the pair map (in ``mode``), the pair's trajectory, and
+    every threshold with eta marked. Returns the figure."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    th = np.linspace(-math.pi / 2, math.pi / 2, 300)
+    f = theory.step_map("anchor", eta=eta, w=w)
+    axes[0].plot(th, f(th), color="C0")
+    axes[0].plot(th, th, color="0.6", ls="--", lw=0.8)
+    orbit = iterate("anchor", eta, w, 1.2, steps)
+    axes[0].plot(*cobweb_path(orbit), color="C3", lw=0.8)
+    axes[0].set_title(rf"anchor map, $\eta w$ = {eta * w:.3g} (threshold 2)", fontsize=9)
+    axes[0].set_xlabel(r"$\theta$"), axes[0].set_ylabel(r"$\theta'$")
+    kind = MODES[mode]
+    cs = np.linspace(-1, 1, 300)
+    g = theory.step_map(kind, eta=eta, w=w)
+    axes[1].plot(cs, g(cs), color="C0")
+    axes[1].plot(cs, cs, color="0.6", ls="--", lw=0.8)
+    pair = iterate(kind, eta, w, 0.3, steps)
+    axes[1].plot(*cobweb_path(pair), color="C3", lw=0.8)
+    axes[1].set_title(rf"{kind} map, $\beta$ = {eta * w:.3g}", fontsize=9)
+    axes[1].set_xlabel(r"$\cos\theta$"), axes[1].set_ylabel(r"$\cos\theta'$")
+    axes[2].plot(np.degrees(np.abs(orbit)), label="anchor: angle to prototype")
+    axes[2].plot(np.degrees(np.arccos(np.clip(pair, -1, 1))), label=f"{kind}: angle between points")
+    axes[2].set_xlabel("step"), axes[2].set_ylabel("degrees")
+    lines = [f"{k}: eta_c = {v['eta_c']:.4g} ({'ABOVE' if v['above'] else 'below'})"
+             for k, v in thresholds(eta, w, tau, n).items()]
+    axes[2].set_title("\n".join(lines), fontsize=7, loc="left")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def lab_spec(losses=("ntxent",), clop_weights=(0.0, 1.0), lrs=(0.1, 10.0, 1000.0), steps: int = 200,
+             seeds=(0,), size: str | None = None) -> dict:
+    """A small sweep spec for the collapse lab (MLP encoder on a 4-class mixture)."""
+    size = size or notebook_size()
+    spec = {"loss": list(losses), "clop_weight": list(clop_weights), "lr": list(lrs), "seed": list(seeds),
+            "model": "mlp", "hidden": 32, "out_dim": 8, "k": 4, "d": 8, "per_class": 64, "batch_size": 32,
+            "mean_scale": 2.0, "aug_sigma": 0.5, "label_fraction": 0.5, "steps": int(steps),
+            "log_every": max(1, int(steps) // 10)}
+    if size == "small":
+        spec.update(steps=6, log_every=2, per_class=12, batch_size=8, hidden=8)
+    return spec
+
+
+def run_lab(spec: dict, out, device: str = "auto"):
+    """Run (or resume) the lab's sweep into ``out`` and return its table."""
+    from simulate.sweep import load_results, run_sweep
+
+    run_sweep(spec, out, device=device)
+    return load_results(out)
+
+
+def lab_figure(df):
+    """Effective rank and mean cosine over training, one line per run; CLOP solid."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4))
+    runs = df.drop_duplicates("run_id")
+    for k, (_, r) in enumerate(runs.iterrows()):
+        part = df[df.run_id == r.run_id].sort_values("step")
+        style = dict(color=f"C{k % 10}", ls="-" if r.clop_weight > 0 else "--",
+                     label=f"{r.loss}{' + CLOP' if r.clop_weight > 0 else ''}, lr {r.lr:g}")
+        a1.plot(part.step, part.effective_rank, **style)
+        a2.plot(part.step, part.mean_cos, **style)
+    a1.set_xlabel("step"), a1.set_ylabel("effective rank")
+    a2.set_xlabel("step"), a2.set_ylabel("mean pairwise cosine")
+    a2.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,147 @@
+"""Every figure builds from a tiny results table; the CLI, agreement and notebooks run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+from figures import FIGURES
+from figures.__main__ import load_data
+from figures.explorer import cobweb_path, explorer_figure, iterate, lab_figure, lab_spec, run_lab, thresholds
+from simulate.sweep import resolve_specs
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "CLOP_LAB_NOTEBOOK_SIZE": "small"}
+
+
+def _shrink(spec: dict) -> dict:
+    """The quick preset's sweep at toy size: two values per axis, a few steps."""
+    out = {k: (v[:2] if isinstance(v, list) and k != "loss" else v) for k, v in spec.items()}
+    out.update(steps=4, log_every=2, hidden=8, per_class=max(12, 0), seed=0)
+    if "batch_size" in spec and isinstance(spec["batch_size"], list):
+        out["batch_size"] = [4, 8]
+    else:
+        out["batch_size"] = 8
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    specs = {name: _shrink(s) for name, s in resolve_specs("quick").items()}
+    root = tmp_path_factory.mktemp("tiny")
+    spec_file = root / "tiny.json"
+    spec_file.write_text(json.dumps({"sweeps": specs}))
+    data, _ = load_data(str(spec_file), set(specs), root / "results", "cpu", quiet=True)
+    return data
+
+
+EXPECT = {
+    "lr_regimes": ("learning rate", ["NT-Xent", "NT-Xent + CLOP", "Barlow Twins + CLOP", "chance"]),
+    "variance_vs_lr": ("learning rate", ["VICReg", "VICReg + CLOP"]),
+    "toy_3d": (None, []),
+    "batch_size": ("batch size", ["NT-Xent", "NT-Xent + CLOP"]),
+    "label_fraction": ("labelled fraction", ["NT-Xent + CLOP", "NT-Xent (no CLOP, labels unused)"]),
+    "trajectories_vs_bound": ("step", [r"$\eta = 0.5\,\eta_c$", r"$\eta = 2.0\,\eta_c$"]),
+    "phase_diagram": ("learning rate", [r"$\eta_c(\tau)$, claim rank1_cycle (n = B)"]),
+    "norm_growth": ("step", [r"simulated, $\eta$ = 0.3"]),
+    "etf_vs_orthonormal": ("learning rate", ["CLOP, orthonormal prototypes", "CLOP, simplex prototypes"]),
+    "maps": (r"$\theta$", [r"period-2 orbit $\pm\theta^*$"]),
+    "ntxent_critical_lr": ("temperature", ["N = 8 pairs", "n = 3 per side"]),
+}
+
+
+def test_every_registered_figure_is_tested():
+    assert set(EXPECT) == set(FIGURES)
+
+
+@pytest.mark.parametrize("fid", sorted(EXPECT))
+def test_figure_builds_with_axes_and_legend(fid, tiny_data):
+    fig, table = FIGURES[fid].build(tiny_data)
+    try:
+        axes = fig.get_axes()
+        assert axes and table.rows and len(table.columns) == len(table.rows[0])
+        xlabel, legend = EXPECT[fid]
+        if xlabel:
+            assert any(xlabel in ax.get_xlabel() for ax in axes)
+        texts = {t.get_text() for ax in axes if ax.get_legend() for t in ax.get_legend().get_texts()}
+        assert set(legend) <= texts, texts
+        if fid == "toy_3d":
+            assert len(axes) == 10 and all(ax.name == "3d" for ax in axes)
+    finally:
+        matplotlib.pyplot.close(fig)
+
+
+def test_figures_cli_only_maps(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "figures", "--only", "maps", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "maps.png").exists() and (tmp_path / "maps.pdf").exists()
+    index = (tmp_path / "INDEX.md").read_text()
+    assert "python -m figures --only maps" in index and "sha256" in index
+
+
+def test_index_merges_records(tmp_path):
+    from figures.registry import write, write_index
+
+    r1 = write(FIGURES["maps"], tmp_path)
+    write_index([r1], tmp_path, "first")
+    r2 = write(FIGURES["norm_growth"], tmp_path)
+    write_index([r2], tmp_path, "second")
+    index = (tmp_path / "INDEX.md").read_text()
+    assert "## maps" in index and "## norm_growth" in index and "`first`" in index
+
+
+def test_agreement_small_within_five_percent():
+    done = subprocess.run([sys.executable, "-m", "figures", "agreement", "--small"], capture_output=True,
+                          text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {r["claim"] for r in rows} == {"anchor_map", "pair_map", "ntxent_pair", "rank1_cycle"}
+    assert all(r["rel_error"] <= 0.05 for r in rows)
+
+
+def test_explorer_callbacks():
+    orbit = iterate("anchor", eta=1.0, w=1.0, x0=0.5, steps=5)
+    assert orbit.shape == (6,) and abs(orbit[-1]) < abs(orbit[0])
+    xs, ys = cobweb_path(orbit)
+    assert xs[0] == orbit[0] and ys[0] == orbit[1] and xs[1] == ys[1] == orbit[1]
+    th = thresholds(eta=2.5, w=1.0, tau=0.5, n=8)
+    assert th["anchor"]["above"] and th["pair"]["above"] and th["anchor"]["eta_c"] == pytest.approx(2.0)
+    fig = explorer_figure(eta=2.5, w=1.0, tau=0.5, n=8, mode="unprojected (sphere_raw)")
+    assert len(fig.get_axes()) == 3
+    matplotlib.pyplot.close(fig)
+    with pytest.raises(ValueError, match="mode"):
+        explorer_figure(mode="nope")
+
+
+def test_lab_callbacks(tmp_path):
+    spec = lab_spec(("ntxent",), (0.0, 1.0), (0.1, 10.0), size="small")
+    df = run_lab(spec, tmp_path / "lab", device="cpu")
+    assert df.run_id.nunique() == 4
+    fig = lab_figure(df)
+    assert len(fig.get_axes()[1].get_legend().get_texts()) == 4
+    matplotlib.pyplot.close(fig)
+
+
+@pytest.mark.parametrize("name", ["bound_explorer", "collapse_lab"])
+def test_notebook_executes_headless(name):
+    import jupytext
+    from nbclient import NotebookClient
+
+    nb = jupytext.read(ROOT / "notebooks" / f"{name}.py")
+    old = os.environ.get("CLOP_LAB_NOTEBOOK_SIZE")
+    os.environ["CLOP_LAB_NOTEBOOK_SIZE"] = "small"
+    try:
+        NotebookClient(nb, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    finally:
+        if old is None:
+            os.environ.pop("CLOP_LAB_NOTEBOOK_SIZE")
+        else:
+            os.environ["CLOP_LAB_NOTEBOOK_SIZE"] = old
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
