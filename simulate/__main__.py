@@ -66,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     sw.add_argument("--max-memory", default="2GB", help="memory budget per chunk (default: 2GB)")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.add_argument("--executor", default="local", choices=["local", "ray"],
+                    help="local (default, this process) or ray (one Ray task per chunk)")
+    sw.add_argument("--address", default=None,
+                    help="Ray cluster address (default: a private instance on 127.0.0.1)")
+    sw.add_argument("--gpus-per-chunk", type=float, default=0,
+                    help="GPUs per Ray task; > 0 trains on cuda (default: 0, CPU)")
+    sw.add_argument("--max-retries", type=int, default=2,
+                    help="retries of a failed Ray task (default: 2)")
 
     be = sub.add_parser("bench", help="batched engine against a per-configuration loop")
     be.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
@@ -103,10 +111,16 @@ def _run(args) -> int:
 
 
 def _sweep(args) -> int:
-    from .sweep import run_specs
+    from .sweep import SweepFailed, run_specs
 
-    results = run_specs(args.spec, args.out, device=args.device, max_memory=args.max_memory,
-                        quiet=True if args.quiet else None)
+    try:
+        results = run_specs(args.spec, args.out, device=args.device, max_memory=args.max_memory,
+                            quiet=True if args.quiet else None, executor=args.executor,
+                            address=args.address, gpus_per_chunk=args.gpus_per_chunk,
+                            max_retries=args.max_retries)
+    except SweepFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     for res in results.values():
         print(f"{res.total_runs} runs: {res.skipped_runs} already done, {res.chunks_run} chunk(s) "
               f"trained in {res.wall_s:.1f} s -> {res.out}")

@@ -29,7 +29,8 @@ from typing import Callable
 import pandas as pd
 
 from .config import RunConfig, SpecError, expand, load_spec
-from .train import resolve_device, train_chunk
+from .executors import EXECUTORS, run_local, run_ray
+from .train import resolve_device
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DEFAULT_MAX_MEMORY = 2 * 1024**3
@@ -236,16 +237,44 @@ class SweepResult:
     chunks_run: int
     wall_s: float
     chunk_files: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+
+
+class SweepFailed(RuntimeError):
+    """Some chunks kept failing; the others were written. ``result.failed`` names them."""
+
+    def __init__(self, result: SweepResult):
+        self.result = result
+        names = "; ".join(f"chunk {f['chunk']} ({f['runs']} runs): {f['error']}" for f in result.failed)
+        super().__init__(f"{len(result.failed)} chunk(s) failed: {names}")
 
 
 def run_sweep(spec: str | Path | dict, out: str | Path, device: str = "auto",
               max_memory: int | str = DEFAULT_MAX_MEMORY, quiet: bool | None = None,
-              on_chunk: Callable[[Path], None] | None = None) -> SweepResult:
-    """Run (or resume) one sweep into ``out``. Every run is validated before any training."""
+              on_chunk: Callable[[Path], None] | None = None, executor: str = "local",
+              address: str | None = None, gpus_per_chunk: float = 0, max_retries: int = 2) -> SweepResult:
+    """Run (or resume) one sweep into ``out``. Every run is validated before any training.
+
+    Args:
+        spec: a spec dict, a YAML/JSON file or a single-sweep preset.
+        out: output folder; finished runs found there are skipped.
+        device: auto | cpu | cuda (local executor).
+        max_memory: memory budget of a chunk (bytes or '4GB').
+        quiet: no progress bar (default: quiet when not a terminal or when CI is set).
+        on_chunk: called with each chunk file once it is written.
+        executor: ``local`` or ``ray`` (see :mod:`simulate.executors`).
+        address, gpus_per_chunk, max_retries: Ray options.
+
+    Raises:
+        SpecError: invalid spec (before any training).
+        SweepFailed: some chunks kept failing (the others are written).
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     spec_dict = resolve_spec(spec)
     runs = expand(spec_dict)
     budget = parse_memory(max_memory)
-    dev = resolve_device(device)
+    dev = resolve_device(device) if executor == "local" else ("cuda" if gpus_per_chunk > 0 else "cpu")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec_path = out / "spec.json"
@@ -261,32 +290,45 @@ def run_sweep(spec: str | Path | dict, out: str | Path, device: str = "auto",
     prov_path = out / "provenance.json"
     prov = json.loads(prov_path.read_text()) if prov_path.exists() else {"chunks": []}
     prov.update(provenance(str(dev)))
+    prov["executor"] = executor
     prov["seeds"] = sorted({r.seed for r in runs})
     prov["data_seeds"] = sorted({r.data_seed for r in runs})
     from tqdm.auto import tqdm
 
     quiet = (os.environ.get("CI") is not None or not sys.stderr.isatty()) if quiet is None else quiet
     t0 = time.perf_counter()
-    files = []
+    files, failed = [], []
     total_steps = sum(c[0].steps for c in chunks)
     with tqdm(total=total_steps, disable=quiet, desc="sweep", unit="step") as bar:
-        for i, chunk in enumerate(chunks):
-            bar.set_postfix_str(f"chunk {i + 1}/{len(chunks)} ({len(chunk)} runs)")
-            tc = time.perf_counter()
-            state: dict = {}
-            rows = train_chunk(chunk, dev, progress=bar.update, state=state)
-            path = write_chunk(out, chunk, rows, state.get("embeddings"))
-            files.append(path)
-            prov["chunks"].append({"file": path.name, "runs": len(chunk),
-                                   "wall_s": round(time.perf_counter() - tc, 3)})
+        if executor == "local":
+            outcomes = run_local(chunks, dev, progress=bar.update)
+        else:
+            outcomes = run_ray([[r.to_dict() for r in c] for c in chunks], address=address,
+                               gpus_per_chunk=gpus_per_chunk, max_retries=max_retries,
+                               progress=bar.update)
+        for oc in outcomes:
+            chunk = chunks[oc.index]
+            record = {"chunk": chunk_name(chunk), "runs": len(chunk), "executor": executor,
+                      "host": oc.host, "wall_s": round(oc.wall_s, 3)}
+            if oc.error is not None:
+                failed.append({**record, "error": oc.error})
+                prov.setdefault("failed_chunks", []).append({**record, "error": oc.error})
+            else:
+                path = write_chunk(out, chunk, oc.rows, oc.embeddings)
+                files.append(path)
+                prov["chunks"].append({"file": path.name, **record})
             prov["wall_s"] = round(sum(c["wall_s"] for c in prov["chunks"]), 3)
             _atomic_write_bytes(prov_path, json.dumps(prov, indent=2).encode())
-            if on_chunk is not None:
+            if on_chunk is not None and oc.error is None:
                 on_chunk(path)
+            bar.set_postfix_str(f"{len(files) + len(failed)}/{len(chunks)} chunks")
     if not chunks:
         _atomic_write_bytes(prov_path, json.dumps(prov, indent=2).encode())
-    return SweepResult(out, len(runs), len(runs) - len(todo), len(chunks),
-                       time.perf_counter() - t0, files)
+    result = SweepResult(out, len(runs), len(runs) - len(todo), len(chunks) - len(failed),
+                         time.perf_counter() - t0, files, failed)
+    if failed:
+        raise SweepFailed(result)
+    return result
 
 
 def run_specs(spec: str | Path | dict, out: str | Path, **kwargs) -> dict[str, SweepResult]:
