@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .data import MEAN_KINDS, MixtureConfig
-from .losses import BASE_LOSSES, DISTANCES, PROTOTYPE_KINDS, TEMPERATURE_LOSSES
+from .losses import BASE_LOSSES, DISTANCES, PROTOTYPE_KINDS
 from .models import UPDATE_MODES
 
 MODELS = ("free", "mlp")

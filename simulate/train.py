@@ -27,9 +27,10 @@ from .losses.clop import clop_rows
 from .models import FreeEmbeddings, StackedMLP
 
 DIVERGED = "diverged"
+#: per-run numbers logged at every logged step (besides objective, state and divergence)
 METRIC_COLUMNS = (
-    "objective", "effective_rank", "variance", "mean_cos", "max_cos", "mean_norm", "proto_cos",
-    "min_class_angle", "state", "diverged", "diverged_step", "knn_acc", "probe_acc",
+    "effective_rank", "variance", "mean_cos", "max_cos", "mean_norm", "proto_cos",
+    "min_class_angle", "knn_acc", "probe_acc",
 )
 #: steps of randomness drawn per generator call
 _BLOCK = 64
@@ -118,6 +119,11 @@ class Chunk:
     momentum: torch.Tensor
     weight_decay: torch.Tensor
     clop: torch.Tensor
+
+    def __post_init__(self):
+        # decided once per chunk, so the step itself never waits on the device
+        self.use_momentum = bool((self.momentum != 0).any())
+        self.use_weight_decay = bool((self.weight_decay != 0).any())
 
     @property
     def run_offsets(self) -> torch.Tensor:
@@ -214,8 +220,7 @@ def sgd_step(params, grads, bufs, chunk: Chunk, alive: torch.Tensor, first: bool
     over stacked parameters. A run is updated only if it is alive and its new parameters are
     all finite; returns that per-run mask (the others keep their parameters and buffers)."""
     R = alive.shape[0]
-    use_wd = bool((chunk.weight_decay != 0).any())
-    use_mom = bool((chunk.momentum != 0).any())
+    use_wd, use_mom = chunk.use_weight_decay, chunk.use_momentum
     new_p, new_b = [], []
     for p, g, buf in zip(params, grads, bufs):
         shape = (-1,) + (1,) * (p.dim() - 1)
@@ -224,17 +229,11 @@ def sgd_step(params, grads, bufs, chunk: Chunk, alive: torch.Tensor, first: bool
         new_p.append(p - chunk.lr.view(shape) * b)
         new_b.append(b)
     ok = alive & _finite_per_run(new_p, R)  # non-finite gradients or buffers reach the parameters
-    everyone = bool(ok.all())
     for p, buf, u, b in zip(params, bufs, new_p, new_b):
-        shape = (-1,) + (1,) * (p.dim() - 1)
-        if everyone:
-            p.copy_(u)
-            if use_mom:
-                buf.copy_(b)
-        else:
-            p.copy_(torch.where(ok.view(shape), u, p))
-            if use_mom:
-                buf.copy_(torch.where(ok.view(shape), b, buf))
+        keep = ok.view((-1,) + (1,) * (p.dim() - 1))
+        p.copy_(torch.where(keep, u, p))
+        if use_mom:
+            buf.copy_(torch.where(keep, b, buf))
     return ok
 
 
@@ -266,8 +265,7 @@ def _sparse_free_step(chunk: Chunk, loss_fn, idx, labels, alive, sphere: bool):
         if sphere:
             upd = torch.nn.functional.normalize(upd, dim=-1)
         ok = alive & finite & _finite_per_run([upd], R)
-        if not bool(ok.all()):
-            upd = torch.where(ok.view(-1, 1, 1), upd, z)
+        upd = torch.where(ok.view(-1, 1, 1), upd, z)
         table.index_copy_(0, flat, upd.reshape(-1, dim).to(weight.dtype))
     return loss, ok
 
@@ -353,32 +351,30 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
     params = [p for p in chunk.model.parameters()]
     bufs = [torch.zeros_like(p) for p in params]
     alive = torch.ones(R, dtype=torch.bool, device=device)
-    diverged_step = torch.full((R,), -1, dtype=torch.int64)
-    last_loss = torch.full((R,), math.nan, dtype=torch.float64)
+    diverged_step = torch.full((R,), -1, dtype=torch.int64, device=device)
+    last_loss = torch.full((R,), math.nan, dtype=torch.float64, device=device)
     rows: list[dict] = []
     sphere = r0.update_mode != "free"
 
     def log(step: int, final: bool):
         nonlocal alive
         ev = evaluate(chunk, final)
-        ev_cpu = {k: v.detach().cpu() for k, v in ev.items()}
-        for i in torch.nonzero(~ev_cpu["finite"] & (diverged_step < 0)).flatten().tolist():
-            diverged_step[i] = step  # embeddings overflowed although parameters are finite
+        # embeddings that overflow although the parameters are finite also end a run
+        diverged_step.copy_(torch.where(~ev["finite"] & (diverged_step < 0), step, diverged_step))
         alive = alive & ev["finite"]
+        ev_cpu = {k: v.detach().cpu() for k, v in ev.items()}
+        div, obj = diverged_step.cpu(), last_loss.cpu()
         for i, run in enumerate(runs):
-            dead = diverged_step[i] >= 0
-            row = {"run_id": run.run_id, "step": step, "objective": float(last_loss[i])}
-            for k in ("effective_rank", "variance", "mean_cos", "max_cos", "mean_norm", "proto_cos",
-                      "min_class_angle", "knn_acc", "probe_acc"):
-                row[k] = math.nan if dead else float(ev_cpu[k][i])
+            dead = bool(div[i] >= 0)
+            row = {"run_id": run.run_id, "step": step, "objective": float(obj[i])}
+            row.update({k: math.nan if dead else float(ev_cpu[k][i]) for k in METRIC_COLUMNS})
             row["state"] = DIVERGED if dead else M.STATE_NAMES[int(ev_cpu["state_code"][i])]
-            row["diverged"] = bool(dead)
-            row["diverged_step"] = int(diverged_step[i])
+            row["diverged"] = dead
+            row["diverged_step"] = int(div[i])
             rows.append(row)
 
     log(0, True)
-    sparse = isinstance(chunk.model, FreeEmbeddings) and not bool(
-        (chunk.momentum != 0).any() or (chunk.weight_decay != 0).any())
+    sparse = isinstance(chunk.model, FreeEmbeddings) and not (chunk.use_momentum or chunk.use_weight_decay)
     for step in range(1, r0.steps + 1):
         idx, labels, v1, v2 = draw_batch(chunk)
         if sparse:
@@ -393,11 +389,9 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
             ok = sgd_step(params, grads, bufs, chunk, alive & finite, first=step == 1)
             if sphere:
                 chunk.model.renormalise_()
-        newly = (alive & ~ok).cpu()
-        for i in torch.nonzero(newly).flatten().tolist():
-            diverged_step[i] = step
+        diverged_step.copy_(torch.where(alive & ~ok, step, diverged_step))
         alive = alive & ok
-        last_loss = torch.where(finite.cpu(), loss.detach().double().cpu(), torch.full_like(last_loss, math.nan))
+        last_loss = torch.where(finite, loss.detach().double(), torch.full_like(last_loss, math.nan))
         if step % r0.log_every == 0 or step == r0.steps:
             log(step, step == r0.steps)
         if progress is not None:

@@ -9,7 +9,6 @@ iterating the full nonlinear update at 0.9x and 1.1x the predicted rate.
 import math
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st

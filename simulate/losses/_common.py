@@ -6,6 +6,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -78,3 +79,16 @@ def check_labels(labels: torch.Tensor | None, runs: int, batch: int, k: int | No
     if k is not None and labels.numel() and int(labels.max()) >= k:
         raise ValueError(f"labels must be -1 (unlabelled) or in [0, {k}), got {int(labels.max())}")
     return labels
+
+
+class TemperatureLoss(nn.Module):
+    """Base of the temperature-scaled cosine losses: holds and validates ``temperature``.
+
+    Subclasses implement ``forward(z1, z2, labels=None, normalize=True)``.
+    """
+
+    cosine_only = True
+
+    def __init__(self, temperature: float = 0.5):
+        super().__init__()
+        self.temperature = positive_number("temperature", temperature)

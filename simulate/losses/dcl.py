@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from ._common import as_runs, check_views, compute_dtype, finish, masked_logsumexp, positive_number, unit
+from ._common import TemperatureLoss, as_runs, check_views, compute_dtype, finish, masked_logsumexp, positive_number, unit
 
 
 def dcl(z1: torch.Tensor, z2: torch.Tensor, tau: float, normalize: bool = True) -> torch.Tensor:
@@ -35,7 +34,7 @@ def dcl(z1: torch.Tensor, z2: torch.Tensor, tau: float, normalize: bool = True) 
     return finish((lse.sum(1) - 2 * pos_sim.sum(1)) / n, unbatched, dtype)
 
 
-class DCLLoss(nn.Module):
+class DCLLoss(TemperatureLoss):
     """DCL loss (module form of :func:`dcl`).
 
     Args:
@@ -44,12 +43,6 @@ class DCLLoss(nn.Module):
     Shape:
         z1, z2: (R, B, D) or (B, D); output (R,) or scalar.
     """
-
-    cosine_only = True
-
-    def __init__(self, temperature: float = 0.5):
-        super().__init__()
-        self.temperature = positive_number("temperature", temperature)
 
     def forward(self, z1, z2, labels=None, normalize: bool = True):
         return dcl(z1, z2, self.temperature, normalize)

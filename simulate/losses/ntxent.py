@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
-from ._common import as_runs, check_views, compute_dtype, finish, positive_number
+from ._common import TemperatureLoss, as_runs, check_views, compute_dtype, finish, positive_number
 
 
 class _NTXentGram(torch.autograd.Function):
@@ -84,7 +83,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float, normalize: bool = Tr
     return finish(loss, unbatched, dtype)
 
 
-class NTXentLoss(nn.Module):
+class NTXentLoss(TemperatureLoss):
     """NT-Xent loss (module form of :func:`nt_xent`).
 
     Args:
@@ -93,12 +92,6 @@ class NTXentLoss(nn.Module):
     Shape:
         z1, z2: (R, B, D) or (B, D); output (R,) or scalar.
     """
-
-    cosine_only = True
-
-    def __init__(self, temperature: float = 0.5):
-        super().__init__()
-        self.temperature = positive_number("temperature", temperature)
 
     def forward(self, z1, z2, labels=None, normalize: bool = True):
         return nt_xent(z1, z2, self.temperature, normalize)

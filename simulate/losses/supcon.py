@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ._common import (
-    as_runs, check_labels, check_views, compute_dtype, finish, masked_logsumexp,
-    positive_number, unit,
+    TemperatureLoss, as_runs, check_labels, check_views, compute_dtype, finish,
+    masked_logsumexp, positive_number, unit,
 )
 
 
@@ -49,7 +48,7 @@ def supcon(
     return finish(per_anchor.mean(1), unbatched, dtype)
 
 
-class SupConLoss(nn.Module):
+class SupConLoss(TemperatureLoss):
     """SupCon loss (module form of :func:`supcon`).
 
     Args:
@@ -58,12 +57,6 @@ class SupConLoss(nn.Module):
     Shape:
         z1, z2: (R, B, D) or (B, D); labels: (B,) or (R, B); output (R,) or scalar.
     """
-
-    cosine_only = True
-
-    def __init__(self, temperature: float = 0.5):
-        super().__init__()
-        self.temperature = positive_number("temperature", temperature)
 
     def forward(self, z1, z2, labels=None, normalize: bool = True):
         return supcon(z1, z2, labels, self.temperature, normalize)
