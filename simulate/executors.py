@@ -103,7 +103,9 @@ def ray_init(address: str | None = None, num_cpus: int | None = None):
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = os.environ[LOOPBACK_ENV] not in ("0", "false", "False")
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        # address="local": always a new private instance, never an existing cluster found on disk
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False)
     return ray
 
 

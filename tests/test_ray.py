@@ -156,8 +156,9 @@ def test_stop_ray_sweep_then_finish_locally(tmp_path):
                             stderr=subprocess.PIPE)
     chunks = tmp_path / "mixed" / "chunks"
     deadline = time.time() + 240
-    while time.time() < deadline and not list(chunks.glob("*.parquet")):
+    while time.time() < deadline and not list(chunks.glob("*.parquet")) and proc.poll() is None:
         time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
     proc.send_signal(signal.SIGINT)  # stop the driver; Ray shuts down with it
     proc.wait(timeout=120)
     done = len(list(chunks.glob("*.parquet")))
