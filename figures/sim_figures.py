@@ -61,13 +61,15 @@ def _lr_curves(ax, fin: pd.DataFrame, value: str, rows: list, ylabel: str):
 def build_lr_regimes(data):
     fin = final_rows(data["lr"])
     rows: list = []
-    fig, ax = plt.subplots(figsize=(8, 5))
-    _lr_curves(ax, fin, "probe_acc", rows, "linear-probe accuracy (held out)")
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
     k = int(fin["k"].iloc[0])
-    ax.axhline(1 / k, color="0.5", lw=0.8, ls=":", label="chance")
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title("Three regimes: not learning, learning, collapse (solid: with CLOP; x: diverged)",
-                 fontsize=9)
+    for ax, (value, label) in zip(axes, [("probe_acc", "linear-probe accuracy (held out)"),
+                                         ("knn_acc", "kNN accuracy (held out, cosine, k = 5)")]):
+        _lr_curves(ax, fin, value, rows, label)
+        ax.axhline(1 / k, color="0.5", lw=0.8, ls=":", label="chance")
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle("Three regimes: not learning, learning, collapse (solid: with CLOP; x: some runs diverged)",
+                 fontsize=10)
     fig.tight_layout()
     return fig, Table(("metric", "loss", "clop_weight", "lr", "mean", "std", "runs", "diverged_frac"), rows)
 
@@ -292,9 +294,9 @@ def build_etf_vs_orthonormal(data):
 
 register(Figure(
     id="lr_regimes", title="Accuracy against learning rate, with and without CLOP",
-    caption=("Held-out linear-probe accuracy (mean and std over seeds) against the learning rate for "
-             "NT-Xent, SupCon, DCL, VICReg and Barlow Twins on an MLP encoder, with (solid) and without "
-             "(dashed) CLOP; x marks learning rates at which some runs diverged."),
+    caption=("Held-out linear-probe (left) and kNN (right) accuracy, mean and std over seeds, against "
+             "the learning rate for NT-Xent, SupCon, DCL, VICReg and Barlow Twins on an MLP encoder, "
+             "with (solid) and without (dashed) CLOP; x marks learning rates at which some runs diverged."),
     preset_sweeps=("lr",), build=build_lr_regimes))
 register(Figure(
     id="variance_vs_lr", title="Embedding variance and effective rank against learning rate",
