@@ -3,40 +3,48 @@ PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+CORE   := $(VENV)/.installed-core
+DEV    := $(VENV)/.installed-dev
 PYTEST_ARGS ?= -n auto --dist loadgroup
 
 .PHONY: test figures theory agreement bench lab clean-venv
 
-$(STAMP): pyproject.toml Makefile
+# the core install: enough for figures, sweeps and the theory report
+$(CORE): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
-	touch $(STAMP)
+	$(PIP) "$(TORCH)"
+	$(PIP) -e .
+	touch $(CORE)
+
+# the test tools, notebooks and Ray on top
+$(DEV): $(CORE)
+	$(PIP) -e ".[dev]"
+	touch $(DEV)
 
 ## make test: install and run every test
-test: $(STAMP)
+test: $(DEV)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## make figures: install and regenerate every figure into figures/out/
-figures: $(STAMP)
+## make figures: install, run the quick sweeps (cached in results/) and draw every figure
+figures: $(CORE)
 	$(BIN)/python -m figures
 
 ## make theory: print the table of theory claims (proved and checked)
-theory: $(STAMP)
+theory: $(CORE)
 	$(BIN)/python -m theory
 
 ## make agreement: predicted against measured critical learning rates
-agreement: $(STAMP)
+agreement: $(CORE)
 	$(BIN)/python -m figures agreement
 
 ## make bench: batched engine against a per-configuration loop (prints JSON last)
-bench: $(STAMP)
+bench: $(CORE)
 	$(BIN)/python -m simulate bench
 
 ## make lab: open the notebooks in JupyterLab
-lab: $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[lab]"
+lab: $(CORE)
+	$(PIP) -e ".[lab]"
 	$(BIN)/jupyter lab notebooks
 
 clean-venv:
