@@ -70,18 +70,19 @@ class RunConfig:
     depth: int = 3
     out_dim: int = 16
     batch_norm: bool = False
-    k: int = 4
-    d: int = 16
-    per_class: int = 64
-    means: str = "orthonormal"
-    mean_scale: float = 3.0
-    sigma: float = 1.0
-    noise_rank: int | None = None
-    label_fraction: float = 1.0
-    aug_sigma: float = 0.1
-    sign_flip: bool = False
-    holdout_fraction: float = 0.25
-    data_seed: int = 0
+    # data fields, flattened so that each can be a grid axis; defaults are MixtureConfig's
+    k: int = MixtureConfig.k
+    d: int = MixtureConfig.d
+    per_class: int = MixtureConfig.per_class
+    means: str = MixtureConfig.means
+    mean_scale: float = MixtureConfig.mean_scale
+    sigma: float = MixtureConfig.sigma
+    noise_rank: int | None = MixtureConfig.noise_rank
+    label_fraction: float = MixtureConfig.label_fraction
+    aug_sigma: float = MixtureConfig.aug_sigma
+    sign_flip: bool = MixtureConfig.sign_flip
+    holdout_fraction: float = MixtureConfig.holdout_fraction
+    data_seed: int = MixtureConfig.seed
     seed: int = 0
     save_embeddings: bool = False
     name: str = field(default="", compare=False)
