@@ -39,7 +39,7 @@ def check_mode(mode: str, model: nn.Module | None = None) -> str:
     return mode
 
 
-def run_generators(seeds, device="cpu") -> list[torch.Generator]:
+def run_generators(seeds) -> list[torch.Generator]:
     """One torch generator per run from integer seeds (independent of the stack a run is in)."""
     return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
 
@@ -67,6 +67,14 @@ class FreeEmbeddings(nn.Module):
         if unit_init:
             w = nn.functional.normalize(w, dim=-1)
         self.weight = nn.Parameter(w)
+
+    @classmethod
+    def from_tensor(cls, weight: torch.Tensor) -> "FreeEmbeddings":
+        """Free embeddings starting at ``weight`` (R, N, D), e.g. at the data's views."""
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model.weight = nn.Parameter(weight.clone())
+        return model
 
     @property
     def runs(self) -> int:

@@ -155,9 +155,7 @@ def build_chunk(runs: list[RunConfig], device: torch.device, dtype=torch.float32
             if r.sign_flip:
                 v = v * (torch.randint(0, 2, (2, n, 1), generator=g) * 2 - 1)
             init.append(v.reshape(2 * n, -1))
-        model = FreeEmbeddings([0] * len(runs), 2 * n, r0.d, dtype=dtype)
-        with torch.no_grad():
-            model.weight.copy_(torch.stack(init).to(dtype))
+        model = FreeEmbeddings.from_tensor(torch.stack(init).to(dtype))
         if r0.update_mode != "free":
             model.renormalise_()
         views_shape = None

@@ -23,11 +23,14 @@ def finish(loss: torch.Tensor, unbatched: bool, dtype: torch.dtype) -> torch.Ten
     return loss[0] if unbatched else loss
 
 
-def check_views(z1: torch.Tensor, z2: torch.Tensor) -> None:
+def check_views(z1: torch.Tensor, z2: torch.Tensor, min_batch: int = 1, why: str = "") -> None:
+    """Same shapes, (B, D) or (R, B, D), and at least ``min_batch`` rows per view."""
     if z1.shape != z2.shape:
         raise ValueError(f"z2 must have the shape of z1 {tuple(z1.shape)}, got {tuple(z2.shape)}")
     if z1.dim() not in (2, 3):
         raise ValueError(f"z1 must have shape (B, D) or (R, B, D), got {tuple(z1.shape)}")
+    if z1.shape[-2] < min_batch:
+        raise ValueError(f"batch size must be >= {min_batch} for {why}, got {z1.shape[-2]}")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

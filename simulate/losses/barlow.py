@@ -15,9 +15,7 @@ def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3, eps: f
     Shape:
         z1, z2: (R, B, D) or (B, D), B >= 2; output (R,).
     """
-    check_views(z1, z2)
-    if z1.shape[-2] < 2:
-        raise ValueError(f"batch size must be >= 2 for Barlow Twins, got {z1.shape[-2]}")
+    check_views(z1, z2, min_batch=2, why="Barlow Twins")
     unbatched, (z1, z2) = as_runs(z1, z2)
     dtype = z1.dtype
     z1, z2 = z1.to(compute_dtype(dtype)), z2.to(compute_dtype(dtype))

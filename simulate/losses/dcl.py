@@ -15,10 +15,8 @@ def dcl(z1: torch.Tensor, z2: torch.Tensor, tau: float, normalize: bool = True) 
         z1, z2: (R, B, D) or (B, D), B >= 2 (B = 1 leaves no negative); output (R,).
         All embeddings equal: ``log(2B - 2)``.
     """
-    check_views(z1, z2)
+    check_views(z1, z2, min_batch=2, why="DCL (no negatives otherwise)")
     tau = positive_number("tau", tau)
-    if z1.shape[-2] < 2:
-        raise ValueError(f"batch size must be >= 2 for DCL (no negatives otherwise), got {z1.shape[-2]}")
     unbatched, (z1, z2) = as_runs(z1, z2)
     dtype = z1.dtype
     z = torch.cat([z1, z2], dim=1).to(compute_dtype(dtype))
