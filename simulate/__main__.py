@@ -78,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     be = sub.add_parser("bench", help="batched engine against a per-configuration loop")
     be.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     be.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
+    be.add_argument("--repeats", type=int, default=3,
+                    help="engine runs, each paired with a matmul-throughput measurement; the "
+                         "JSON reports medians (default: 3)")
+    be.add_argument("--no-loop", action="store_true",
+                    help="skip the per-configuration loop (no speedup or max_abs_diff)")
 
     args = ap.parse_args(argv)
     try:
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args)
         from .bench import main_bench
 
-        return main_bench(args.device, args.steps)
+        return main_bench(args.device, args.steps, args.repeats, not args.no_loop)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

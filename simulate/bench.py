@@ -5,13 +5,18 @@ without CLOP, 8 learning rates from 0.01 to 10, 4 seeds; free embeddings from an
 mixture, 512 points, d = 16, batch 64, 300 steps) is trained two ways in one process:
 
 * ``loop_s``: one configuration at a time, each with its own ``torch.optim.SGD`` and the same
-  loss functions at R = 1 (as a per-configuration training script runs);
-* ``batched_s``: the engine (all 64 runs as one stack).
+  loss functions at R = 1 (as a per-configuration training script runs), once;
+* ``batched_s``: the engine (all 64 runs as one stack), ``repeats`` times, each right after
+  a measurement of the batched-matmul throughput at the grid's shapes (shared machines
+  drift; pairing the two keeps the floor and the engine under the same conditions).
 
-The last line printed is one JSON object with ``loop_s``, ``batched_s``, ``speedup``,
-``max_abs_diff`` (between the two sets of final embeddings), ``flops`` (similarity matmuls
-forward and backward), ``matmul_flops_per_s`` (measured batched-matmul throughput at the
-grid's shapes), ``floor_fraction`` = (flops / throughput) / batched_s, and the device.
+The last line printed is one JSON object: ``loop_s``; ``batched_s`` (median over the
+repeats) and ``batched_s_all``; ``speedup`` = loop_s / batched_s; ``max_abs_diff`` between
+the loop's and the engine's final embeddings; ``flops`` (the similarity matmuls, forward and
+backward: 3 batched matmuls of 2 (2B)^2 D flops per run and step); ``matmul_flops_per_s``
+(median) and ``floor_fraction`` = median over repeats of (flops / throughput) / batched time,
+i.e. the share of the engine's wall time that the essential matmuls would need at the
+measured throughput; the device.
 """
 
 from __future__ import annotations
@@ -73,44 +78,52 @@ def matmul_throughput(runs: int, rows: int, dim: int, device, repeats: int = 50)
     return 2.0 * runs * rows * rows * dim * repeats / best
 
 
-def run_bench(device: str = "auto", steps: int = 300, verbose: bool = True) -> dict:
+def run_bench(device: str = "auto", steps: int = 300, repeats: int = 3, loop: bool = True,
+              verbose: bool = True) -> dict:
+    if not (isinstance(repeats, int) and repeats >= 1):
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
     dev = resolve_device(device)
     runs = bench_grid(steps)
     say = print if verbose else (lambda *a, **k: None)
-    t = time.perf_counter()
-    looped = torch.stack([loop_one(r, dev) for r in runs])
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    loop_s = time.perf_counter() - t
-    say(f"loop: {len(runs)} configurations one at a time in {loop_s:.2f} s")
-    state: dict = {}
-    t = time.perf_counter()
-    train_chunk(runs, dev, state=state)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    batched_s = time.perf_counter() - t
-    say(f"batched: {len(runs)} configurations as one stack in {batched_s:.2f} s")
-    final = state["model"].weight.detach()
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     r0 = runs[0]
     rows = 2 * r0.batch_size
     flops = 3 * 2.0 * len(runs) * rows * rows * r0.d * steps
-    tput = matmul_throughput(len(runs), rows, r0.d, dev)
-    return {
-        "configs": len(runs),
-        "steps": steps,
-        "loop_s": round(loop_s, 4),
-        "batched_s": round(batched_s, 4),
-        "speedup": round(loop_s / batched_s, 3),
-        "max_abs_diff": float((final - looped).abs().max()),
-        "flops": flops,
-        "matmul_flops_per_s": tput,
-        "floor_fraction": round(flops / tput / batched_s, 4),
-        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-        "torch_threads": torch.get_num_threads(),
-    }
+    out: dict = {"configs": len(runs), "steps": steps}
+    looped = None
+    if loop:
+        t = time.perf_counter()
+        looped = torch.stack([loop_one(r, dev) for r in runs])
+        sync()
+        out["loop_s"] = round(time.perf_counter() - t, 4)
+        say(f"loop: {len(runs)} configurations one at a time in {out['loop_s']:.2f} s")
+    times, tputs = [], []
+    for i in range(repeats):
+        tputs.append(matmul_throughput(len(runs), rows, r0.d, dev))
+        state: dict = {}
+        t = time.perf_counter()
+        train_chunk(runs, dev, state=state)
+        sync()
+        times.append(time.perf_counter() - t)
+        say(f"batched: {len(runs)} configurations as one stack in {times[-1]:.2f} s "
+            f"(matmul throughput {tputs[-1] / 1e9:.1f} GFLOP/s)")
+    final = state["model"].weight.detach()
+    out["batched_s"] = round(float(np.median(times)), 4)
+    out["batched_s_all"] = [round(x, 4) for x in times]
+    if loop:
+        out["speedup"] = round(out["loop_s"] / out["batched_s"], 3)
+        out["max_abs_diff"] = float((final - looped).abs().max())
+    out["flops"] = flops
+    out["matmul_flops_per_s"] = float(np.median(tputs))
+    fractions = [flops / tp / bt for tp, bt in zip(tputs, times)]
+    out["floor_fraction"] = round(float(np.median(fractions)), 4)
+    out["floor_fraction_all"] = [round(x, 4) for x in fractions]
+    out["device"] = str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev)
+    out["torch_threads"] = torch.get_num_threads()
+    return out
 
 
-def main_bench(device: str, steps: int) -> int:
-    result = run_bench(device, steps)
+def main_bench(device: str, steps: int, repeats: int = 3, loop: bool = True) -> int:
+    result = run_bench(device, steps, repeats, loop)
     print(json.dumps(result))
     return 0

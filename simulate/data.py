@@ -121,7 +121,7 @@ def class_directions(kind: str, k: int, d: int, rng: np.random.Generator) -> np.
     q, r = np.linalg.qr(rng.standard_normal((d, d)))
     q = q * np.sign(np.diag(r))  # Haar-distributed
     if kind == "orthonormal":
-        return q[:, :k].T
+        return np.ascontiguousarray(q[:, :k].T)
     # simplex: centre k orthonormal vectors in a k-dim space, then embed in d >= k - 1 dims
     etf = np.sqrt(k / (k - 1)) * (np.eye(k) - np.ones((k, k)) / k)  # rows: simplex in R^k
     basis = np.linalg.svd(etf)[2][: k - 1]  # (k-1, k): the simplex's own (k-1)-dim span

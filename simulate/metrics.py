@@ -70,9 +70,10 @@ def mean_sq_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
 
 
 def max_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
-    """Largest cos(z_i, z_j) over i != j. (R,). Formed in row blocks of about 2^21 entries
-    (cache-sized), in the embeddings' own dtype (float32 resolves cosines to ~1e-7); the
-    result is float64."""
+    """Largest cos(z_i, z_j) over i != j. (R,). The Gram matrix is symmetric, so each row
+    block meets only the columns from its own start on (half the work); blocks hold about
+    2^21 entries (cache-sized) and use the embeddings' own dtype (float32 resolves cosines to
+    ~1e-7). The result is float64."""
     z = z.detach()
     z = z.unsqueeze(0) if z.dim() == 2 else z
     u = _unit(z if z.dtype in (torch.float32, torch.float64) else z.float())
@@ -81,8 +82,8 @@ def max_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
     best = torch.full((runs,), -2.0, dtype=u.dtype, device=u.device)
     ut = u.transpose(1, 2)
     for i in range(0, n, block):
-        c = torch.bmm(u[:, i: i + block], ut)
-        c[:, :, i: i + block].diagonal(dim1=1, dim2=2).fill_(-2.0)
+        c = torch.bmm(u[:, i: i + block], ut[:, :, i:])
+        c[:, :, :block].diagonal(dim1=1, dim2=2).fill_(-2.0)
         best = torch.maximum(best, c.amax((1, 2)))
     return best.to(torch.float64)
 

@@ -22,6 +22,7 @@ import torch
 from . import metrics as M
 from .config import RunConfig
 from .data import make_mixture
+from .fastpath import ntxent_clop_value_and_grad, supported
 from .losses import BASE_LOSSES, TEMPERATURE_LOSSES, make_prototypes
 from .losses.clop import clop_rows
 from .models import FreeEmbeddings, StackedMLP
@@ -54,52 +55,112 @@ def run_seeds(seed: int) -> tuple[int, int]:
 
 
 class BatchStream:
-    """Minibatch indices and view noise of one run, drawn in blocks from its own generator.
-
-    Each step's indices are a uniformly random subset of size B (the B largest of N iid
-    uniforms), so draws never depend on the other runs of the chunk.
-    """
+    """The randomness of one run's minibatches, from its own generator: a permutation of the
+    N points per epoch and, for encoders, view noise (and signs) in blocks of steps. The
+    draws depend only on the run and the step count, never on the other runs of the chunk."""
 
     def __init__(self, seed: int, n: int, batch: int, views_shape: tuple | None, run: RunConfig):
         self.g = torch.Generator().manual_seed(seed)
         self.n, self.b, self.views_shape, self.run = n, batch, views_shape, run
 
-    def block(self):
-        """(indices (BLOCK, B), noise (BLOCK, 2, B, d) or None, signs (BLOCK, 2, B, 1) or None)."""
-        idx = torch.rand(_BLOCK, self.n, generator=self.g).topk(self.b, -1, sorted=False).indices
-        noise = signs = None
-        if self.views_shape is not None:
-            noise = torch.randn((_BLOCK, 2, self.b) + self.views_shape, generator=self.g,
-                                dtype=torch.float64) * self.run.aug_sigma
-            if self.run.sign_flip:
-                signs = torch.randint(0, 2, (_BLOCK, 2, self.b, 1), generator=self.g) * 2 - 1
-        return idx, noise, signs
+    def permutation(self) -> torch.Tensor:
+        return torch.randperm(self.n, generator=self.g)
+
+    def noise_block(self):
+        """(noise (BLOCK, 2, B, d), signs (BLOCK, 2, B, 1) or None)."""
+        noise = torch.randn((_BLOCK, 2, self.b) + self.views_shape, generator=self.g,
+                            dtype=torch.float64) * self.run.aug_sigma
+        signs = None
+        if self.run.sign_flip:
+            signs = torch.randint(0, 2, (_BLOCK, 2, self.b, 1), generator=self.g) * 2 - 1
+        return noise, signs
 
 
 class StackedStream:
-    """The per-run streams of a chunk, stacked block by block onto the device."""
+    """The per-run streams of a chunk, stacked onto the device.
+
+    Minibatches run through epochs: each epoch is a fresh random permutation of the N points
+    per run, cut into ``N // B`` batches of B distinct points (a remainder of ``N mod B`` is
+    left out for that epoch), as a shuffled ``DataLoader`` with ``drop_last`` does.
+    """
 
     def __init__(self, streams: list[BatchStream], device, dtype):
         self.streams, self.device, self.dtype = streams, device, dtype
+        s0 = streams[0]
+        self.n, self.b = s0.n, s0.b
+        self.per_epoch = s0.n // s0.b
+        self.j = self.per_epoch  # batch index within the epoch; the first next() opens one
+        self.perm: torch.Tensor | None = None  # (R, N), this epoch's order
+        self.new_epoch = False
         self._pos = _BLOCK
 
     def _fill(self):
-        blocks = [s.block() for s in self.streams]
-        self._idx = torch.stack([b[0] for b in blocks], 1).to(self.device)  # (BLOCK, R, B)
-        self._noise = self._signs = None
+        blocks = [s.noise_block() for s in self.streams]
+        self._noise = torch.stack([b[0] for b in blocks], 1).to(self.device, self.dtype)
+        self._signs = None
         if blocks[0][1] is not None:
-            self._noise = torch.stack([b[1] for b in blocks], 1).to(self.device, self.dtype)
-        if blocks[0][2] is not None:
-            self._signs = torch.stack([b[2] for b in blocks], 1).to(self.device, self.dtype)
+            self._signs = torch.stack([b[1] for b in blocks], 1).to(self.device, self.dtype)
         self._pos = 0
 
     def next(self):
+        """(indices (R, B), noise (R, 2, B, d) or None, signs (R, 2, B, 1) or None) of the next
+        step; ``new_epoch`` tells whether it opened an epoch and ``j`` is its batch index."""
+        self.new_epoch = self.j == self.per_epoch
+        if self.new_epoch:
+            self.perm = torch.stack([s.permutation() for s in self.streams]).to(self.device)
+            self.j = 0
+        idx = self.perm[:, self.j * self.b: (self.j + 1) * self.b]
+        self.j += 1
+        if self.streams[0].views_shape is None:
+            return idx, None, None
         if self._pos == _BLOCK:
             self._fill()
         i = self._pos
         self._pos += 1
-        return (self._idx[i], None if self._noise is None else self._noise[i],
-                None if self._signs is None else self._signs[i])
+        return idx, self._noise[i], None if self._signs is None else self._signs[i]
+
+
+class EpochRows:
+    """Free-embedding rows kept in the order of the current epoch, so that every minibatch is
+    a contiguous slice: one gather when an epoch opens, instead of a gather and a scatter per
+    step. The model's weight (in point order) is brought up to date by :meth:`sync`.
+
+    Row q of ``table`` (R, 2N, D) holds view 1 of point ``order[r, q]`` and row N + q its
+    view 2 (rows ``order[r, q]`` and N + ``order[r, q]`` of the weight).
+    """
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight = weight.detach()
+        self.runs, rows, self.dim = self.weight.shape
+        self.n = rows // 2
+        self.table = self.weight.clone()
+        idx = torch.arange(self.n, device=self.weight.device).expand(self.runs, -1)
+        self.position = idx.clone()  # position[r, p]: where point p sits in the table
+        self._base = 2 * self.n * torch.arange(self.runs, device=self.weight.device)[:, None]
+
+    def _gather(self, source: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``out[r, q] = source[r, rows[r, q]]`` and ``out[r, N + q] = source[r, N + rows[r, q]]``."""
+        flat = (torch.cat([rows, rows + self.n], 1) + self._base).reshape(-1)
+        return source.view(-1, self.dim).index_select(0, flat).view(self.runs, -1, self.dim)
+
+    def open(self, perm: torch.Tensor) -> None:
+        """Lay the rows out in the order ``perm`` (R, N)."""
+        self.table = self._gather(self.table, self.position.gather(1, perm))
+        self.position = torch.empty_like(perm).scatter_(
+            1, perm, torch.arange(self.n, device=perm.device).expand(self.runs, -1))
+
+    def sync(self) -> None:
+        """Copy the rows into the weight, in point order."""
+        self.weight.copy_(self._gather(self.table, self.position))
+
+    def batch(self, j: int, b: int) -> torch.Tensor:
+        """Rows ``[z1; z2]`` (R, 2B, D) of batch ``j``."""
+        t, n = self.table, self.n
+        return torch.cat([t[:, j * b: (j + 1) * b], t[:, n + j * b: n + (j + 1) * b]], 1)
+
+    def write(self, j: int, b: int, z: torch.Tensor) -> None:
+        self.table[:, j * b: (j + 1) * b] = z[:, :b]
+        self.table[:, self.n + j * b: self.n + (j + 1) * b] = z[:, b:]
 
 
 @dataclass
@@ -119,15 +180,14 @@ class Chunk:
     momentum: torch.Tensor
     weight_decay: torch.Tensor
     clop: torch.Tensor
+    epoch_labels: torch.Tensor | None = None  # (R, N), labels in this epoch's order
 
     def __post_init__(self):
         # decided once per chunk, so the step itself never waits on the device
         self.use_momentum = bool((self.momentum != 0).any())
         self.use_weight_decay = bool((self.weight_decay != 0).any())
-
-    @property
-    def run_offsets(self) -> torch.Tensor:
-        return torch.arange(len(self.runs), device=self.labels.device)[:, None]
+        #: NT-Xent (+ cosine CLOP) on unit rows: value and gradient in one pass (fastpath)
+        self.fused = supported(self.runs[0], self.lr.dtype)
 
 
 def _per_run(values, device, dtype):
@@ -139,7 +199,11 @@ def build_chunk(runs: list[RunConfig], device: torch.device, dtype=torch.float32
     if len(keys) != 1:
         raise ValueError("runs must share one chunk key (same shapes and loss program)")
     r0 = runs[0]
-    datas = [make_mixture(r.data_config()) for r in runs]
+    mixtures: dict = {}  # runs of a chunk often share their data
+    for r in runs:
+        if r.data_config() not in mixtures:
+            mixtures[r.data_config()] = make_mixture(r.data_config())
+    datas = [mixtures[r.data_config()] for r in runs]
     stack = lambda name, dt=dtype: torch.stack([getattr(d, name) for d in datas]).to(device=device, dtype=dt)  # noqa: E731
     x_train, x_test = stack("x_train"), stack("x_test")
     y_train, y_test = stack("y_train", torch.int64), stack("y_test", torch.int64)
@@ -181,8 +245,12 @@ def base_loss_fn(run: RunConfig):
 
 def draw_batch(chunk: Chunk):
     """Indices (R, B), labels (R, B) and the two views of this step for every run."""
-    idx, noise, signs = chunk.streams.next()
-    labels = chunk.labels.take(idx + chunk.labels.shape[1] * chunk.run_offsets)
+    stream = chunk.streams
+    idx, noise, signs = stream.next()
+    if stream.new_epoch:
+        chunk.epoch_labels = chunk.labels.gather(1, stream.perm)
+    j, b = stream.j - 1, stream.b
+    labels = chunk.epoch_labels[:, j * b: (j + 1) * b]
     if noise is None:
         return idx, labels, None, None
     x = torch.gather(chunk.x_train, 1, idx[..., None].expand(-1, -1, chunk.x_train.shape[-1]))
@@ -244,27 +312,37 @@ def _finite_per_run(tensors, runs: int) -> torch.Tensor:
     return ok
 
 
-def _sparse_free_step(chunk: Chunk, loss_fn, idx, labels, alive, sphere: bool):
+def _sparse_free_step(chunk: Chunk, loss_fn, rows: EpochRows, labels, alive, sphere: bool,
+                      value: bool = True):
     """Plain SGD (no momentum, no weight decay) on free embeddings, touching only the rows of
-    the batch: the same update as the dense step, whose gradient is zero on every other row."""
-    weight = chunk.model.weight
-    R, rows_per_run, dim = weight.shape
-    n = chunk.x_train.shape[1]
-    rows = torch.cat([idx, idx + n], 1)  # (R, 2B): view 1 and view 2 rows, all distinct
-    flat = (rows + rows_per_run * torch.arange(R, device=rows.device)[:, None]).reshape(-1)
-    table = weight.detach().view(-1, dim)
-    z = table.index_select(0, flat).view(R, -1, dim).requires_grad_(True)
-    loss = chunk_loss(chunk, loss_fn, z, labels)
-    finite = torch.isfinite(loss)
-    total = torch.where(alive & finite, loss, torch.zeros_like(loss)).sum()
-    (g,) = torch.autograd.grad(total, [z])
+    the batch (this step's slice of ``rows``): the same update as the dense step, whose
+    gradient is zero on every other row.
+
+    Returns (per-run loss, or None when ``value`` is False and the fused path can skip it;
+    per-run mask of the runs updated). A non-finite loss always shows in the gradient
+    (through ``log zsum``, ``P = e / zsum`` or the rows), so the update check finds it."""
+    stream = chunk.streams
+    j, b = stream.j - 1, stream.b
+    z = rows.batch(j, b)
+    R = z.shape[0]
+    if chunk.fused:
+        # every run's gradient is its own; the runs that are dead or not finite are masked below
+        loss, g = ntxent_clop_value_and_grad(z, chunk.runs[0].temperature, labels, chunk.prototypes,
+                                             chunk.clop, value=value)
+        finite = alive if loss is None else torch.isfinite(loss)
+    else:
+        z.requires_grad_(True)
+        loss = chunk_loss(chunk, loss_fn, z, labels)
+        finite = torch.isfinite(loss)
+        total = torch.where(alive & finite, loss, torch.zeros_like(loss)).sum()
+        (g,) = torch.autograd.grad(total, [z])
+        z = z.detach()
     with torch.no_grad():
-        upd = z - chunk.lr.view(-1, 1, 1) * g
+        upd = torch.addcmul(z, chunk.lr.view(-1, 1, 1), g, value=-1.0)
         if sphere:
             upd = torch.nn.functional.normalize(upd, dim=-1)
         ok = alive & finite & _finite_per_run([upd], R)
-        upd = torch.where(ok.view(-1, 1, 1), upd, z)
-        table.index_copy_(0, flat, upd.reshape(-1, dim).to(weight.dtype))
+        rows.write(j, b, torch.where(ok.view(-1, 1, 1), upd, z))
     return loss, ok
 
 
@@ -282,16 +360,17 @@ def evaluate(chunk: Chunk, final: bool) -> dict:
         y = chunk.y_train
     finite = _finite_per_run([emb], emb.shape[0])
     emb = torch.where(finite.view(-1, 1, 1), emb, torch.ones_like(emb))  # keep linalg defined
+    unit = torch.nn.functional.normalize(emb.double(), dim=-1)  # the cosine metrics' input
     out = {
         "effective_rank": M.effective_rank(emb),
-        "variance": M.embedding_variance(torch.nn.functional.normalize(emb.double(), dim=-1)),
-        "mean_cos": M.mean_pairwise_cosine(emb),
+        "variance": M.embedding_variance(unit),
+        "mean_cos": M.mean_pairwise_cosine(unit),
         "max_cos": M.max_pairwise_cosine(emb),
         "mean_norm": M.mean_norm(emb),
-        "state_code": M.collapse_state(emb),
+        "state_code": M.collapse_state(unit),
         "min_class_angle": M.min_class_angle(emb, y, chunk.runs[0].k),
     }
-    out["proto_cos"] = (M.prototype_cosine(emb, y, chunk.prototypes) if chunk.prototypes is not None
+    out["proto_cos"] = (M.prototype_cosine(unit, y, chunk.prototypes) if chunk.prototypes is not None
                         else torch.full_like(out["mean_norm"], math.nan))
     nan = torch.full_like(out["mean_norm"], math.nan)
     out["knn_acc"], out["probe_acc"] = nan, nan
@@ -373,11 +452,16 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
 
     log(0, True)
     sparse = isinstance(chunk.model, FreeEmbeddings) and not (chunk.use_momentum or chunk.use_weight_decay)
+    layout = EpochRows(chunk.model.weight) if sparse else None
     for step in range(1, r0.steps + 1):
         idx, labels, v1, v2 = draw_batch(chunk)
+        logged = step % r0.log_every == 0 or step == r0.steps
         if sparse:
-            loss, ok = _sparse_free_step(chunk, loss_fn, idx, labels, alive, sphere)
-            finite = torch.isfinite(loss)
+            if chunk.streams.new_epoch:
+                layout.open(chunk.streams.perm)
+            loss, ok = _sparse_free_step(chunk, loss_fn, layout, labels, alive, sphere, value=logged)
+            if logged:
+                layout.sync()  # the metrics read the weight
         else:
             z1, z2 = forward_views(chunk, idx, v1, v2)
             loss = chunk_loss(chunk, loss_fn, torch.cat([z1, z2], 1), labels)
@@ -389,8 +473,10 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
                 chunk.model.renormalise_()
         diverged_step.copy_(torch.where(alive & ~ok, step, diverged_step))
         alive = alive & ok
-        last_loss = torch.where(finite, loss.detach().double(), torch.full_like(last_loss, math.nan))
-        if step % r0.log_every == 0 or step == r0.steps:
+        if loss is not None:
+            last_loss = torch.where(torch.isfinite(loss), loss.detach().double(),
+                                    torch.full_like(last_loss, math.nan))
+        if logged:
             log(step, step == r0.steps)
         if progress is not None:
             progress(1)

@@ -31,7 +31,7 @@ def make_prototypes(k: int, d: int, kind: str = "orthonormal", seed: int = 0) ->
     from ..data import class_directions
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x70726F]))
-    return torch.as_tensor(class_directions(kind, k, d, rng), dtype=torch.float64)
+    return torch.as_tensor(class_directions(kind, k, d, rng), dtype=torch.float64).contiguous()
 
 
 def clop_term(
@@ -86,15 +86,24 @@ class _CosineCLOP(torch.autograd.Function):
         return -coef * (target2 - cos.unsqueeze(-1) * u) / r, None, None
 
 
+def prototype_targets(labels: torch.Tensor, protos: torch.Tensor):
+    """``(target2, weight2)`` on the concatenated views: each row's prototype ``p_{y_i}`` (R,
+    2B, D; any prototype for unlabelled rows) and its weight ``1 / (2 m)`` for labelled rows,
+    0 otherwise (R, 2B), with ``m`` the run's number of labelled points."""
+    runs, b = labels.shape
+    labelled = labels >= 0
+    w = labelled.to(protos.dtype) / (2 * labelled.sum(1, keepdim=True).clamp(min=1)).to(protos.dtype)
+    target = protos.index_select(0, labels.clamp(min=0).reshape(-1)).view(runs, b, -1)
+    return torch.cat([target, target], 1), torch.cat([w, w], 1)
+
+
 def clop_rows(z, labels, protos, distance: str = "cosine") -> torch.Tensor:
     """Unchecked CLOP on the concatenated views ``z = [z1; z2]`` (R, 2B, D) with labels (R, B),
     weight 1 -> (R,). Used by the training engine, whose inputs are validated once."""
-    labelled = labels >= 0
     if distance == "cosine" and z.dtype in (torch.float32, torch.float64):
-        target = protos[labels.clamp(min=0)]
-        w = labelled.to(z.dtype) / (2 * labelled.sum(1, keepdim=True).clamp(min=1)).to(z.dtype)
-        return _CosineCLOP.apply(z, torch.cat([target, target], 1), torch.cat([w, w], 1))
-    target = protos[labels.clamp(min=0)]
+        return _CosineCLOP.apply(z, *prototype_targets(labels, protos.to(z.dtype)))
+    labelled = labels >= 0
+    target = protos.index_select(0, labels.clamp(min=0).reshape(-1)).view(labels.shape + (-1,))
     u = torch.nn.functional.normalize(z, dim=-1)
     t2 = torch.cat([target, target], 1)
     if distance == "cosine":

@@ -9,53 +9,98 @@ import torch
 from ._common import TemperatureLoss, as_runs, check_views, compute_dtype, finish, positive_number
 
 
+_LOG2E = 1.0 / math.log(2.0)
+
+
+def unshifted_ok(tau: float, dtype: torch.dtype) -> bool:
+    """Whether unit rows may skip the max-shift of the softmax: every ``s_ij`` lies in
+    ``[-1/tau, 1/tau]``, so ``exp(s_ij)`` neither overflows nor underflows while ``2/tau``
+    stays well inside the dtype's exponent range (float32: tau > 0.026)."""
+    return 2.0 / tau < 0.9 * -math.log(torch.finfo(dtype).tiny)
+
+
+def softmax_terms(u: torch.Tensor, tau: float, unshifted: bool):
+    """``(e, zsum, m)`` for rows ``u`` (R, N, D): ``e = exp(u u^T / tau - m)`` with a zero
+    diagonal (the unnormalised softmax of each row over the others), ``zsum`` its row sums
+    (R, N) and the shift ``m``: 0 with ``unshifted`` (``e`` is then symmetric and comes
+    from one ``bmm``), else the row maximum (R, N)."""
+    if unshifted:
+        # exp(x) as 2^(x log2 e): the base-2 exponential is about twice as fast on CPUs
+        e = torch.bmm(u * (_LOG2E / tau), u.transpose(1, 2)).exp2_()
+        e.diagonal(dim1=1, dim2=2).zero_()
+        return e, e.sum(-1), 0.0
+    e = torch.bmm(u, u.transpose(1, 2)).div_(tau)
+    e.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+    m = e.amax(-1, keepdim=True)
+    e.sub_(m).exp_()
+    return e, e.sum(-1), m.squeeze(-1)
+
+
+def ntxent_value(u: torch.Tensor, zsum: torch.Tensor, m, tau: float) -> torch.Tensor:
+    """``(sum_i lse_i - 2 sum_{i<B} s_{i,i+B}) / 2B`` per run, ``lse = m + log zsum``."""
+    n = u.shape[1]
+    b = n // 2
+    lse = zsum.log().add_(m)
+    pos = (u[:, :b] * u[:, b:]).sum(-1)
+    return (lse.sum(1) - (2.0 / tau) * pos.sum(1)) / n
+
+
+def ntxent_direction(u: torch.Tensor, e: torch.Tensor, zsum: torch.Tensor, symmetric: bool) -> torch.Tensor:
+    """``(P + P^T) u - 2 u_partner`` with ``P = e / zsum`` row-wise: ``2B tau`` times the
+    gradient of :func:`ntxent_value` with respect to the rows ``u``. A symmetric ``e``
+    needs ``e u`` and ``e (u / zsum)``; otherwise ``e u`` and ``e^T (u / zsum)``."""
+    b = u.shape[1] // 2
+    zs = zsum.unsqueeze(-1)
+    w = u / zs
+    other = torch.bmm(e if symmetric else e.transpose(1, 2), w)
+    g = torch.addcdiv(other, torch.bmm(e, u), zs)
+    g[:, :b].sub_(u[:, b:], alpha=2.0)
+    g[:, b:].sub_(u[:, :b], alpha=2.0)
+    return g
+
+
+def unit_rows(z: torch.Tensor):
+    """``(u, r)``: rows of ``z`` divided by their norms ``r = max(|z_i|, 1e-12)`` (R, N, 1)."""
+    r = torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min_(1e-12)
+    return z / r, r
+
+
+def project_rows(g: torch.Tensor, u: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``(I - u u^T) g / r`` row-wise: a gradient with respect to unit rows ``u = z / r``
+    carried back to ``z``."""
+    dot = (g * u).sum(-1, keepdim=True)
+    return torch.addcmul(g, u, dot, value=-1.0).div_(r)
+
+
 class _NTXentGram(torch.autograd.Function):
     """NT-Xent of rows ``z`` (R, 2B, D) with the analytic gradient.
 
     Forward: ``u = z / max(|z|, 1e-12)`` (or ``u = z`` when ``normalize`` is False), ``s = u
-    u^T / tau`` with the diagonal excluded, a row-max-shifted softmax ``P`` and ``lse``; the
-    loss is ``(sum_i lse_i - 2 sum_{i<B} s_{i,i+B}) / 2B``. Backward: ``dL/ds = (P - E) / 2B``
-    (E marks positives), ``dL/du = (dL/ds + dL/ds^T) u / tau`` as two batched matmuls, and
-    through the normalisation ``dL/dz = (I - u u^T) dL/du / |z|``. One N x N buffer (the unnormalised softmax) is kept.
+    u^T / tau`` with the diagonal excluded, a shifted softmax ``P = e / zsum`` with ``e =
+    exp(s - m)`` and ``lse = m + log zsum``; the loss is ``(sum_i lse_i - 2 sum_{i<B}
+    s_{i,i+B}) / 2B``. Backward: ``dL/ds = (P - E) / 2B`` (E marks positives) and ``dL/du =
+    (dL/ds + dL/ds^T) u / tau`` (:func:`ntxent_direction`), then through the normalisation
+    ``dL/dz = (I - u u^T) dL/du / |z|``. One N x N buffer (``e``) is kept. Unit rows need no
+    shift (``m = 0``) when :func:`unshifted_ok`; raw dot products and tiny temperatures
+    shift by the row maximum.
     """
 
     @staticmethod
     def forward(ctx, z, tau, normalize):
-        n = z.shape[1]
-        b = n // 2
-        if normalize:
-            r = z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            u = z / r
-        else:
-            r, u = None, z
-        s = torch.bmm(u, u.transpose(1, 2)).div_(tau)
-        s.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
-        if normalize and 2.0 / tau < 0.9 * -math.log(torch.finfo(z.dtype).tiny):
-            # unit rows: every s_ij lies in [-1/tau, 1/tau]; shifting by 1/tau cannot underflow
-            m = torch.full_like(s[..., :1], 1.0 / tau)
-        else:
-            m = s.amax(-1, keepdim=True)
-        e = s.sub_(m).exp_()  # unnormalised softmax; P = e / zsum row-wise
-        zsum = e.sum(-1, keepdim=True)
-        lse = (m + zsum.log()).squeeze(-1)
-        pos = (u[:, :b] * u[:, b:]).sum(-1) / tau
+        u, r = unit_rows(z) if normalize else (z, None)
+        const = normalize and unshifted_ok(tau, z.dtype)
+        e, zsum, m = softmax_terms(u, tau, const)
         ctx.save_for_backward(u, e, zsum, r if normalize else zsum)
-        ctx.tau, ctx.normalize = tau, normalize
-        return (lse.sum(1) - 2 * pos.sum(1)) / n
+        ctx.tau, ctx.normalize, ctx.const = tau, normalize, const
+        return ntxent_value(u, zsum, m, tau)
 
     @staticmethod
     def backward(ctx, grad_out):
         u, e, zsum, r = ctx.saved_tensors
-        n = u.shape[1]
-        b = n // 2
-        scale = (grad_out / (n * ctx.tau)).view(-1, 1, 1)
-        # (P + P^T) u with P = diag(1/zsum) e
-        g = torch.bmm(e, u).div_(zsum).add_(torch.bmm(e.transpose(1, 2), u / zsum))
-        g[:, :b].sub_(u[:, b:], alpha=2.0)
-        g[:, b:].sub_(u[:, :b], alpha=2.0)
-        g.mul_(scale)
+        g = ntxent_direction(u, e, zsum, ctx.const)
+        g.mul_((grad_out / (u.shape[1] * ctx.tau)).view(-1, 1, 1))
         if ctx.normalize:
-            g = (g - (g * u).sum(-1, keepdim=True) * u).div_(r)
+            g = project_rows(g, u, r)
         return g, None, None
 
 

@@ -1,0 +1,55 @@
+"""Value and gradient of the engine's most common objective in one pass, without autograd.
+
+The objective is NT-Xent on unit rows plus, per run, ``lambda_r`` times cosine CLOP, over
+the rows ``z = [z1; z2]`` (R, 2B, D) of a minibatch. Both terms act on ``u = z / |z|``, so
+their gradients with respect to ``u`` are summed first and carried back to ``z`` through the
+normalisation once:
+
+    dL/du = ((P + P^T) u - 2 u_partner) / (2B tau) - lambda_r w_i p_{y_i}
+    dL/dz = (I - u u^T) dL/du / |z|
+
+(``P`` the softmax over the other rows, ``w_i = 1 / (2 m)`` on labelled rows). The autograd
+path (``chunk_loss`` then ``torch.autograd.grad``) computes the same quantities term by term;
+the tests compare both with float64 autograd of the slow loops.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .losses.clop import prototype_targets
+from .losses.ntxent import ntxent_direction, ntxent_value, softmax_terms, unit_rows, unshifted_ok
+
+
+def supported(run, dtype: torch.dtype) -> bool:
+    """Whether a chunk of runs like ``run`` may take the fused path."""
+    return (run.loss == "ntxent" and run.update_mode in ("free", "sphere")
+            and run.distance == "cosine" and dtype in (torch.float32, torch.float64))
+
+
+def ntxent_clop_value_and_grad(z: torch.Tensor, tau: float, labels: torch.Tensor | None = None,
+                               prototypes: torch.Tensor | None = None,
+                               clop_weight: torch.Tensor | None = None, value: bool = True):
+    """``(loss (R,), dloss/dz (R, 2B, D))`` of NT-Xent (averaged over the 2B anchors) plus
+    ``clop_weight`` (R,) times cosine CLOP with ``labels`` (R, B) and ``prototypes`` (K, D);
+    leave the last three out for NT-Xent alone. ``value=False`` skips the loss (None).
+    Inputs are not validated."""
+    n = z.shape[1]
+    u, r = unit_rows(z)
+    sym = unshifted_ok(tau, z.dtype)
+    e, zsum, m = softmax_terms(u, tau, sym)
+    loss = ntxent_value(u, zsum, m, tau) if value else None
+    g = ntxent_direction(u, e, zsum, sym)
+    del e
+    scale = 1.0 / (n * tau)
+    if prototypes is not None:
+        target, weight = prototype_targets(labels, prototypes)
+        lam = clop_weight.view(-1, 1)
+        if value:
+            cos = (u * target).sum(-1)
+            loss = loss + lam.view(-1) * ((1 - cos) * weight).sum(1)
+        # in units of the NT-Xent direction, which carries the factor 1 / (2B tau) = scale
+        g.addcmul_(target, (weight * lam).unsqueeze_(-1), value=-1.0 / scale)
+    dot = (g * u).sum(-1, keepdim=True)
+    g.addcmul_(u, dot, value=-1.0).mul_(r.reciprocal_().mul_(scale))
+    return loss, g
