@@ -17,6 +17,7 @@ Example spec (YAML)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -168,7 +169,7 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
         """Stable 16-hex id of the configuration (the ``name`` label excluded)."""
         d = self.to_dict()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 
-from .losses.clop import prototype_targets
 from .losses.ntxent import ntxent_direction, ntxent_value, softmax_terms, unit_rows, unshifted_ok
 
 
@@ -27,14 +26,14 @@ def supported(run, dtype: torch.dtype) -> bool:
             and run.distance == "cosine" and dtype in (torch.float32, torch.float64))
 
 
-def ntxent_clop_value_and_grad(z: torch.Tensor, tau: float, labels: torch.Tensor | None = None,
-                               prototypes: torch.Tensor | None = None,
-                               clop_weight: torch.Tensor | None = None, value: bool = True):
-    """``(loss (R,), dloss/dz (R, 2B, D))`` of NT-Xent (averaged over the 2B anchors) plus
-    ``clop_weight`` (R,) times cosine CLOP with ``labels`` (R, B) and ``prototypes`` (K, D);
-    leave the last three out for NT-Xent alone. ``value=False`` skips the loss (None).
-    Inputs are not validated."""
+def ntxent_clop_value_and_grad(z: torch.Tensor, tau: float, clop: tuple | None = None, value: bool = True):
+    """``(loss (R,), dloss/dz (R, 2B, D))`` of NT-Xent (averaged over the 2B anchors) plus,
+    with ``clop = (target, weight, lam)``, ``lam`` (R,) times cosine CLOP: ``target`` (R, B, D)
+    each point's prototype and ``weight`` (R, B) each view's weight, as
+    :func:`simulate.losses.clop.prototype_targets` gives them. ``value=False`` skips the loss
+    (None). Inputs are not validated."""
     n = z.shape[1]
+    b = n // 2
     u, r = unit_rows(z)
     sym = unshifted_ok(tau, z.dtype)
     e, zsum, m = softmax_terms(u, tau, sym)
@@ -42,14 +41,16 @@ def ntxent_clop_value_and_grad(z: torch.Tensor, tau: float, labels: torch.Tensor
     g = ntxent_direction(u, e, zsum, sym)
     del e
     scale = 1.0 / (n * tau)
-    if prototypes is not None:
-        target, weight = prototype_targets(labels, prototypes)
-        lam = clop_weight.view(-1, 1)
+    if clop is not None:
+        target, weight, lam = clop
+        lam = lam.view(-1, 1)
         if value:
-            cos = (u * target).sum(-1)
-            loss = loss + lam.view(-1) * ((1 - cos) * weight).sum(1)
+            cos = (u[:, :b] * target).sum(-1) + (u[:, b:] * target).sum(-1)
+            loss = loss + lam.view(-1) * ((2 - cos) * weight).sum(1)
         # in units of the NT-Xent direction, which carries the factor 1 / (2B tau) = scale
-        g.addcmul_(target, (weight * lam).unsqueeze_(-1), value=-1.0 / scale)
+        coef = (weight * lam).unsqueeze_(-1).mul_(-1.0 / scale)
+        g[:, :b].addcmul_(target, coef)
+        g[:, b:].addcmul_(target, coef)
     dot = (g * u).sum(-1, keepdim=True)
     g.addcmul_(u, dot, value=-1.0).mul_(r.reciprocal_().mul_(scale))
     return loss, g

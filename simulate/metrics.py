@@ -52,18 +52,20 @@ def embedding_variance(z: torch.Tensor) -> torch.Tensor:
     return _runs(z).var(dim=1, unbiased=False).sum(-1)
 
 
-def mean_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
-    """Mean of cos(z_i, z_j) over i != j. (R,). O(N D): ``(|sum_i u_i|^2 - N) / (N (N - 1))``."""
-    u = _unit(_runs(z))
+def mean_pairwise_cosine(z: torch.Tensor, unit: bool = False) -> torch.Tensor:
+    """Mean of cos(z_i, z_j) over i != j. (R,). O(N D): ``(|sum_i u_i|^2 - N) / (N (N - 1))``.
+    ``unit=True``: the rows are unit vectors already (not normalised again)."""
+    u = _runs(z) if unit else _unit(_runs(z))
     n = u.shape[1]
     total = (u.sum(1) ** 2).sum(-1) - (u * u).sum((1, 2))
     return total / (n * (n - 1))
 
 
-def mean_sq_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
+def mean_sq_pairwise_cosine(z: torch.Tensor, unit: bool = False) -> torch.Tensor:
     """Mean of cos(z_i, z_j)^2 over i != j. (R,). O(N D^2): ``(|U^T U|_F^2 - N) / (N (N - 1))``;
-    1 exactly when every row lies on one line through the origin."""
-    u = _unit(_runs(z))
+    1 exactly when every row lies on one line through the origin. ``unit`` as in
+    :func:`mean_pairwise_cosine`."""
+    u = _runs(z) if unit else _unit(_runs(z))
     n = u.shape[1]
     g = u.transpose(1, 2) @ u
     return ((g**2).sum((1, 2)) - (u * u).sum((1, 2)) ** 2 / n) / (n * (n - 1))
@@ -151,9 +153,10 @@ def min_class_angle(z: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
     return torch.arccos(c.amax((1, 2)))
 
 
-def prototype_cosine(z: torch.Tensor, y: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """Mean cos(z_i, p_{y_i}) over rows with a label (y >= 0). (R,)."""
-    z = _unit(_runs(z))
+def prototype_cosine(z: torch.Tensor, y: torch.Tensor, prototypes: torch.Tensor, unit: bool = False) -> torch.Tensor:
+    """Mean cos(z_i, p_{y_i}) over rows with a label (y >= 0). (R,). ``unit`` as in
+    :func:`mean_pairwise_cosine`."""
+    z = _runs(z) if unit else _unit(_runs(z))
     y = y.to(z.device)
     if y.dim() == 1:
         y = y.unsqueeze(0).expand(z.shape[0], -1)
@@ -196,12 +199,15 @@ def linear_probe_accuracy(train: torch.Tensor, y_train: torch.Tensor, test: torc
     return (pred == y_test.to(a.device)).to(torch.float64).mean(-1)
 
 
-def collapse_state(z: torch.Tensor) -> torch.Tensor:
+def collapse_state(z: torch.Tensor, unit: bool = False) -> torch.Tensor:
     """Classify each run: ``FULLY_COLLAPSED`` (2) when the mean pairwise cosine is at least
     ``FULL_COLLAPSE_MEAN_COS``; else ``RANK1_COLLAPSED`` (1) when the mean pairwise squared
-    cosine is at least ``RANK1_MEAN_SQ_COS``; else ``HEALTHY`` (0). (R,) int64."""
-    full = mean_pairwise_cosine(z) >= FULL_COLLAPSE_MEAN_COS
-    line = mean_sq_pairwise_cosine(z) >= RANK1_MEAN_SQ_COS
+    cosine is at least ``RANK1_MEAN_SQ_COS``; else ``HEALTHY`` (0). (R,) int64. ``unit`` as
+    in :func:`mean_pairwise_cosine`."""
+    if not unit:
+        z = _unit(_runs(z))
+    full = mean_pairwise_cosine(z, unit=True) >= FULL_COLLAPSE_MEAN_COS
+    line = mean_sq_pairwise_cosine(z, unit=True) >= RANK1_MEAN_SQ_COS
     state = torch.full(full.shape, HEALTHY, dtype=torch.int64, device=full.device)
     state[line] = RANK1_COLLAPSED
     state[full] = FULLY_COLLAPSED

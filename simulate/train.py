@@ -24,7 +24,7 @@ from .config import RunConfig
 from .data import make_mixture
 from .fastpath import ntxent_clop_value_and_grad, supported
 from .losses import BASE_LOSSES, TEMPERATURE_LOSSES, make_prototypes
-from .losses.clop import clop_rows
+from .losses.clop import clop_rows, prototype_targets, prototype_weights
 from .models import FreeEmbeddings, StackedMLP
 
 DIVERGED = "diverged"
@@ -181,6 +181,8 @@ class Chunk:
     weight_decay: torch.Tensor
     clop: torch.Tensor
     epoch_labels: torch.Tensor | None = None  # (R, N), labels in this epoch's order
+    epoch_targets: torch.Tensor | None = None  # (R, N', D), their prototypes (CLOP)
+    epoch_weights: torch.Tensor | None = None  # (R, N'), their CLOP weights in their batch
 
     def __post_init__(self):
         # decided once per chunk, so the step itself never waits on the device
@@ -249,6 +251,12 @@ def draw_batch(chunk: Chunk):
     idx, noise, signs = stream.next()
     if stream.new_epoch:
         chunk.epoch_labels = chunk.labels.gather(1, stream.perm)
+        if chunk.prototypes is not None:
+            # each batch's CLOP weights depend on its own number of labelled points
+            used = chunk.epoch_labels[:, : stream.per_epoch * stream.b]
+            chunk.epoch_targets = prototype_targets(used, chunk.prototypes)[0]
+            chunk.epoch_weights = prototype_weights(used.reshape(-1, stream.b), chunk.prototypes.dtype
+                                                    ).view(used.shape)
     j, b = stream.j - 1, stream.b
     labels = chunk.epoch_labels[:, j * b: (j + 1) * b]
     if noise is None:
@@ -327,8 +335,11 @@ def _sparse_free_step(chunk: Chunk, loss_fn, rows: EpochRows, labels, alive, sph
     R = z.shape[0]
     if chunk.fused:
         # every run's gradient is its own; the runs that are dead or not finite are masked below
-        loss, g = ntxent_clop_value_and_grad(z, chunk.runs[0].temperature, labels, chunk.prototypes,
-                                             chunk.clop, value=value)
+        clop = None
+        if chunk.prototypes is not None:
+            batch = slice(j * b, (j + 1) * b)
+            clop = (chunk.epoch_targets[:, batch], chunk.epoch_weights[:, batch], chunk.clop)
+        loss, g = ntxent_clop_value_and_grad(z, chunk.runs[0].temperature, clop, value=value)
         finite = alive if loss is None else torch.isfinite(loss)
     else:
         z.requires_grad_(True)
@@ -360,17 +371,18 @@ def evaluate(chunk: Chunk, final: bool) -> dict:
         y = chunk.y_train
     finite = _finite_per_run([emb], emb.shape[0])
     emb = torch.where(finite.view(-1, 1, 1), emb, torch.ones_like(emb))  # keep linalg defined
-    unit = torch.nn.functional.normalize(emb.double(), dim=-1)  # the cosine metrics' input
+    e64 = emb.double()  # the metrics work in float64 (max_cos in the embeddings' dtype)
+    u64 = torch.nn.functional.normalize(e64, dim=-1)
     out = {
-        "effective_rank": M.effective_rank(emb),
-        "variance": M.embedding_variance(unit),
-        "mean_cos": M.mean_pairwise_cosine(unit),
+        "effective_rank": M.effective_rank(e64),
+        "variance": M.embedding_variance(u64),
+        "mean_cos": M.mean_pairwise_cosine(u64, unit=True),
         "max_cos": M.max_pairwise_cosine(emb),
-        "mean_norm": M.mean_norm(emb),
-        "state_code": M.collapse_state(unit),
-        "min_class_angle": M.min_class_angle(emb, y, chunk.runs[0].k),
+        "mean_norm": M.mean_norm(e64),
+        "state_code": M.collapse_state(u64, unit=True),
+        "min_class_angle": M.min_class_angle(e64, y, chunk.runs[0].k),
     }
-    out["proto_cos"] = (M.prototype_cosine(unit, y, chunk.prototypes) if chunk.prototypes is not None
+    out["proto_cos"] = (M.prototype_cosine(u64, y, chunk.prototypes, unit=True) if chunk.prototypes is not None
                         else torch.full_like(out["mean_norm"], math.nan))
     nan = torch.full_like(out["mean_norm"], math.nan)
     out["knn_acc"], out["probe_acc"] = nan, nan

@@ -296,3 +296,51 @@ def test_ntxent_gradient_matches_autograd_of_the_loop(seed, b, tau, raw):
 def test_ntxent_gradcheck():
     z1, z2 = views(0, 2, 3, 4)
     torch.autograd.gradcheck(lambda a, b: nt_xent(a, b, 0.3), (z1.requires_grad_(), z2.requires_grad_()))
+
+
+# ----------------------------------------------------------------------------- fused engine path
+
+
+@given(seed=seeds, b=st.integers(1, 5), tau=st.floats(0.05, 2.0), lam=st.floats(0.0, 3.0), clop=st.booleans())
+def test_fused_value_and_grad_match_float64_loops(seed, b, tau, lam, clop):
+    """The engine's one-pass NT-Xent (+ lambda CLOP) value and gradient against autograd of
+    the slow loops, run by run (two runs with different lambdas)."""
+    from simulate.fastpath import ntxent_clop_value_and_grad
+    from simulate.losses.clop import prototype_targets
+
+    k, d = 3, 4
+    z1, z2 = views(seed, 2, b, d)
+    z = torch.cat([z1, z2], 1)
+    protos = make_prototypes(k, d, seed=seed % 7)
+    labels = torch.stack([labels_for(seed, b, k), labels_for(seed + 1, b, k)])
+    lams = torch.tensor([lam, 0.5 * lam], dtype=DT)
+    packed = (*prototype_targets(labels, protos), lams) if clop else None
+    loss, g = ntxent_clop_value_and_grad(z, tau, packed)
+    pos = torch.cat([torch.arange(b, 2 * b), torch.arange(b)])
+    for r in range(2):
+        def f(x, r=r):
+            val = ref.ntxent_sum_loop(x, pos, tau) / (2 * b)
+            if clop:
+                val = val + ref.clop_loop(x[:b], x[b:], labels[r], protos, float(lams[r]))
+            return val
+
+        assert float(loss[r]) == pytest.approx(float(f(z[r])), rel=1e-10, abs=1e-12)
+        assert torch.allclose(g[r], ref.grad(f, z[r]), rtol=1e-9, atol=1e-12)
+    _, g_skip = ntxent_clop_value_and_grad(z, tau, packed, value=False)
+    assert torch.equal(g_skip, g)
+
+
+@pytest.mark.parametrize("tau", [0.02, 0.015])
+def test_float32_tiny_temperature_takes_the_max_shift_and_keeps_its_gradient(tau):
+    """Below tau ~ 0.026 float32 cannot hold exp(1/tau) unshifted; the row-max path must give
+    the float64 loop's gradient to float32 accuracy."""
+    from simulate.losses.ntxent import unshifted_ok
+
+    assert not unshifted_ok(tau, torch.float32) and unshifted_ok(tau, torch.float64)
+    z1, z2 = views(3, 1, 6, 5)
+    a1 = z1.float().requires_grad_(True)
+    nt_xent(a1, z2.float(), tau).sum().backward()
+    pos = torch.cat([torch.arange(6, 12), torch.arange(6)])
+    want = ref.grad(lambda x: ref.ntxent_sum_loop(torch.cat([x, z2[0]]), pos, tau) / 12, z1[0])
+    assert torch.isfinite(a1.grad).all()
+    assert torch.allclose(a1.grad[0].double(), want, rtol=2e-3, atol=2e-3 * float(want.abs().max()))

@@ -47,6 +47,19 @@ def test_cosine_stats_against_loops():
     assert float(M.embedding_variance(z)[0]) == pytest.approx(var, rel=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_max_cosine_over_many_row_blocks_equals_the_full_gram(dtype):
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(64, 300, 3, generator=g, dtype=torch.float64)  # blocks of 109 rows
+    z[7, 250] = z[7, 3] * 2.0  # an exact duplicate direction across blocks: cos = 1
+    u = z / z.norm(dim=-1, keepdim=True)
+    c = u @ u.transpose(1, 2) - 3 * torch.eye(300, dtype=torch.float64)
+    want = c.amax((1, 2))
+    got = M.max_pairwise_cosine(z.to(dtype))
+    assert torch.allclose(got, want, atol=1e-6 if dtype == torch.float32 else 1e-12)
+    assert float(got[7]) == pytest.approx(1.0, abs=1e-6)
+
+
 def test_nc1_against_papyan_formula_loop():
     g = torch.Generator().manual_seed(1)
     z = torch.randn(30, 5, generator=g, dtype=DT)

@@ -63,6 +63,71 @@ def test_engine_matches_torch_sgd(model, loss, lrs):
             assert torch.allclose(p[i], p_ref, rtol=1e-4, atol=1e-5), r
 
 
+@pytest.mark.parametrize("mode", ["free", "sphere"])
+@pytest.mark.parametrize("clop", [0.0, 0.7])
+def test_sparse_fused_free_step_matches_torch_sgd(mode, clop):
+    """Free embeddings without momentum or weight decay take the sparse step with the fused
+    NT-Xent (+ CLOP) gradient over epoch-ordered rows; torch.optim.SGD with autograd through
+    nt_xent and clop_term over the whole weight is the reference."""
+    runs = expand({**SMALL, "model": "free", "loss": "ntxent", "update_mode": mode, "steps": 14,
+                   "lr": [0.05, 2.0], "seed": [0, 1], "clop_weight": clop, "label_fraction": 0.5})
+    chunk = build_chunk(runs, torch.device("cpu"))
+    assert chunk.fused and not (chunk.use_momentum or chunk.use_weight_decay)
+    state = {}
+    train_chunk(runs, state=state)
+    stacked = state["model"].weight.detach()
+    for i, r in enumerate(runs):
+        (ref,) = _sgd_reference(r)
+        assert torch.allclose(stacked[i], ref, rtol=1e-4, atol=1e-5), r
+
+
+def test_minibatches_run_through_shuffled_epochs():
+    from simulate.train import BatchStream, StackedStream
+
+    run = RunConfig(model="free", k=2, per_class=5, batch_size=3)
+    streams = [BatchStream(s, 10, 3, None, run) for s in (11, 12)]
+    stack = StackedStream(streams, torch.device("cpu"), torch.float32)
+    epochs = []
+    for _ in range(4):
+        batches = []
+        for j in range(3):
+            idx, _, _ = stack.next()
+            assert stack.new_epoch == (j == 0) and stack.j == j + 1
+            batches.append(idx)
+        epochs.append(torch.cat(batches, 1))
+    for e in epochs:  # 3 batches of 3 distinct points per run; the tenth point sits out
+        assert all(len(set(row.tolist())) == 9 for row in e)
+    assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[0][0], epochs[0][1])
+    # a run's draws do not depend on its chunk-mates
+    alone = StackedStream([BatchStream(12, 10, 3, None, run)], torch.device("cpu"), torch.float32)
+    assert torch.equal(torch.cat([alone.next()[0] for _ in range(3)], 1)[0], epochs[0][1])
+
+
+def test_epoch_rows_gather_write_and_sync():
+    """EpochRows against a row-by-row bookkeeping of the same writes."""
+    from simulate.train import EpochRows
+
+    g = torch.Generator().manual_seed(0)
+    runs, n, dim, b = 3, 7, 2, 2
+    weight = torch.randn(runs, 2 * n, dim, generator=g)
+    want = weight.clone()
+    rows = EpochRows(weight)
+    for _ in range(3):
+        perm = torch.stack([torch.randperm(n, generator=g) for _ in range(runs)])
+        rows.open(perm)
+        for j in range(n // b):
+            got = rows.batch(j, b)
+            pts = perm[:, j * b: (j + 1) * b]
+            for r in range(runs):
+                assert torch.equal(got[r], torch.cat([want[r, pts[r]], want[r, n + pts[r]]]))
+            new = torch.randn(runs, 2 * b, dim, generator=g)
+            rows.write(j, b, new)
+            for r in range(runs):
+                want[r, pts[r]], want[r, n + pts[r]] = new[r, :b], new[r, b:]
+    rows.sync()
+    assert torch.equal(weight, want)
+
+
 def test_diverging_run_is_recorded_and_others_finish():
     runs = expand({**SMALL, "model": "mlp", "loss": "vicreg", "lr": [1e-3, 1e6, 5e-3]})
     df = _frame(train_chunk(runs))
@@ -75,6 +140,37 @@ def test_diverging_run_is_recorded_and_others_finish():
         good = df[df.run_id == by[lr]]
         assert not good.diverged.any() and good.step.max() == SMALL["steps"]
         assert np.isfinite(good.objective.iloc[-1]) and np.isfinite(good.probe_acc.iloc[-1])
+
+
+def test_fused_sparse_step_freezes_a_non_finite_run():
+    """A NaN row reaches the fused gradient of its run only: the step skips the loss value
+    (value=False), yet that run is not updated and is reported; its chunk-mate moves on."""
+    from simulate.train import EpochRows, _sparse_free_step
+
+    runs = expand({**SMALL, "model": "free", "loss": "ntxent", "clop_weight": 0.5, "label_fraction": 0.5,
+                   "lr": [0.1, 0.2]})
+    chunk = build_chunk(runs, torch.device("cpu"))
+    assert chunk.fused
+    w = chunk.model.weight.detach()
+    w[1, 5, 0] = float("nan")  # point 5, view 1, of run 1
+    rows = EpochRows(chunk.model.weight)
+    alive = torch.ones(2, dtype=torch.bool)
+    seen = False
+    for _ in range(chunk.streams.n // chunk.streams.b):
+        idx, labels, _, _ = draw_batch(chunk)
+        if chunk.streams.new_epoch:
+            rows.open(chunk.streams.perm)
+        before = rows.table.clone()
+        loss, ok = _sparse_free_step(chunk, None, rows, labels, alive, False, value=False)
+        assert loss is None and bool(ok[0])
+        hit = bool((idx[1] == 5).any())
+        seen |= hit
+        assert bool(ok[1]) == (not hit and not seen)
+        if not ok[1]:
+            assert torch.equal(rows.table[1].nan_to_num(7.0), before[1].nan_to_num(7.0))
+        assert not torch.equal(rows.table[0], before[0])
+        alive = alive & ok
+    assert seen and not alive[1]
 
 
 def test_deterministic_on_cpu():

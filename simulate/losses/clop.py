@@ -86,22 +86,27 @@ class _CosineCLOP(torch.autograd.Function):
         return -coef * (target2 - cos.unsqueeze(-1) * u) / r, None, None
 
 
-def prototype_targets(labels: torch.Tensor, protos: torch.Tensor):
-    """``(target2, weight2)`` on the concatenated views: each row's prototype ``p_{y_i}`` (R,
-    2B, D; any prototype for unlabelled rows) and its weight ``1 / (2 m)`` for labelled rows,
-    0 otherwise (R, 2B), with ``m`` the run's number of labelled points."""
-    runs, b = labels.shape
+def prototype_weights(labels: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """Weight of each view of each point in the CLOP mean (R, B): ``1 / (2 m)`` for labelled
+    points and 0 otherwise, with ``m`` the run's number of labelled points."""
     labelled = labels >= 0
-    w = labelled.to(protos.dtype) / (2 * labelled.sum(1, keepdim=True).clamp(min=1)).to(protos.dtype)
+    return labelled.to(dtype) / (2 * labelled.sum(1, keepdim=True).clamp(min=1)).to(dtype)
+
+
+def prototype_targets(labels: torch.Tensor, protos: torch.Tensor):
+    """``(target, weight)``: each point's prototype ``p_{y_i}`` (R, B, D; any prototype for
+    unlabelled points) and :func:`prototype_weights`."""
+    runs, b = labels.shape
     target = protos.index_select(0, labels.clamp(min=0).reshape(-1)).view(runs, b, -1)
-    return torch.cat([target, target], 1), torch.cat([w, w], 1)
+    return target, prototype_weights(labels, protos.dtype)
 
 
 def clop_rows(z, labels, protos, distance: str = "cosine") -> torch.Tensor:
     """Unchecked CLOP on the concatenated views ``z = [z1; z2]`` (R, 2B, D) with labels (R, B),
     weight 1 -> (R,). Used by the training engine, whose inputs are validated once."""
     if distance == "cosine" and z.dtype in (torch.float32, torch.float64):
-        return _CosineCLOP.apply(z, *prototype_targets(labels, protos.to(z.dtype)))
+        target, w = prototype_targets(labels, protos.to(z.dtype))
+        return _CosineCLOP.apply(z, torch.cat([target, target], 1), torch.cat([w, w], 1))
     labelled = labels >= 0
     target = protos.index_select(0, labels.clamp(min=0).reshape(-1)).view(labels.shape + (-1,))
     u = torch.nn.functional.normalize(z, dim=-1)
