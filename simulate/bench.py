@@ -6,8 +6,9 @@ mixture, 512 points, d = 16, batch 64, 300 steps) is trained two ways in one pro
 
 * ``loop_s``: one configuration at a time, each with its own ``torch.optim.SGD`` and the same
   loss functions at R = 1 (as a per-configuration training script runs), once;
-* the engine (all 64 runs as one stack), ``repeats`` times, with a measurement of the
-  batched-matmul throughput at the grid's shapes before each run and after the last.
+* the engine (all 64 runs as one stack), ``repeats`` times, each right after the grid's
+  essential matmuls run alone (:func:`matmul_floor_s`), so that both sides of the floor
+  comparison share the machine's state (shared machines drift by tens of percent).
 
 The last line printed is one JSON object:
 
@@ -15,11 +16,11 @@ The last line printed is one JSON object:
 * ``speedup`` = loop_s / batched_s and ``max_abs_diff`` between the loop's and the engine's
   final embeddings;
 * ``flops``: the similarity matmuls forward and backward (3 batched matmuls of
-  ``2 (2B)^2 D`` flops per run and step);
-* ``matmul_flops_per_s``: the best throughput measured, and ``floor_fraction`` = (flops /
-  matmul_flops_per_s) / min(batched_s_all): the share of the engine's wall time that the
-  essential matmuls need at the machine's limit. Both sides are best-of measurements taken
-  in the same window, so a busy shared machine slows neither more than the other.
+  ``2 (2B)^2 D`` flops per run and step) and ``matmul_s_all``, the time they take alone;
+  ``matmul_flops_per_s`` = flops / median(matmul_s_all), the measured batched-matmul
+  throughput at the grid's shapes;
+* ``floor_fraction``: the median over repeats of (matmul time alone / engine time), i.e.
+  (flops / throughput) / batched time: how close the engine runs to the machine's limit.
 """
 
 from __future__ import annotations
@@ -63,22 +64,23 @@ def loop_one(run: RunConfig, device) -> torch.Tensor:
     return chunk.model.weight.detach()[0]
 
 
-def matmul_throughput(runs: int, rows: int, dim: int, device, repeats: int = 50) -> float:
-    """FLOP/s of ``bmm((R, 2B, D), (R, D, 2B))`` on this device, best of three timings."""
-    a = torch.randn(runs, rows, dim, device=device)
-    b = torch.randn(runs, dim, rows, device=device)
-    best = float("inf")
-    for _ in range(3):
-        torch.bmm(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(repeats):
-            torch.bmm(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * runs * rows * rows * dim * repeats / best
+def matmul_floor_s(runs: int, rows: int, dim: int, steps: int, device) -> float:
+    """Wall time of the grid's essential matmuls alone, at its shapes: per step one
+    ``(R, 2B, D) @ (R, D, 2B)`` (the similarities) and two ``(R, 2B, 2B) @ (R, 2B, D)``
+    (their backward), ``steps`` times over, back to back."""
+    u = torch.randn(runs, rows, dim, device=device)
+    ut = torch.randn(runs, dim, rows, device=device)
+    e = torch.randn(runs, rows, rows, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    torch.bmm(u, ut), torch.bmm(e, u)
+    sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        torch.bmm(u, ut)
+        torch.bmm(e, u)
+        torch.bmm(e, u)
+    sync()
+    return time.perf_counter() - t
 
 
 def run_bench(device: str = "auto", steps: int = 300, repeats: int = 3, loop: bool = True,
@@ -100,17 +102,16 @@ def run_bench(device: str = "auto", steps: int = 300, repeats: int = 3, loop: bo
         sync()
         out["loop_s"] = round(time.perf_counter() - t, 4)
         say(f"loop: {len(runs)} configurations one at a time in {out['loop_s']:.2f} s")
-    times, tputs = [], []
+    times, floors = [], []
     for i in range(repeats):
-        tputs.append(matmul_throughput(len(runs), rows, r0.d, dev))
+        floors.append(matmul_floor_s(len(runs), rows, r0.d, steps, dev))
         state: dict = {}
         t = time.perf_counter()
         train_chunk(runs, dev, state=state)
         sync()
         times.append(time.perf_counter() - t)
-        say(f"batched: {len(runs)} configurations as one stack in {times[-1]:.2f} s")
-    tputs.append(matmul_throughput(len(runs), rows, r0.d, dev))
-    say("matmul throughput (GFLOP/s): " + ", ".join(f"{x / 1e9:.1f}" for x in tputs))
+        say(f"batched: {len(runs)} configurations as one stack in {times[-1]:.2f} s "
+            f"(their matmuls alone: {floors[-1]:.2f} s)")
     final = state["model"].weight.detach()
     out["batched_s"] = round(float(np.median(times)), 4)
     out["batched_s_all"] = [round(x, 4) for x in times]
@@ -118,8 +119,9 @@ def run_bench(device: str = "auto", steps: int = 300, repeats: int = 3, loop: bo
         out["speedup"] = round(out["loop_s"] / out["batched_s"], 3)
         out["max_abs_diff"] = float((final - looped).abs().max())
     out["flops"] = flops
-    out["matmul_flops_per_s"] = max(tputs)
-    out["floor_fraction"] = round(flops / max(tputs) / min(times), 4)
+    out["matmul_s_all"] = [round(x, 4) for x in floors]
+    out["matmul_flops_per_s"] = flops / float(np.median(floors))
+    out["floor_fraction"] = round(float(np.median([f / t for f, t in zip(floors, times)])), 4)
     out["device"] = str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev)
     out["torch_threads"] = torch.get_num_threads()
     return out

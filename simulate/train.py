@@ -68,8 +68,8 @@ class BatchStream:
 
     def noise_block(self):
         """(noise (BLOCK, 2, B, d), signs (BLOCK, 2, B, 1) or None)."""
-        noise = torch.randn((_BLOCK, 2, self.b) + self.views_shape, generator=self.g,
-                            dtype=torch.float64) * self.run.aug_sigma
+        # noise is drawn in float32 (whatever the chunk's dtype): same law, a fifth of the time
+        noise = torch.randn((_BLOCK, 2, self.b) + self.views_shape, generator=self.g) * self.run.aug_sigma
         signs = None
         if self.run.sign_flip:
             signs = torch.randint(0, 2, (_BLOCK, 2, self.b, 1), generator=self.g) * 2 - 1
@@ -121,46 +121,67 @@ class StackedStream:
 
 
 class EpochRows:
-    """Free-embedding rows kept in the order of the current epoch, so that every minibatch is
-    a contiguous slice: one gather when an epoch opens, instead of a gather and a scatter per
-    step. The model's weight (in point order) is brought up to date by :meth:`sync`.
+    """Free-embedding rows laid out in the order of the current epoch, so that every
+    minibatch is a view of one block: one gather when an epoch opens instead of a gather and
+    a scatter per step. The model's weight (in point order) is brought up to date by
+    :meth:`sync`.
 
-    Row q of ``table`` (R, 2N, D) holds view 1 of point ``order[r, q]`` and row N + q its
-    view 2 (rows ``order[r, q]`` and N + ``order[r, q]`` of the weight).
+    With ``F = (N // B) * B`` points in the epoch's batches, batch j occupies table rows
+    ``[2jB, 2jB + 2B)``: view 1 of its B points, then their view 2 (the ``[z1; z2]`` layout of
+    the losses); the ``N - F`` points left out follow, view 1 then view 2.
     """
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, batch: int):
         self.weight = weight.detach()
         self.runs, rows, self.dim = self.weight.shape
-        self.n = rows // 2
+        n = self.n = rows // 2
+        dev = self.weight.device
+        full = (n // batch) * batch
+        q = torch.arange(n, device=dev)
+        in_batch = q < full
+        rest = q - full
+        # slots[v, q]: table row of view v of the point at epoch position q
+        self.slots = torch.stack([
+            torch.where(in_batch, 2 * (q // batch) * batch + q % batch, 2 * full + rest),
+            torch.where(in_batch, 2 * (q // batch) * batch + batch + q % batch, n + full + rest),
+        ])
+        self.row_view = torch.empty(2 * n, dtype=torch.int64, device=dev)  # table row -> view
+        for v in (0, 1):
+            self.row_view[self.slots[v]] = v
+        self._points = torch.cat([q, q]).expand(self.runs, -1)  # weight row -> point
+        self._views = torch.cat([torch.zeros_like(q), torch.ones_like(q)])  # weight row -> view
+        self._base = 2 * n * torch.arange(self.runs, device=dev)[:, None]
+        self.b, self.full = batch, full
         self.table = self.weight.clone()
-        idx = torch.arange(self.n, device=self.weight.device).expand(self.runs, -1)
-        self.position = idx.clone()  # position[r, p]: where point p sits in the table
-        self._base = 2 * self.n * torch.arange(self.runs, device=self.weight.device)[:, None]
+        self.position = None  # (R, N): epoch position of each point; None: weight order
 
-    def _gather(self, source: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """``out[r, q] = source[r, rows[r, q]]`` and ``out[r, N + q] = source[r, N + rows[r, q]]``."""
-        flat = (torch.cat([rows, rows + self.n], 1) + self._base).reshape(-1)
-        return source.view(-1, self.dim).index_select(0, flat).view(self.runs, -1, self.dim)
+    def _rows_of(self, points: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """Current table rows (R, M) of views ``views`` (M,) of points ``points`` (R, M)."""
+        if self.position is None:
+            return points + views * self.n
+        return torch.take(self.slots, self.position.gather(1, points) + views * self.n)
+
+    def _gather(self, rows: torch.Tensor) -> torch.Tensor:
+        flat = (rows + self._base).reshape(-1)
+        return self.table.view(-1, self.dim).index_select(0, flat).view(self.runs, -1, self.dim)
 
     def open(self, perm: torch.Tensor) -> None:
-        """Lay the rows out in the order ``perm`` (R, N)."""
-        self.table = self._gather(self.table, self.position.gather(1, perm))
+        """Lay the rows out for the epoch ``perm`` (R, N): position q holds point perm[:, q]."""
+        # the point of each table row: batch rows repeat their B points for the two views
+        f = self.full
+        batches = perm[:, :f].view(self.runs, -1, 1, self.b).expand(-1, -1, 2, -1).reshape(self.runs, 2 * f)
+        points = torch.cat([batches, perm[:, f:], perm[:, f:]], 1)
+        self.table = self._gather(self._rows_of(points, self.row_view))
         self.position = torch.empty_like(perm).scatter_(
             1, perm, torch.arange(self.n, device=perm.device).expand(self.runs, -1))
 
     def sync(self) -> None:
         """Copy the rows into the weight, in point order."""
-        self.weight.copy_(self._gather(self.table, self.position))
+        self.weight.copy_(self._gather(self._rows_of(self._points, self._views)))
 
-    def batch(self, j: int, b: int) -> torch.Tensor:
-        """Rows ``[z1; z2]`` (R, 2B, D) of batch ``j``."""
-        t, n = self.table, self.n
-        return torch.cat([t[:, j * b: (j + 1) * b], t[:, n + j * b: n + (j + 1) * b]], 1)
-
-    def write(self, j: int, b: int, z: torch.Tensor) -> None:
-        self.table[:, j * b: (j + 1) * b] = z[:, :b]
-        self.table[:, self.n + j * b: self.n + (j + 1) * b] = z[:, b:]
+    def batch(self, j: int) -> torch.Tensor:
+        """Rows ``[z1; z2]`` (R, 2B, D) of batch ``j``: a view of the table."""
+        return self.table[:, 2 * j * self.b: 2 * (j + 1) * self.b]
 
 
 @dataclass
@@ -217,7 +238,8 @@ def build_chunk(runs: list[RunConfig], device: torch.device, dtype=torch.float32
         init = []
         for (init_seed, _), d, r in zip(seeds, datas, runs):
             g = torch.Generator().manual_seed(init_seed)
-            v = d.x_train.unsqueeze(0) + r.aug_sigma * torch.randn((2,) + tuple(d.x_train.shape), generator=g, dtype=torch.float64)
+            noise = torch.randn((2,) + tuple(d.x_train.shape), generator=g).double()  # float32 draw
+            v = d.x_train.unsqueeze(0) + r.aug_sigma * noise
             if r.sign_flip:
                 v = v * (torch.randint(0, 2, (2, n, 1), generator=g) * 2 - 1)
             init.append(v.reshape(2 * n, -1))
@@ -331,7 +353,7 @@ def _sparse_free_step(chunk: Chunk, loss_fn, rows: EpochRows, labels, alive, sph
     (through ``log zsum``, ``P = e / zsum`` or the rows), so the update check finds it."""
     stream = chunk.streams
     j, b = stream.j - 1, stream.b
-    z = rows.batch(j, b)
+    z = rows.batch(j)  # a view: updated in place
     R = z.shape[0]
     if chunk.fused:
         # every run's gradient is its own; the runs that are dead or not finite are masked below
@@ -342,18 +364,20 @@ def _sparse_free_step(chunk: Chunk, loss_fn, rows: EpochRows, labels, alive, sph
         loss, g = ntxent_clop_value_and_grad(z, chunk.runs[0].temperature, clop, value=value)
         finite = alive if loss is None else torch.isfinite(loss)
     else:
-        z.requires_grad_(True)
-        loss = chunk_loss(chunk, loss_fn, z, labels)
+        leaf = z.detach().requires_grad_(True)
+        loss = chunk_loss(chunk, loss_fn, leaf, labels)
         finite = torch.isfinite(loss)
         total = torch.where(alive & finite, loss, torch.zeros_like(loss)).sum()
-        (g,) = torch.autograd.grad(total, [z])
-        z = z.detach()
+        (g,) = torch.autograd.grad(total, [leaf])
     with torch.no_grad():
         upd = torch.addcmul(z, chunk.lr.view(-1, 1, 1), g, value=-1.0)
         if sphere:
             upd = torch.nn.functional.normalize(upd, dim=-1)
         ok = alive & finite & _finite_per_run([upd], R)
-        rows.write(j, b, torch.where(ok.view(-1, 1, 1), upd, z))
+        if z.device.type == "cpu" and bool(ok.all()):  # (a device would wait for this test)
+            z.copy_(upd)
+        else:
+            z.copy_(torch.where(ok.view(-1, 1, 1), upd, z))
     return loss, ok
 
 
@@ -464,7 +488,7 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
 
     log(0, True)
     sparse = isinstance(chunk.model, FreeEmbeddings) and not (chunk.use_momentum or chunk.use_weight_decay)
-    layout = EpochRows(chunk.model.weight) if sparse else None
+    layout = EpochRows(chunk.model.weight, r0.batch_size) if sparse else None
     for step in range(1, r0.steps + 1):
         idx, labels, v1, v2 = draw_batch(chunk)
         logged = step % r0.log_every == 0 or step == r0.steps

@@ -103,43 +103,31 @@ def test_minibatches_run_through_shuffled_epochs():
     assert torch.equal(torch.cat([alone.next()[0] for _ in range(3)], 1)[0], epochs[0][1])
 
 
-def test_epoch_rows_gather_write_and_sync():
-    """EpochRows against a row-by-row bookkeeping of the same writes."""
+@pytest.mark.parametrize("n, b", [(7, 2), (6, 3), (5, 5)])
+def test_epoch_rows_gather_write_and_sync(n, b):
+    """EpochRows against a row-by-row bookkeeping of the same writes, over several epochs
+    (with and without points left out of the batches)."""
     from simulate.train import EpochRows
 
-    g = torch.Generator().manual_seed(0)
-    runs, n, dim, b = 3, 7, 2, 2
+    g = torch.Generator().manual_seed(n * 10 + b)
+    runs, dim = 3, 2
     weight = torch.randn(runs, 2 * n, dim, generator=g)
     want = weight.clone()
-    rows = EpochRows(weight)
+    rows = EpochRows(weight, b)
     for _ in range(3):
         perm = torch.stack([torch.randperm(n, generator=g) for _ in range(runs)])
         rows.open(perm)
         for j in range(n // b):
-            got = rows.batch(j, b)
+            got = rows.batch(j)
             pts = perm[:, j * b: (j + 1) * b]
             for r in range(runs):
                 assert torch.equal(got[r], torch.cat([want[r, pts[r]], want[r, n + pts[r]]]))
             new = torch.randn(runs, 2 * b, dim, generator=g)
-            rows.write(j, b, new)
+            got.copy_(new)
             for r in range(runs):
                 want[r, pts[r]], want[r, n + pts[r]] = new[r, :b], new[r, b:]
     rows.sync()
     assert torch.equal(weight, want)
-
-
-def test_diverging_run_is_recorded_and_others_finish():
-    runs = expand({**SMALL, "model": "mlp", "loss": "vicreg", "lr": [1e-3, 1e6, 5e-3]})
-    df = _frame(train_chunk(runs))
-    by = {r.lr: r.run_id for r in runs}
-    bad = df[df.run_id == by[1e6]]
-    assert bad.diverged.iloc[-1] and bad.diverged_step.iloc[-1] >= 1
-    assert (bad[bad.step >= bad.diverged_step.iloc[-1]].state == "diverged").all()
-    assert bad[bad.step >= bad.diverged_step.iloc[-1]].effective_rank.isna().all()
-    for lr in (1e-3, 5e-3):
-        good = df[df.run_id == by[lr]]
-        assert not good.diverged.any() and good.step.max() == SMALL["steps"]
-        assert np.isfinite(good.objective.iloc[-1]) and np.isfinite(good.probe_acc.iloc[-1])
 
 
 def test_fused_sparse_step_freezes_a_non_finite_run():
@@ -153,7 +141,7 @@ def test_fused_sparse_step_freezes_a_non_finite_run():
     assert chunk.fused
     w = chunk.model.weight.detach()
     w[1, 5, 0] = float("nan")  # point 5, view 1, of run 1
-    rows = EpochRows(chunk.model.weight)
+    rows = EpochRows(chunk.model.weight, chunk.streams.b)
     alive = torch.ones(2, dtype=torch.bool)
     seen = False
     for _ in range(chunk.streams.n // chunk.streams.b):
