@@ -6,7 +6,9 @@ Output folder layout::
     OUT/spec.json          the sweep's spec (as given, normalised)
     OUT/chunks/*.parquet   one file per finished chunk (rows: run x logged step; written to a
                            temporary .partial file, then renamed)
-    OUT/provenance.json    package versions, git revision, device, seed, wall time per chunk
+    OUT/provenance.json    package versions, git revision, device, seed, wall time per chunk,
+                           trajectory version (results of another version go to
+                           OUT/superseded/ and are not resumed into)
 
 Re-running the same command skips every run already present in ``chunks/``, so an
 interrupted sweep resumes without loss and without duplicate rows (whatever the chunking).
@@ -30,7 +32,7 @@ import pandas as pd
 
 from .config import RunConfig, SpecError, expand, load_spec
 from .executors import EXECUTORS, run_local, run_ray
-from .train import resolve_device
+from .train import TRAJECTORY_VERSION, resolve_device
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DEFAULT_MAX_MEMORY = 2 * 1024**3
@@ -249,6 +251,28 @@ class SweepFailed(RuntimeError):
         super().__init__(f"{len(result.failed)} chunk(s) failed: {names}")
 
 
+def _set_aside_other_versions(out: Path, prov: dict) -> None:
+    """Results of another trajectory version (``simulate.train.TRAJECTORY_VERSION``) are not
+    resumed into: their chunks move to ``OUT/superseded/v<version>/`` (nothing is deleted) and
+    the sweep starts afresh. Folders written before versions were recorded count as 1."""
+    chunks = sorted((out / "chunks").glob("*.parquet"))
+    old = prov.get("trajectory_version", 1 if chunks else TRAJECTORY_VERSION)
+    if old != TRAJECTORY_VERSION and chunks:
+        dest, i = out / "superseded" / f"v{old}", 1
+        while dest.exists():
+            dest, i = out / "superseded" / f"v{old}-{i}", i + 1
+        dest.mkdir(parents=True)
+        for sub in ("chunks", "embeddings"):
+            if (out / sub).exists():
+                (out / sub).rename(dest / sub)
+        print(f"{out}: results of trajectory version {old} moved to {dest}; this engine is "
+              f"version {TRAJECTORY_VERSION}, so the sweep is run again", file=sys.stderr)
+        prov.setdefault("superseded", []).append({"version": old, "folder": str(dest.relative_to(out)),
+                                                  "chunks": prov.get("chunks", [])})
+        prov["chunks"] = []
+    prov["trajectory_version"] = TRAJECTORY_VERSION
+
+
 def run_sweep(spec: str | Path | dict, out: str | Path, device: str = "auto",
               max_memory: int | str = DEFAULT_MAX_MEMORY, quiet: bool | None = None,
               on_chunk: Callable[[Path], None] | None = None, executor: str = "local",
@@ -284,11 +308,12 @@ def run_sweep(spec: str | Path | dict, out: str | Path, device: str = "auto",
     _atomic_write_bytes(spec_path, spec_json.encode())
     for stale in (out / "chunks").glob(".tmp-*.partial"):  # a write cut short by a kill
         stale.unlink()
+    prov_path = out / "provenance.json"
+    prov = json.loads(prov_path.read_text()) if prov_path.exists() else {"chunks": []}
+    _set_aside_other_versions(out, prov)
     done = finished_run_ids(out)
     todo = [r for r in runs if r.run_id not in done]
     chunks = plan_chunks(todo, budget)
-    prov_path = out / "provenance.json"
-    prov = json.loads(prov_path.read_text()) if prov_path.exists() else {"chunks": []}
     prov.update(provenance(str(dev)))
     prov["executor"] = executor
     prov["seeds"] = sorted({r.seed for r in runs})

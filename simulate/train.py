@@ -3,8 +3,14 @@
 ``train_chunk(runs)`` takes runs that share a chunk key (same shapes and loss program) and
 trains them together: parameters carry a leading run dimension, one SGD update serves all
 runs (per-run learning rate, momentum, weight decay), and every run draws its minibatches
-and view noise from its own generator, seeded from its own seed, so a run's trajectory does
-not depend on which chunk it lands in.
+(shuffled epochs) and view noise from its own generator, seeded from its own seed, so a
+run's trajectory does not depend on which chunk it lands in.
+
+Free embeddings trained without momentum or weight decay take a sparse step: only the
+batch's rows move, read and written in place as one block of a table laid out in the
+epoch's order (:class:`EpochRows`); NT-Xent with or without cosine CLOP on unit rows gets
+its value and gradient in one pass without autograd (:mod:`simulate.fastpath`), and the
+loss value only at logged steps.
 
 A run whose loss or parameters become non-finite is marked diverged at that step and frozen;
 its later rows carry ``state = "diverged"`` and NaN metrics. The others go on.
@@ -28,6 +34,10 @@ from .losses.clop import clop_rows, prototype_targets, prototype_weights
 from .models import FreeEmbeddings, StackedMLP
 
 DIVERGED = "diverged"
+#: changes whenever one configuration would train along a different trajectory (minibatch
+#: sampling, initial draws, update rule); a sweep folder of another version is not resumed
+#: into (see :func:`simulate.sweep.run_sweep`). 2: shuffled epochs, float32 noise draws.
+TRAJECTORY_VERSION = 2
 #: per-run numbers logged at every logged step (besides objective, state and divergence)
 METRIC_COLUMNS = (
     "effective_rank", "variance", "mean_cos", "max_cos", "mean_norm", "proto_cos",

@@ -166,3 +166,26 @@ def test_half_written_chunk_is_ignored_and_removed(tmp_path):
     res = run_sweep(TINY, tmp_path, device="cpu", quiet=True)
     assert res.skipped_runs == 0 and not list(chunks.glob(".tmp-*"))
     assert len(load_results(tmp_path)) == 24
+
+
+def test_results_of_another_trajectory_version_are_set_aside_not_resumed(tmp_path):
+    from simulate.train import TRAJECTORY_VERSION
+
+    out = tmp_path / "v"
+    run_sweep(TINY, out, device="cpu", quiet=True)
+    fresh = _table(out)
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["trajectory_version"] == TRAJECTORY_VERSION
+    # a folder from an engine that trained differently (no version recorded: version 1)
+    del prov["trajectory_version"]
+    (out / "provenance.json").write_text(json.dumps(prov))
+    old_files = sorted(p.name for p in (out / "chunks").glob("*.parquet"))
+    for f in (out / "chunks").glob("*.parquet"):
+        pd.read_parquet(f).assign(objective=-1.0).to_parquet(f)  # mark them
+    res = run_sweep(TINY, out, device="cpu", quiet=True)
+    assert res.skipped_runs == 0 and res.chunks_run >= 1
+    moved = sorted(p.name for p in (out / "superseded" / "v1" / "chunks").glob("*.parquet"))
+    assert moved == old_files
+    pd.testing.assert_frame_equal(_table(out), fresh)  # recomputed, none of the marked rows
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["trajectory_version"] == TRAJECTORY_VERSION and prov["superseded"][0]["version"] == 1
