@@ -8,7 +8,7 @@ CORE   := $(VENV)/.installed-core
 DEV    := $(VENV)/.installed-dev
 PYTEST_ARGS ?= -n auto --dist loadgroup
 
-.PHONY: test figures theory agreement bench lab clean-venv
+.PHONY: test figures theory agreement bench gpu-check lab clean-venv
 
 # the core install: enough for figures, sweeps and the theory report
 $(CORE): pyproject.toml Makefile
@@ -41,6 +41,13 @@ agreement: $(CORE)
 ## make bench: batched engine against a per-configuration loop (prints JSON last)
 bench: $(CORE)
 	$(BIN)/python -m simulate bench
+
+## make gpu-check: the CUDA tests and the bench on cuda, run by a Python that has a CUDA
+## build of torch and the core dependencies (GPU_PYTHON, default python3; no .venv)
+GPU_PYTHON ?= python3
+gpu-check:
+	PYTHONPATH=. $(GPU_PYTHON) -m pytest -q -p no:cacheprovider -k cuda tests/test_losses.py tests/test_train.py
+	PYTHONPATH=. $(GPU_PYTHON) -m simulate bench --device cuda
 
 ## make lab: open the notebooks in JupyterLab
 lab: $(CORE)

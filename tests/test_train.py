@@ -208,8 +208,9 @@ def test_device_auto_resolves_and_cuda_is_refused_without_gpu():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
-def test_cuda_matches_cpu():
-    runs = expand({**SMALL, "model": "mlp", "lr": [0.1, 0.5]})
+@pytest.mark.parametrize("model, clop", [("mlp", 0.0), ("free", 0.0), ("free", 0.5)])
+def test_cuda_matches_cpu(model, clop):
+    runs = expand({**SMALL, "model": model, "lr": [0.1, 0.5], "clop_weight": clop, "label_fraction": 0.5})
     a, b = _frame(train_chunk(runs, "cpu")), _frame(train_chunk(runs, "cuda"))
     np.testing.assert_allclose(a[METRICS].to_numpy(float), b[METRICS].to_numpy(float), rtol=1e-3, atol=1e-4)
 
