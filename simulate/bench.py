@@ -67,6 +67,11 @@ def loop_one(run: RunConfig, device) -> torch.Tensor:
     return chunk.model.weight.detach()[0]
 
 
+def _synchronizer(device):
+    """A callable that waits for the device's queued work (a no-op on the CPU)."""
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
 def matmul_floor_s(runs: int, rows: int, dim: int, steps: int, device) -> float:
     """Wall time of the grid's essential matmuls alone, at its shapes: per step one
     ``(R, 2B, D) @ (R, D, 2B)`` (the similarities) and two ``(R, 2B, 2B) @ (R, 2B, D)``
@@ -74,7 +79,7 @@ def matmul_floor_s(runs: int, rows: int, dim: int, steps: int, device) -> float:
     u = torch.randn(runs, rows, dim, device=device)
     ut = torch.randn(runs, dim, rows, device=device)
     e = torch.randn(runs, rows, rows, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = _synchronizer(device)
     torch.bmm(u, ut), torch.bmm(e, u)
     sync()
     t = time.perf_counter()
@@ -91,7 +96,7 @@ def matmul_peak_flops_per_s(runs: int, rows: int, dim: int, device, repeats: int
     bursts of ``repeats`` calls: the machine's limit at its quietest moment."""
     a = torch.randn(runs, rows, dim, device=device)
     b = torch.randn(runs, dim, rows, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = _synchronizer(device)
     best = float("inf")
     for _ in range(3):
         torch.bmm(a, b)
@@ -111,7 +116,7 @@ def run_bench(device: str = "auto", steps: int = 300, repeats: int = 3, loop: bo
     dev = resolve_device(device)
     runs = bench_grid(steps)
     say = print if verbose else (lambda *a, **k: None)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync = _synchronizer(dev)
     r0 = runs[0]
     rows = 2 * r0.batch_size
     flops = 3 * 2.0 * len(runs) * rows * rows * r0.d * steps

@@ -21,8 +21,8 @@ from .losses.ntxent import ntxent_direction, ntxent_value, softmax_terms, unit_r
 
 
 def supported(run, dtype: torch.dtype) -> bool:
-    """Whether a chunk of runs like ``run`` may take the fused path."""
-    return (run.loss == "ntxent" and run.update_mode in ("free", "sphere")
+    """Whether a chunk of free-embedding runs like ``run`` may take the fused path."""
+    return (run.model == "free" and run.loss == "ntxent" and run.update_mode in ("free", "sphere")
             and run.distance == "cosine" and dtype in (torch.float32, torch.float64))
 
 

@@ -30,7 +30,7 @@ from .config import RunConfig
 from .data import make_mixture
 from .fastpath import ntxent_clop_value_and_grad, supported
 from .losses import BASE_LOSSES, TEMPERATURE_LOSSES, make_prototypes
-from .losses.clop import clop_rows, prototype_targets, prototype_weights
+from .losses.clop import clop_rows, prototype_rows, prototype_weights
 from .models import FreeEmbeddings, StackedMLP
 
 DIVERGED = "diverged"
@@ -119,8 +119,8 @@ class StackedStream:
         if self.new_epoch:
             self.perm = torch.stack([s.permutation() for s in self.streams]).to(self.device)
             self.j = 0
-        idx = self.perm[:, self.j * self.b: (self.j + 1) * self.b]
         self.j += 1
+        idx = self.perm[:, self.batch_slice()]
         if self.streams[0].views_shape is None:
             return idx, None, None
         if self._pos == _BLOCK:
@@ -128,6 +128,10 @@ class StackedStream:
         i = self._pos
         self._pos += 1
         return idx, self._noise[i], None if self._signs is None else self._signs[i]
+
+    def batch_slice(self) -> slice:
+        """Epoch positions of the current (last drawn) batch."""
+        return slice((self.j - 1) * self.b, self.j * self.b)
 
 
 class EpochRows:
@@ -212,7 +216,7 @@ class Chunk:
     weight_decay: torch.Tensor
     clop: torch.Tensor
     epoch_labels: torch.Tensor | None = None  # (R, N), labels in this epoch's order
-    epoch_targets: torch.Tensor | None = None  # (R, N', D), their prototypes (CLOP)
+    epoch_targets: torch.Tensor | None = None  # (R, N', D), their prototypes (fused CLOP)
     epoch_weights: torch.Tensor | None = None  # (R, N'), their CLOP weights in their batch
 
     def __post_init__(self):
@@ -283,14 +287,7 @@ def draw_batch(chunk: Chunk):
     idx, noise, signs = stream.next()
     if stream.new_epoch:
         chunk.epoch_labels = chunk.labels.gather(1, stream.perm)
-        if chunk.prototypes is not None:
-            # each batch's CLOP weights depend on its own number of labelled points
-            used = chunk.epoch_labels[:, : stream.per_epoch * stream.b]
-            chunk.epoch_targets = prototype_targets(used, chunk.prototypes)[0]
-            chunk.epoch_weights = prototype_weights(used.reshape(-1, stream.b), chunk.prototypes.dtype
-                                                    ).view(used.shape)
-    j, b = stream.j - 1, stream.b
-    labels = chunk.epoch_labels[:, j * b: (j + 1) * b]
+    labels = chunk.epoch_labels[:, stream.batch_slice()]
     if noise is None:
         return idx, labels, None, None
     x = torch.gather(chunk.x_train, 1, idx[..., None].expand(-1, -1, chunk.x_train.shape[-1]))
@@ -362,14 +359,18 @@ def _sparse_free_step(chunk: Chunk, loss_fn, rows: EpochRows, labels, alive, sph
     per-run mask of the runs updated). A non-finite loss always shows in the gradient
     (through ``log zsum``, ``P = e / zsum`` or the rows), so the update check finds it."""
     stream = chunk.streams
-    j, b = stream.j - 1, stream.b
-    z = rows.batch(j)  # a view: updated in place
+    z = rows.batch(stream.j - 1)  # a view: updated in place
     R = z.shape[0]
     if chunk.fused:
         # every run's gradient is its own; the runs that are dead or not finite are masked below
         clop = None
         if chunk.prototypes is not None:
-            batch = slice(j * b, (j + 1) * b)
+            if stream.new_epoch:
+                # each batch's CLOP weights depend on its own number of labelled points
+                used = chunk.epoch_labels[:, : stream.per_epoch * stream.b]
+                chunk.epoch_targets = prototype_rows(used, chunk.prototypes)
+                chunk.epoch_weights = prototype_weights(used.reshape(-1, stream.b), z.dtype).view(used.shape)
+            batch = stream.batch_slice()
             clop = (chunk.epoch_targets[:, batch], chunk.epoch_weights[:, batch], chunk.clop)
         loss, g = ntxent_clop_value_and_grad(z, chunk.runs[0].temperature, clop, value=value)
         finite = alive if loss is None else torch.isfinite(loss)

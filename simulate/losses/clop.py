@@ -93,12 +93,14 @@ def prototype_weights(labels: torch.Tensor, dtype=torch.float32) -> torch.Tensor
     return labelled.to(dtype) / (2 * labelled.sum(1, keepdim=True).clamp(min=1)).to(dtype)
 
 
+def prototype_rows(labels: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    """Each point's prototype ``p_{y_i}`` (R, B, D; any prototype for unlabelled points)."""
+    return protos.index_select(0, labels.clamp(min=0).reshape(-1)).view(labels.shape + (-1,))
+
+
 def prototype_targets(labels: torch.Tensor, protos: torch.Tensor):
-    """``(target, weight)``: each point's prototype ``p_{y_i}`` (R, B, D; any prototype for
-    unlabelled points) and :func:`prototype_weights`."""
-    runs, b = labels.shape
-    target = protos.index_select(0, labels.clamp(min=0).reshape(-1)).view(runs, b, -1)
-    return target, prototype_weights(labels, protos.dtype)
+    """``(target, weight)``: :func:`prototype_rows` and :func:`prototype_weights`."""
+    return prototype_rows(labels, protos), prototype_weights(labels, protos.dtype)
 
 
 def clop_rows(z, labels, protos, distance: str = "cosine") -> torch.Tensor:
@@ -108,7 +110,7 @@ def clop_rows(z, labels, protos, distance: str = "cosine") -> torch.Tensor:
         target, w = prototype_targets(labels, protos.to(z.dtype))
         return _CosineCLOP.apply(z, torch.cat([target, target], 1), torch.cat([w, w], 1))
     labelled = labels >= 0
-    target = protos.index_select(0, labels.clamp(min=0).reshape(-1)).view(labels.shape + (-1,))
+    target = prototype_rows(labels, protos)
     u = torch.nn.functional.normalize(z, dim=-1)
     t2 = torch.cat([target, target], 1)
     if distance == "cosine":
