@@ -24,7 +24,8 @@ DEFAULT_RESULTS = ROOT.parent / "results"
 
 def load_data(preset: str, sweeps: set[str], results: Path, device: str, quiet: bool | None = None):
     """Run (or resume: finished chunks are skipped) the named sweeps of a preset and load them."""
-    from simulate.sweep import load_embeddings, load_results, resolve_specs, run_sweep
+    from simulate.config import resolve_specs
+    from simulate.sweep import load_embeddings, load_results, run_sweep
 
     specs = resolve_specs(preset)
     missing = sorted(sweeps - set(specs))

@@ -192,23 +192,22 @@ PER_RUN_FIELDS = (
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 
 
+def _read_mapping(path: Path) -> dict:
+    """A spec file's top-level mapping (YAML, or JSON for ``.json`` files)."""
+    import yaml
+
+    if not path.exists():
+        raise SpecError(f"spec file {str(path)!r} does not exist")
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise SpecError(f"spec {str(path)!r} must be a mapping of field names to values")
+    return data
+
+
 def load_spec(source: str | Path | dict) -> dict:
     """Read a spec from a YAML or JSON file (or take a dict); check its field names."""
-    if isinstance(source, dict):
-        spec = dict(source)
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise SpecError(f"spec file {str(path)!r} does not exist")
-        text = path.read_text()
-        if path.suffix == ".json":
-            spec = json.loads(text)
-        else:
-            import yaml
-
-            spec = yaml.safe_load(text)
-        if not isinstance(spec, dict):
-            raise SpecError(f"spec {str(path)!r} must be a mapping of field names to values")
+    spec = dict(source) if isinstance(source, dict) else _read_mapping(Path(source))
     if "seeds" in spec:
         seeds = spec.pop("seeds")
         spec["seed"] = list(range(seeds)) if isinstance(seeds, int) else seeds
@@ -235,3 +234,33 @@ def expand(spec: dict) -> list[RunConfig]:
             seen.add(run.run_id)
             runs.append(run)
     return runs
+
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def resolve_specs(spec: str | Path | dict) -> dict[str, dict]:
+    """Named sweeps of a spec: a spec file or dict gives one sweep (name ``""``); a file with a
+    top-level ``sweeps`` mapping (the presets ``quick`` and ``paper``) gives several."""
+    if isinstance(spec, dict):
+        data = spec
+    else:
+        path = Path(spec)
+        if not path.exists():
+            path = PRESET_DIR / f"{spec}.yaml"
+            if not path.exists():
+                names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+                raise SpecError(f"spec {str(spec)!r} is neither a file nor a preset ({', '.join(names)})")
+        data = _read_mapping(path)
+    if "sweeps" in data:
+        common = {k: v for k, v in data.items() if k != "sweeps"}
+        return {name: load_spec({**common, **sub}) for name, sub in data["sweeps"].items()}
+    return {"": load_spec(data)}
+
+
+def resolve_spec(spec: str | Path | dict) -> dict:
+    """One sweep's spec (a file, a dict, or a single-sweep preset)."""
+    specs = resolve_specs(spec)
+    if len(specs) != 1:
+        raise SpecError(f"spec {spec!r} holds several sweeps ({', '.join(specs)}); use run_specs")
+    return next(iter(specs.values()))

@@ -30,11 +30,10 @@ from typing import Callable
 
 import pandas as pd
 
-from .config import RunConfig, SpecError, expand, load_spec
+from .config import RunConfig, SpecError, expand, resolve_spec, resolve_specs
 from .executors import EXECUTORS, run_local, run_ray
 from .train import TRAJECTORY_VERSION, resolve_device
 
-PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DEFAULT_MAX_MEMORY = 2 * 1024**3
 
 
@@ -192,43 +191,6 @@ def provenance(device: str) -> dict:
         "git_revision": _git_revision(),
         "device": device,
     }
-
-
-def _read_mapping(path: Path) -> dict:
-    import yaml
-
-    text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise SpecError(f"spec {str(path)!r} must be a mapping")
-    return data
-
-
-def resolve_specs(spec: str | Path | dict) -> dict[str, dict]:
-    """Named sweeps of a spec: a spec file or dict gives one sweep (name ``""``); a file with a
-    top-level ``sweeps`` mapping (the presets ``quick`` and ``paper``) gives several."""
-    if isinstance(spec, dict):
-        data = spec
-    else:
-        path = Path(spec)
-        if not path.exists():
-            path = PRESET_DIR / f"{spec}.yaml"
-            if not path.exists():
-                names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-                raise SpecError(f"spec {str(spec)!r} is neither a file nor a preset ({', '.join(names)})")
-        data = _read_mapping(path)
-    if "sweeps" in data:
-        common = {k: v for k, v in data.items() if k != "sweeps"}
-        return {name: load_spec({**common, **sub}) for name, sub in data["sweeps"].items()}
-    return {"": load_spec(data)}
-
-
-def resolve_spec(spec: str | Path | dict) -> dict:
-    """One sweep's spec (a file, a dict, or a single-sweep preset)."""
-    specs = resolve_specs(spec)
-    if len(specs) != 1:
-        raise SpecError(f"spec {spec!r} holds several sweeps ({', '.join(specs)}); use run_specs")
-    return next(iter(specs.values()))
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pytest
 from figures import FIGURES
 from figures.__main__ import load_data
 from figures.explorer import cobweb_path, explorer_figure, iterate, lab_figure, lab_spec, run_lab, thresholds
-from simulate.sweep import resolve_specs
+from simulate.config import resolve_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "CLOP_LAB_NOTEBOOK_SIZE": "small"}

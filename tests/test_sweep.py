@@ -108,7 +108,7 @@ def test_spec_files_yaml_json_and_presets(tmp_path):
     assert spec["seed"] == [0, 1, 2] and len(expand(spec)) == 6
     (tmp_path / "s.json").write_text(json.dumps({"lr": 0.1}))
     assert load_spec(tmp_path / "s.json") == {"lr": 0.1}
-    from simulate.sweep import resolve_specs
+    from simulate.config import resolve_specs
 
     for preset in ("quick", "paper"):
         specs = resolve_specs(preset)
