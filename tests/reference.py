@@ -79,40 +79,69 @@ def dcl_views_loop(z1, z2, tau):
     return total / n
 
 
-def clop_loop(z1, z2, labels, protos, weight):
+def clop_loop(z1, z2, labels, protos, weight, distance="cosine"):
+    """CLOP: ``weight * mean_{labelled i} (d(z_i, p_y) + d(z'_i, p_y)) / 2`` on unit rows, with
+    ``d`` = ``1 - cos`` (the paper's loss), the Euclidean or the Manhattan distance."""
     rows = [i for i in range(len(labels)) if labels[i] >= 0]
     if not rows:
         return torch.zeros((), dtype=z1.dtype)
-    s = sum(1 - (cos(z1[i], protos[labels[i]]) + cos(z2[i], protos[labels[i]])) / 2 for i in rows)
+
+    def dist(z, p):
+        if distance == "cosine":
+            return 1 - cos(z, p)
+        u = z / z.norm()
+        if distance == "euclidean":
+            return torch.sqrt(sum((u[k] - p[k]) ** 2 for k in range(len(u))))
+        return sum(abs(u[k] - p[k]) for k in range(len(u)))
+
+    s = sum((dist(z1[i], protos[labels[i]]) + dist(z2[i], protos[labels[i]])) / 2 for i in rows)
     return weight * s / len(rows)
 
 
-def vicreg_loop(z1, z2, lam=25.0, mu=25.0, nu=1.0, gamma=1.0, eps=1e-4):
-    """Bardes et al. eqs. 1-6, written per dimension."""
-    b, d = z1.shape
-    s = sum(((z1[i] - z2[i]) ** 2).sum() for i in range(b)) / (b * d)
-
-    def v(z):
-        out = 0.0
+def vicreg_terms_loop(z1, z2, gamma=1.0, eps=1e-4):
+    """The five VICReg terms ``(s, v1, v2, c1, c2)`` as Python floats, one element at a time
+    (no tensor arithmetic): ``s`` the mean squared error over the B x D entries, ``v`` the
+    mean over dimensions of ``max(0, gamma - sqrt(var + eps))`` with the unbiased variance,
+    ``c`` the sum of squared off-diagonal covariances (divisor B - 1) over D."""
+    a, c = z1.tolist(), z2.tolist()
+    b, d = len(a), len(a[0])
+    s = 0.0
+    for k in range(b):
         for j in range(d):
-            col = z[:, j]
-            var = ((col - col.mean()) ** 2).sum() / (b - 1)
-            out = out + torch.clamp(gamma - torch.sqrt(var + eps), min=0)
-        return out / d
+            s += (a[k][j] - c[k][j]) ** 2
+    s /= b * d
 
-    def c(z):
-        zc = z - z.mean(0)
-        out = 0.0
+    def var_cov(z):
+        mean = [sum(z[k][j] for k in range(b)) / b for j in range(d)]
+        zc = [[z[k][j] - mean[j] for j in range(d)] for k in range(b)]
+        v = 0.0
+        for j in range(d):
+            var = sum(zc[k][j] ** 2 for k in range(b)) / (b - 1)
+            v += max(0.0, gamma - math.sqrt(var + eps))
+        cov = 0.0
         for i in range(d):
             for j in range(d):
                 if i != j:
-                    out = out + ((zc[:, i] * zc[:, j]).sum() / (b - 1)) ** 2
-        return out / d
+                    cov += (sum(zc[k][i] * zc[k][j] for k in range(b)) / (b - 1)) ** 2
+        return v / d, cov / d
 
-    return lam * s + mu * (v(z1) + v(z2)) + nu * (c(z1) + c(z2))
+    v1, c1 = var_cov(a)
+    v2, c2 = var_cov(c)
+    return s, v1, v2, c1, c2
+
+
+def vicreg_loop(z1, z2, lam=25.0, mu=25.0, nu=1.0, gamma=1.0, eps=1e-4):
+    """VICReg as the official code computes it (facebookresearch/vicreg, ``main_vicreg.py``,
+    ``VICReg.forward``): ``lam s + mu (v1 + v2) / 2 + nu (c1 + c2)``, the variance term
+    averaged over the two branches, the covariance term summed."""
+    s, v1, v2, c1, c2 = vicreg_terms_loop(z1, z2, gamma, eps)
+    return lam * s + mu * (v1 + v2) / 2 + nu * (c1 + c2)
 
 
 def barlow_loop(z1, z2, lambd=5e-3, eps=1e-5):
+    """Barlow Twins as the official code computes it (facebookresearch/barlowtwins,
+    ``main.py``: ``BatchNorm1d(affine=False)`` per view, ``c = bn(z1).T @ bn(z2) / B``,
+    ``on_diag + lambd * off_diag``), one entry of ``c`` at a time."""
     b, d = z1.shape
 
     def std(z):
@@ -135,5 +164,3 @@ def rankme_numpy(z):
     p = s / s.sum() + 1e-7
     return float(np.exp(-(p * np.log(p)).sum()))
 
-
-_ = math

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 import reference as ref
 from simulate.losses import (
-    BASE_LOSSES, CLOPLoss, NTXentLoss, SupConLoss, barlow_twins, build_loss, clop_term,
-    cosine_pair, dcl, make_prototypes, nt_xent, supcon, vicreg,
+    BASE_LOSSES, CLOPLoss, NTXentLoss, SupConLoss, VICRegLoss, barlow_twins, build_loss,
+    clop_term, cosine_pair, dcl, make_prototypes, nt_xent, supcon, vicreg,
 )
 
 DT = torch.float64
@@ -67,21 +67,69 @@ def test_dcl_matches_loop(seed, b, tau):
     assert torch.allclose(dcl(z1, z2, tau)[0], ref.dcl_views_loop(z1[0], z2[0], tau), rtol=1e-10)
 
 
-@given(seed=seeds, b=st.integers(1, 8), k=st.integers(1, 4), w=st.floats(0.0, 5.0))
-def test_clop_matches_formula(seed, b, k, w):
+@given(seed=seeds, b=st.integers(1, 8), k=st.integers(1, 4), w=st.floats(0.0, 5.0),
+       distance=st.sampled_from(["cosine", "euclidean", "manhattan"]))
+def test_clop_matches_formula(seed, b, k, w, distance):
     d = k + 1
     z1, z2 = views(seed, 1, b, d)
     lab = labels_for(seed, b, k)
     protos = make_prototypes(k, d, seed=seed % 1000)
-    got = clop_term(z1, z2, lab, protos, w)[0]
-    assert torch.allclose(got, torch.as_tensor(ref.clop_loop(z1[0], z2[0], lab, protos, w), dtype=DT), atol=1e-12)
+    got = clop_term(z1, z2, lab, protos, w, distance)[0]
+    want = ref.clop_loop(z1[0], z2[0], lab, protos, w, distance)
+    assert torch.allclose(got, torch.as_tensor(want, dtype=DT), atol=1e-12)
 
 
-@given(seed=seeds, b=st.integers(2, 5), d=st.integers(1, 4))
-def test_vicreg_and_barlow_match_paper_loops(seed, b, d):
+@given(seed=seeds, b=st.integers(2, 5), d=st.integers(1, 4), scale=st.floats(0.1, 2.0))
+def test_vicreg_and_barlow_match_official_loops(seed, b, d, scale):
     z1, z2 = views(seed, 1, b, d)
-    assert torch.allclose(vicreg(z1, z2)[0], ref.vicreg_loop(z1[0], z2[0]), rtol=1e-10)
+    z1, z2 = z1 * scale, z2 * scale
+    assert float(vicreg(z1, z2)[0]) == pytest.approx(ref.vicreg_loop(z1[0], z2[0]), rel=1e-10)
     assert torch.allclose(barlow_twins(z1, z2)[0], ref.barlow_loop(z1[0], z2[0]), rtol=1e-10)
+
+
+def close_views(seed, b, d, spread):
+    """Two views of one batch: ``x + noise`` each, ``x`` of standard deviation ``spread``
+    (below 1 the variance hinge is active in most dimensions)."""
+    g = torch.Generator().manual_seed(seed)
+    x = spread * torch.randn(b, d, generator=g, dtype=DT)
+    noise = 0.3 * torch.randn(2, b, d, generator=g, dtype=DT)
+    return x + noise[0], x + noise[1]
+
+
+@pytest.mark.parametrize("b, d", [(2, 1), (3, 2), (8, 4), (16, 8), (64, 16), (33, 5)])
+@pytest.mark.parametrize("spread", [0.2, 0.7, 1.5])
+def test_vicreg_follows_the_official_convention(b, d, spread):
+    """The variance term is averaged over the two branches (facebookresearch/vicreg and
+    lightly), the covariance term summed over them, the invariance term a mean over B x D:
+    checked against a per-element float64 loop at default and at other weights."""
+    z1, z2 = close_views(b * 100 + d, b, d, spread)
+    assert float(vicreg(z1, z2)) == pytest.approx(ref.vicreg_loop(z1, z2), rel=1e-12, abs=1e-12)
+    weights = {"sim_weight": 2.0, "var_weight": 7.0, "cov_weight": 0.3, "gamma": 1.5, "eps": 1e-3}
+    want = ref.vicreg_loop(z1, z2, lam=2.0, mu=7.0, nu=0.3, gamma=1.5, eps=1e-3)
+    assert float(VICRegLoss(**weights)(z1, z2)) == pytest.approx(want, rel=1e-12, abs=1e-12)
+    s, v1, v2, c1, c2 = ref.vicreg_terms_loop(z1, z2)
+    one_term = {
+        "invariance": (s, {"sim_weight": 1.0, "var_weight": 0.0, "cov_weight": 0.0}),
+        "variance": ((v1 + v2) / 2, {"sim_weight": 0.0, "var_weight": 1.0, "cov_weight": 0.0}),
+        "covariance": (c1 + c2, {"sim_weight": 0.0, "var_weight": 0.0, "cov_weight": 1.0}),
+    }
+    for name, (want, w) in one_term.items():
+        assert float(vicreg(z1, z2, **w)) == pytest.approx(want, rel=1e-12, abs=1e-14), name
+
+
+@pytest.mark.parametrize("b, d", [(8, 4), (64, 16)])
+def test_vicreg_gap_of_the_issue_is_gone(b, d):
+    """At the settings of the report (weights 25, 25, 1; B = 8, D = 4 and B = 64, D = 16) the
+    loss equals the official formula; the paper's eq. (6) read literally (variance terms
+    summed over the branches) is larger by ``mu (v1 + v2) / 2``; it is what ``vicreg`` gives
+    with ``var_weight = 2 mu``."""
+    z1, z2 = close_views(b + d, b, d, 0.5)
+    s, v1, v2, c1, c2 = ref.vicreg_terms_loop(z1, z2)
+    official = 25 * s + 25 * (v1 + v2) / 2 + (c1 + c2)
+    literal = 25 * s + 25 * (v1 + v2) + (c1 + c2)
+    assert v1 + v2 > 0.3 and literal > 1.1 * official
+    assert float(vicreg(z1, z2)) == pytest.approx(official, rel=1e-12)
+    assert float(vicreg(z1, z2, var_weight=50.0)) == pytest.approx(literal, rel=1e-12)
 
 
 def test_prototypes_orthonormal_and_simplex():

@@ -1,4 +1,4 @@
-"""VICReg (Bardes, Ponce, LeCun, ICLR 2022, eqs. 1-6)."""
+"""VICReg (Bardes, Ponce, LeCun, ICLR 2022), in the convention of the authors' code."""
 
 from __future__ import annotations
 
@@ -12,11 +12,24 @@ def vicreg(
     z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
     cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4,
 ) -> torch.Tensor:
-    """``lambda s(Z, Z') + mu [v(Z) + v(Z')] + nu [c(Z) + c(Z')]`` per run.
+    """VICReg per run, with the variance term averaged over the two branches:
 
-    ``s`` = mean squared distance of the views (MSE over B and D); ``v(Z) = 1/D sum_j
-    max(0, gamma - sqrt(Var(z_j) + eps))`` (unbiased variance over the batch); ``c(Z) = 1/D
-    sum_{i != j} C(Z)_ij^2`` with ``C`` the covariance matrix. Not a cosine-only loss.
+    ``L = lambda s(Z, Z') + mu [v(Z) + v(Z')] / 2 + nu [c(Z) + c(Z')]``
+
+    - ``s(Z, Z') = 1/(B D) sum_{b, j} (z_bj - z'_bj)^2``, the mean squared error over the
+      batch and the dimensions;
+    - ``v(Z) = 1/D sum_j max(0, gamma - sqrt(Var(z_.j) + eps))``, ``Var`` the unbiased
+      variance over the batch (divisor ``B - 1``);
+    - ``c(Z) = 1/D sum_{i != j} C(Z)_ij^2``, ``C(Z)`` the covariance matrix (divisor
+      ``B - 1``), summed (not averaged) over the two branches.
+
+    This is the official implementation's loss (facebookresearch/vicreg, ``main_vicreg.py``,
+    ``VICReg.forward``: ``std_loss = mean(relu(1 - std_x)) / 2 + mean(relu(1 - std_y)) / 2``,
+    ``cov_loss`` the sum of both branches' off-diagonal squares over ``num_features``,
+    ``repr_loss = F.mse_loss(x, y)``), and lightly's ``VICRegLoss`` (``var_loss = 0.5 *
+    (variance_loss(z_a) + variance_loss(z_b))``). The paper's eq. (6), read literally, has
+    ``mu [v(Z) + v(Z')]`` without the 1/2; its weights (25, 25, 1) were tuned with the code,
+    so they are the defaults here. For the literal reading pass ``var_weight = 2 mu``.
 
     Shape:
         z1, z2: (R, B, D) or (B, D), B >= 2; output (R,).
@@ -38,15 +51,17 @@ def vicreg(
 
     v1, c1 = var_cov(z1)
     v2, c2 = var_cov(z2)
-    loss = sim_weight * inv + var_weight * (v1 + v2) + cov_weight * (c1 + c2)
+    loss = sim_weight * inv + var_weight * (v1 + v2) / 2 + cov_weight * (c1 + c2)
     return finish(loss, unbatched, dtype)
 
 
 class VICRegLoss(nn.Module):
-    """VICReg (module form of :func:`vicreg`).
+    """VICReg (module form of :func:`vicreg`; the variance term is averaged over the two
+    branches, as in the official code).
 
     Args:
-        sim_weight, var_weight, cov_weight: lambda, mu, nu >= 0 (paper: 25, 25, 1).
+        sim_weight, var_weight, cov_weight: lambda, mu, nu >= 0 (paper and official code:
+            25, 25, 1).
         gamma: target standard deviation > 0. eps: > 0.
 
     Shape:
