@@ -12,6 +12,16 @@ def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3, eps: f
     """``sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2`` per run, ``C`` the cross-correlation
     of the batch-standardised views (``C = Z1n^T Z2n / B``, biased std, ``eps`` added).
 
+    Convention: the official code (facebookresearch/barlowtwins, ``main.py``,
+    ``BarlowTwins.forward``: ``BatchNorm1d(affine=False)`` on each view, ``c = bn(z1).T @
+    bn(z2) / batch_size``, ``on_diag + lambd * off_diag``, no further scaling) and lightly's
+    ``BarlowTwinsLoss`` from 1.5.20 on (``F.batch_norm`` per view, eps 1e-5). Each view is
+    standardised with its own statistics; lightly 1.4.17 to 1.5.19 pooled the two views'
+    statistics, and earlier versions used the unbiased std without eps. The official code's
+    first release multiplied both terms by ``--scale-loss`` (1/32), dropped later.
+    ``lambda``: the paper's 5e-3 (lightly's default); the official script's default is
+    0.0051.
+
     Shape:
         z1, z2: (R, B, D) or (B, D), B >= 2; output (R,).
     """

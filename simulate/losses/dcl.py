@@ -9,7 +9,13 @@ from ._common import TemperatureLoss, as_runs, check_views, compute_dtype, finis
 
 def dcl(z1: torch.Tensor, z2: torch.Tensor, tau: float, normalize: bool = True) -> torch.Tensor:
     """DCL averaged over the 2B anchors: NT-Xent with the positive removed from the
-    denominator, ``l_i = -s_{i,p(i)} + log sum_{j != i, p(i)} exp(s_ij)``.
+    denominator, ``l_i = -s_{i,p(i)} + log sum_{j != i, p(i)} exp(s_ij)``, ``s_ij =
+    cos(z_i, z_j) / tau``.
+
+    Convention: lightly's ``DCLLoss`` (``0.5 * (loss0 + loss1)``, each a mean over the B
+    anchors of one view, no weighting function). Yeh et al.'s eq. (6) sums over anchors and
+    views; raminnakhli/Decoupled-Contrastive-Learning's ``DCL``, the implementation lightly's
+    cites, returns the sum of the two one-way means, twice this value.
 
     Shape:
         z1, z2: (R, B, D) or (B, D), B >= 2 (B = 1 leaves no negative); output (R,).

@@ -21,6 +21,13 @@ def supcon(
     points (label -1) and ``labels=None`` fall back to the other view only (then SupCon
     equals NT-Xent, as it does for all-unique labels).
 
+    Convention: pytorch-metric-learning's ``SupConLoss`` (the mean over anchors of
+    ``-mean_{p in P(i)} log_prob``, denominator over every other row), with the two views
+    passed as one batch of 2B rows. The authors' code (HobbitLong/SupContrast,
+    ``losses.py``) multiplies each anchor's loss by ``temperature / base_temperature``
+    (``base_temperature`` = 0.07): it equals this loss at ``tau = 0.07`` and is
+    ``tau / 0.07`` times it elsewhere.
+
     Shape:
         z1, z2: (R, B, D) or (B, D); labels: (B,) or (R, B) int, -1 unlabelled; output (R,).
     """
