@@ -9,20 +9,47 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 import sys
 import typing
 
-from .config import RunConfig, SpecError
+from .config import (
+    CliParser,
+    RunConfig,
+    SpecError,
+    check_device_here,
+    check_out_folder,
+    parse_bool,
+    parse_device,
+)
+
+#: what each field type accepts on the command line
+_ACCEPTED = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
 
 
 def _field_type(f: dataclasses.Field):
+    """The argparse type of a RunConfig field; a bad value names what the option accepts."""
     hint = typing.get_type_hints(RunConfig)[f.name]
-    if hint is bool:
-        return lambda s: {"true": True, "1": True, "yes": True, "false": False, "0": False,
-                          "no": False}[s.lower()]
-    if hint in (int, float, str):
-        return hint
-    return lambda s: None if s.lower() == "none" else int(s)  # noqa: E731  (int | None)
+
+    def convert(text: str):
+        try:
+            if hint is bool:
+                return parse_bool(text)
+            if hint in (int, float, str):
+                return hint(text)
+            return None if text.strip().lower() == "none" else int(text)  # int | None
+        except ValueError:
+            accepted = _ACCEPTED.get(hint, "none or an integer")
+            raise argparse.ArgumentTypeError(f"must be {accepted}, got {text!r}") from None
+
+    return convert
+
+
+def _fail(message, status: int = 2) -> int:
+    """Print ``error: message`` as one line on stderr and return the exit status."""
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    return status
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -52,18 +79,18 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m simulate", description=__doc__,
+    ap = CliParser(prog="python -m simulate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train one configuration and print its trajectory")
     _add_run_options(run)
-    run.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
 
     sw = sub.add_parser("sweep", help="run or resume a sweep into an output folder")
     sw.add_argument("spec", help="spec file (YAML or JSON) or preset name (quick, paper)")
     sw.add_argument("--out", required=True, help="output folder (resumed if it exists)")
-    sw.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    sw.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     sw.add_argument("--max-memory", default="2GB", help="memory budget per chunk (default: 2GB)")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.add_argument("--executor", default="local", choices=["local", "ray"],
@@ -76,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="retries of a failed Ray task (default: 2)")
 
     be = sub.add_parser("bench", help="batched engine against a per-configuration loop")
-    be.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    be.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     be.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
     be.add_argument("--repeats", type=int, default=3,
                     help="engine runs, each paired with a matmul-throughput measurement; the "
@@ -90,15 +117,19 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "sweep":
             return _sweep(args)
-        from .bench import main_bench
+        return _bench(args)
+    except ValueError as exc:  # SpecError included: a bad spec, option or output folder
+        return _fail(exc)
 
-        return main_bench(args.device, args.steps, args.repeats, not args.no_loop)
-    except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+def _bench(args) -> int:
+    from .bench import main_bench
+
+    device = check_device_here(parse_device(args.device, "--device"), "--device")
+    for flag, value in (("--steps", args.steps), ("--repeats", args.repeats)):
+        if value < 1:
+            raise SpecError(f"{flag} must be an integer >= 1, got {value}")
+    return main_bench(device, args.steps, args.repeats, not args.no_loop)
 
 
 def _run(args) -> int:
@@ -106,8 +137,9 @@ def _run(args) -> int:
 
     from .train import train_chunk
 
+    device = check_device_here(parse_device(args.device, "--device"), "--device")
     cfg = RunConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)})
-    rows = train_chunk([cfg], args.device)
+    rows = train_chunk([cfg], device)
     cols = ["step", "objective", "effective_rank", "variance", "mean_cos", "max_cos", "mean_norm",
             "proto_cos", "state", "knn_acc", "probe_acc"]
     with pd.option_context("display.width", 160, "display.max_columns", 20):
@@ -116,20 +148,61 @@ def _run(args) -> int:
 
 
 def _sweep(args) -> int:
-    from .sweep import SweepFailed, run_specs
+    from .sweep import SweepFailed, parse_memory, run_specs
 
+    args.device = parse_device(args.device, "--device")
+    if args.executor == "local":  # Ray tasks choose their device from --gpus-per-chunk
+        check_device_here(args.device, "--device")
+    try:
+        parse_memory(args.max_memory)
+    except (ValueError, OverflowError):
+        raise SpecError(f"--max-memory must be a finite size > 0 such as 4GB or 512MB, "
+                        f"got {args.max_memory!r}") from None
+    if not (math.isfinite(args.gpus_per_chunk) and args.gpus_per_chunk >= 0):
+        raise SpecError(f"--gpus-per-chunk must be a finite number >= 0, got {args.gpus_per_chunk}")
+    if args.max_retries < 0:
+        raise SpecError(f"--max-retries must be an integer >= 0, got {args.max_retries}")
+    check_out_folder(args.out, "--out")
     try:
         results = run_specs(args.spec, args.out, device=args.device, max_memory=args.max_memory,
                             quiet=True if args.quiet else None, executor=args.executor,
                             address=args.address, gpus_per_chunk=args.gpus_per_chunk,
                             max_retries=args.max_retries)
-    except SweepFailed as exc:
+    except SweepFailed as exc:  # not bad input: the failed chunks' errors, in full
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        return _fail(_os_error_message(exc, args.out))
+    except _ray_connect_errors() as exc:
+        return _fail(exc)
     for res in results.values():
         print(f"{res.total_runs} runs: {res.skipped_runs} already done, {res.chunks_run} chunk(s) "
               f"trained in {res.wall_s:.1f} s -> {res.out}")
     return 0
+
+
+def _ray_connect_errors() -> tuple[type[Exception], ...]:
+    """The error :mod:`simulate.executors` raises when a Ray cluster cannot be reached in time
+    (``RayConnectTimeout``, a RuntimeError): one ``error:`` line with exit 2. Any other
+    RuntimeError keeps its traceback."""
+    from . import executors
+
+    cls = getattr(executors, "RayConnectTimeout", None)
+    return (cls,) if isinstance(cls, type) and issubclass(cls, Exception) else ()
+
+
+def _os_error_message(exc: OSError, out: str) -> str:
+    """An OSError of a sweep as one line; one on the output folder (the folder, a path in it or
+    a folder above it) names ``--out``."""
+    if exc.filename is not None:
+        name, folder = os.path.abspath(str(exc.filename)), os.path.abspath(out)
+        if os.path.commonpath([name, folder]) in (name, folder):
+            problem = ("is an existing file, not a folder" if isinstance(exc, FileExistsError)
+                       else "lies under a file, not a folder" if isinstance(exc, NotADirectoryError)
+                       else "cannot be written: permission denied" if isinstance(exc, PermissionError)
+                       else f"cannot be used: {exc.strerror or exc}")
+            return f"--out {out!r} {problem} ({exc.filename})"
+    return str(exc)
 
 
 if __name__ == "__main__":

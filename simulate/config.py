@@ -2,7 +2,12 @@
 
 A *run* is one configuration (:class:`RunConfig`). A *spec* is a mapping from field names to
 a value or a list of values; every list is a grid axis and the runs are the Cartesian
-product. ``seeds`` (or ``seed``) may be a list of seeds or an integer count.
+product. ``seed`` is a seed or a list of seeds; ``seeds`` (instead of ``seed``, never with it)
+is a list of seeds or a count ``n`` (seeds ``0 .. n-1``).
+
+Spec files are YAML or JSON (``.json``). YAML is read with the YAML 1.2 core schema's
+booleans (``true``/``false``, also capitalised; ``yes``/``no``/``on``/``off`` stay strings) and
+floats (``1e6``, ``1.5e6`` and ``1e-4`` are numbers, not strings).
 
 Example spec (YAML)::
 
@@ -16,12 +21,15 @@ Example spec (YAML)::
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import hashlib
 import itertools
 import json
 import math
+import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -114,6 +122,11 @@ class RunConfig:
             if getattr(self, name) not in options:
                 bad(name, f"one of {', '.join(options)}")
 
+        for name in ("batch_norm", "sign_flip", "save_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, "true or false")
+        if not isinstance(self.name, str):
+            bad("name", "a string")
         choice("loss", tuple(BASE_LOSSES))
         choice("prototypes", PROTOTYPE_KINDS)
         choice("distance", DISTANCES)
@@ -192,17 +205,89 @@ PER_RUN_FIELDS = (
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 
 
+@functools.cache
+def _spec_loader():
+    """A ``yaml.SafeLoader`` whose booleans and floats follow the YAML 1.2 core schema.
+
+    PyYAML implements YAML 1.1, where ``1e6`` and ``1e-4`` (no dot) are strings and ``no``,
+    ``off``, ``yes`` and ``on`` are booleans. Specs read only ``true``/``false`` (also
+    ``True``, ``TRUE``, ``False``, ``FALSE``) as booleans, and any decimal with a dot or an exponent as a float; nothing else changes
+    (integers, null and strings resolve as before, and no string is coerced)."""
+    import yaml
+
+    bool_tag, float_tag = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
+
+    class SpecLoader(yaml.SafeLoader):
+        pass
+
+    SpecLoader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in (bool_tag, float_tag)]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    SpecLoader.add_implicit_resolver(
+        bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    SpecLoader.add_implicit_resolver(float_tag, re.compile(r"""^(?:
+        [-+]?[0-9][0-9_]*(?:\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[eE][-+]?[0-9]+)
+        |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""", re.VERBOSE), list("-+0123456789."))
+    return SpecLoader
+
+
+def parse_yaml(text: str):
+    """Parse spec YAML (booleans and floats as in YAML 1.2, see :func:`_spec_loader`)."""
+    import yaml
+
+    return yaml.load(text, Loader=_spec_loader())  # a SafeLoader subclass
+
+
 def _read_mapping(path: Path) -> dict:
     """A spec file's top-level mapping (YAML, or JSON for ``.json`` files)."""
     import yaml
 
+    where = repr(str(path))
     if not path.exists():
-        raise SpecError(f"spec file {str(path)!r} does not exist")
-    text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        raise SpecError(f"spec file {where} does not exist")
+    if path.is_dir():
+        raise SpecError(f"spec {where} is a directory; give a YAML or JSON spec file or a preset name")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"spec file {where} is not UTF-8 text (YAML or JSON expected)") from None
+    except OSError as exc:
+        raise SpecError(f"spec file {where} cannot be read: {exc.strerror or exc}") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"spec file {where} is not valid JSON: {exc.msg} "
+                            f"(line {exc.lineno}, column {exc.colno})") from None
+    else:
+        try:
+            data = parse_yaml(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            problem = getattr(exc, "problem", None) or str(exc)
+            at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            raise SpecError(f"spec file {where} is not valid YAML: {_one_line(problem)}{at}") from None
     if not isinstance(data, dict):
-        raise SpecError(f"spec {str(path)!r} must be a mapping of field names to values")
+        raise SpecError(f"spec {where} must be a mapping of field names to values")
     return data
+
+
+def _kind(value) -> str:
+    """A short description of a spec value that has the wrong shape."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, (dict, list)) and not value:
+        return f"an empty {'mapping' if isinstance(value, dict) else 'list'}"
+    if isinstance(value, list):
+        return f"a list {_one_line(repr(value))[:60]}"
+    return _one_line(repr(value))[:60]
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
 
 
 def load_spec(source: str | Path | dict) -> dict:
@@ -210,8 +295,17 @@ def load_spec(source: str | Path | dict) -> dict:
     spec = dict(source) if isinstance(source, dict) else _read_mapping(Path(source))
     if "seeds" in spec:
         seeds = spec.pop("seeds")
-        spec["seed"] = list(range(seeds)) if isinstance(seeds, int) else seeds
-    unknown = sorted(set(spec) - set(FIELD_NAMES))
+        if "seed" in spec:
+            raise SpecError(
+                f"give seed (a seed or a list of seeds) or seeds (a count or a list of seeds), "
+                f"not both; got seed {spec['seed']!r} and seeds {seeds!r}"
+            )
+        if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:
+            seeds = list(range(seeds))
+        elif not (isinstance(seeds, list) and seeds):
+            raise SpecError(f"seeds must be a count >= 1 or a non-empty list of seeds, got {seeds!r}")
+        spec["seed"] = seeds
+    unknown = sorted(str(k) for k in set(spec) - set(FIELD_NAMES))
     if unknown:
         raise SpecError(
             f"unknown field(s) {', '.join(unknown)} in spec; accepted: {', '.join(FIELD_NAMES)}"
@@ -253,8 +347,29 @@ def resolve_specs(spec: str | Path | dict) -> dict[str, dict]:
                 raise SpecError(f"spec {str(spec)!r} is neither a file nor a preset ({', '.join(names)})")
         data = _read_mapping(path)
     if "sweeps" in data:
+        sweeps = data["sweeps"]
+        if not isinstance(sweeps, dict) or not sweeps:
+            raise SpecError(
+                f"sweeps must map sweep names to mappings of fields (e.g. sweeps: {{lr: {{lr: "
+                f"[0.1, 1.0]}}}}), got {_kind(sweeps)}"
+            )
         common = {k: v for k, v in data.items() if k != "sweeps"}
-        return {name: load_spec({**common, **sub}) for name, sub in data["sweeps"].items()}
+        specs = {}
+        for name, sub in sweeps.items():
+            if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+                raise SpecError(f"sweeps: a sweep name must be a folder name (a non-empty string "
+                                f"without '/'), got {name!r}")
+            if not isinstance(sub, dict):
+                raise SpecError(f"sweeps: {name} must be a mapping of field names to values, "
+                                f"got {_kind(sub)}")
+            base = common
+            if {"seed", "seeds"} & set(sub):  # a sweep's own seeds replace the shared ones
+                base = {k: v for k, v in common.items() if k not in ("seed", "seeds")}
+            try:
+                specs[name] = load_spec({**base, **sub})
+            except SpecError as exc:
+                raise SpecError(f"sweeps: {name}: {exc}") from None
+        return specs
     return {"": load_spec(data)}
 
 
@@ -264,3 +379,70 @@ def resolve_spec(spec: str | Path | dict) -> dict:
     if len(specs) != 1:
         raise SpecError(f"spec {spec!r} holds several sweeps ({', '.join(specs)}); use run_specs")
     return next(iter(specs.values()))
+
+
+# ---------------------------------------------------------------------- command-line values
+_DEVICE = re.compile(r"auto|cpu|cuda(?::[0-9]+)?")
+
+
+def parse_device(text: str, name: str = "device") -> str:
+    """``auto | cpu | cuda | cuda:N`` (any case, surrounding spaces ignored), lower-cased.
+
+    Raises:
+        SpecError: anything else; the message names ``name`` (``--device`` on the command line).
+    """
+    value = text.strip().lower() if isinstance(text, str) else None
+    if value is None or not _DEVICE.fullmatch(value):
+        raise SpecError(f"{name} must be auto, cpu, cuda or cuda:N (N a GPU index), got {text!r}")
+    return value
+
+
+def check_device_here(device: str, name: str = "device") -> str:
+    """A parsed device that this machine has (CUDA available, index below the device count)."""
+    if device.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if count == 0:
+            raise SpecError(f"{name} {device}: no CUDA device is available here (use auto or cpu)")
+        if index >= count:
+            raise SpecError(f"{name} {device}: this machine has {count} CUDA device(s), "
+                            f"cuda:0 to cuda:{count - 1}")
+    return device
+
+
+def check_out_folder(path: str | Path, name: str = "--out") -> Path:
+    """Refuse an output folder that is a file, lies under a file or cannot be written, before
+    any work is done; nothing is created.
+
+    Raises:
+        SpecError: the message names ``name`` and the path.
+    """
+    out = Path(path)
+    shown = repr(str(path))
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"{name} {shown} is an existing file, not a folder")
+    base = out
+    while not base.exists() and base != base.parent:  # the nearest part of the path that exists
+        base = base.parent
+    if not base.is_dir():
+        raise SpecError(f"{name} {shown} lies under the file {str(base)!r}, not in a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise SpecError(f"{name} {shown} cannot be written: permission denied on {str(base)!r}")
+    return out
+
+
+def parse_bool(text: str, name: str = "value") -> bool:
+    """``true`` or ``false`` (any case) -> bool; anything else is refused."""
+    value = text.strip().lower() if isinstance(text, str) else None
+    if value not in ("true", "false"):
+        raise SpecError(f"{name} must be true or false, got {text!r}")
+    return value == "true"
+
+
+class CliParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line, ``error: ...``, with exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {_one_line(message)}\n")

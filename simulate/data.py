@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -25,6 +26,15 @@ MEAN_KINDS = ("orthonormal", "random", "simplex")
 
 def _fail(name: str, accepted: str, value) -> None:
     raise ValueError(f"{name} must be {accepted}, got {value!r}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    """A finite real number (booleans and numeric strings are not numbers)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass(frozen=True)
@@ -65,11 +75,11 @@ class MixtureConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not (isinstance(self.k, int) and self.k >= 2):
+        if not (_is_int(self.k) and self.k >= 2):
             _fail("k", "an integer >= 2", self.k)
-        if not (isinstance(self.d, int) and self.d >= 1):
+        if not (_is_int(self.d) and self.d >= 1):
             _fail("d", "an integer >= 1", self.d)
-        if not (isinstance(self.per_class, int) and self.per_class >= 1):
+        if not (_is_int(self.per_class) and self.per_class >= 1):
             _fail("per_class", "an integer >= 1", self.per_class)
         if self.means not in MEAN_KINDS:
             _fail("means", f"one of {', '.join(MEAN_KINDS)}", self.means)
@@ -83,16 +93,20 @@ class MixtureConfig:
                 _fail("class_weights", f"{self.k} positive numbers", self.class_weights)
         for name in ("mean_scale", "sigma", "aug_sigma"):
             v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
+            if not (_is_number(v) and v >= 0):
                 _fail(name, "a finite number >= 0", v)
         if self.noise_rank is not None and not (
-            isinstance(self.noise_rank, int) and 1 <= self.noise_rank <= self.d
+            _is_int(self.noise_rank) and 1 <= self.noise_rank <= self.d
         ):
             _fail("noise_rank", f"None or an integer in [1, {self.d}]", self.noise_rank)
-        if not 0.0 <= self.label_fraction <= 1.0:
-            _fail("label_fraction", "in [0, 1]", self.label_fraction)
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            _fail("holdout_fraction", "in [0, 1)", self.holdout_fraction)
+        if not (_is_number(self.label_fraction) and 0.0 <= self.label_fraction <= 1.0):
+            _fail("label_fraction", "a number in [0, 1]", self.label_fraction)
+        if not isinstance(self.sign_flip, bool):
+            _fail("sign_flip", "true or false", self.sign_flip)
+        if not (_is_number(self.holdout_fraction) and 0.0 <= self.holdout_fraction < 1.0):
+            _fail("holdout_fraction", "a number in [0, 1)", self.holdout_fraction)
+        if not (_is_int(self.seed) and self.seed >= 0):
+            _fail("seed", "an integer >= 0", self.seed)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,258 @@
+"""Bad input on the command line: exit status 2 and one line ``error: ...`` naming the field or
+flag, never a traceback; and the spec values that must be read as the user meant them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulate.config import SpecError, expand, load_spec, parse_device
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_YAML = "model: free\nk: 2\nd: 4\nper_class: 8\nbatch_size: 4\nsteps: 4\nlog_every: 2\n"
+
+
+def cli(module: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def refused(done: subprocess.CompletedProcess, *words: str) -> str:
+    """The one error line of a refused command; it must contain every word."""
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def spec_file(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def sweep(spec: Path, out: Path, *flags) -> subprocess.CompletedProcess:
+    return cli("simulate", "sweep", spec, "--out", out, *flags)
+
+
+# ---------------------------------------------------------------------- malformed spec files
+@pytest.mark.parametrize("name,text,words", [
+    ("indent.yaml", TINY_YAML + "lr: 0.1\n  momentum: 0.5\n", ["indent.yaml", "YAML", "line 9"]),
+    ("bracket.yaml", TINY_YAML + "lr: [0.1, 1.0\n", ["bracket.yaml", "YAML"]),
+    ("bad.json", '{"model": "free", "lr": 0.1,}', ["bad.json", "JSON", "line 1"]),
+])
+def test_malformed_spec_file(tmp_path, name, text, words):
+    done = sweep(spec_file(tmp_path, text, name), tmp_path / "out")
+    refused(done, *words)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("field,value", [
+    ("label_fraction", '"0.5"'), ("mean_scale", "big"), ("holdout_fraction", '"0.2"'),
+])
+def test_string_for_a_data_number(tmp_path, field, value):
+    line = refused(sweep(spec_file(tmp_path, TINY_YAML + f"{field}: {value}\n"), tmp_path / "out"),
+                   field, "number")
+    assert line.startswith(f"error: {field} must be")
+
+
+@pytest.mark.parametrize("sweeps,shown", [("\n  - lr: 0.1\n  - lr: 1.0", "a list"), (" 3", "3")])
+def test_sweeps_must_map_names_to_mappings(tmp_path, sweeps, shown):
+    done = sweep(spec_file(tmp_path, TINY_YAML + f"sweeps:{sweeps}\n"), tmp_path / "out")
+    refused(done, "sweeps must map sweep names to mappings", f"got {shown}")
+
+
+def test_spec_is_a_directory(tmp_path):
+    (tmp_path / "specs").mkdir()
+    refused(sweep(tmp_path / "specs", tmp_path / "out"), "specs", "is a directory", "preset")
+
+
+# ---------------------------------------------------------------------- silent misconfigurations
+@pytest.mark.parametrize("field,value", [("sign_flip", "false"), ("batch_norm", "no")])
+def test_json_string_for_a_bool_is_refused(tmp_path, field, value):
+    spec = {"model": "mlp", "k": 2, "d": 4, "per_class": 8, "batch_size": 4, "steps": 4, field: value}
+    done = sweep(spec_file(tmp_path, json.dumps(spec), "spec.json"), tmp_path / "out")
+    refused(done, f"{field} must be true or false", repr(value))
+    assert not (tmp_path / "out").exists()
+
+
+def test_yaml_yes_no_are_not_booleans(tmp_path):
+    done = sweep(spec_file(tmp_path, TINY_YAML + "sign_flip: no\n"), tmp_path / "out")
+    refused(done, "sign_flip must be true or false", "'no'")
+
+
+def test_seed_and_seeds_together(tmp_path):
+    done = sweep(spec_file(tmp_path, TINY_YAML + "seed: [7, 8]\nseeds: 2\n"), tmp_path / "out")
+    refused(done, "seed [7, 8]", "seeds 2", "not both")
+
+
+def test_seed_and_seeds_in_code():
+    with pytest.raises(SpecError, match="not both"):
+        load_spec({"seed": 3, "seeds": 2})
+    assert load_spec({"seeds": 2})["seed"] == [0, 1]
+    for seeds in (0, True, 2.5, []):
+        with pytest.raises(SpecError, match="seeds must be"):
+            load_spec({"seeds": seeds})
+
+
+def test_yaml_exponent_numbers_are_floats(tmp_path):
+    text = TINY_YAML + "lr: 1e6\ntemperature: 1e-4\nmomentum: 5E-1\nweight_decay: 1.5e+2\nname: 1e\n"
+    spec = load_spec(spec_file(tmp_path, text))
+    assert spec["lr"] == 1e6 and spec["temperature"] == 1e-4 and spec["momentum"] == 0.5
+    assert spec["weight_decay"] == 150.0 and spec["name"] == "1e"
+    assert isinstance(spec["steps"], int) and spec["steps"] == 4
+    run, = expand(spec)
+    assert run.lr == 1e6 and run.temperature == 1e-4
+    flags = load_spec(spec_file(tmp_path, "sign_flip: TRUE\nbatch_norm: false\n", "b.yaml"))
+    assert flags == {"sign_flip": True, "batch_norm": False}
+    with pytest.raises(SpecError, match="temperature must be a finite number, got '1e-4'"):
+        expand(load_spec({"temperature": "1e-4"}))  # strings are not coerced
+
+
+def test_sweep_preset_with_shared_seeds_and_own_seed(tmp_path):
+    from simulate.config import resolve_specs
+
+    specs = resolve_specs(spec_file(tmp_path, "seeds: 2\nsweeps:\n  a: {lr: 0.1}\n  b: {seed: [5]}\n"))
+    assert specs["a"]["seed"] == [0, 1] and specs["b"]["seed"] == [5]
+
+
+# ---------------------------------------------------------------------- flags
+def test_run_bool_flag_accepts_only_true_or_false():
+    refused(cli("simulate", "run", "--batch-norm", "maybe"), "--batch-norm", "true or false", "'maybe'")
+    refused(cli("simulate", "run", "--sign-flip", "yes"), "--sign-flip", "true or false")
+    refused(cli("simulate", "run", "--lr", "fast"), "--lr", "a number")
+    ok = cli("simulate", "run", "--model", "mlp", "--batch-norm", "TRUE", "--k", "2", "--d", "4",
+             "--per-class", "8", "--batch-size", "4", "--steps", "2", "--log-every", "2")
+    assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.parametrize("command", [
+    ["simulate", "run"], ["simulate", "bench"], ["figures", "--only", "maps"],
+    ["simulate", "sweep", "SPEC", "--out", "OUT"],
+    ["simulate", "sweep", "SPEC", "--out", "OUT", "--executor", "ray"],
+])
+def test_device_nonsense(tmp_path, command):
+    spec = spec_file(tmp_path, TINY_YAML)
+    args = [str(spec) if a == "SPEC" else str(tmp_path / "out") if a == "OUT" else a for a in command]
+    refused(cli(*args, "--device", "nonsense"), "--device", "auto, cpu, cuda or cuda:N", "'nonsense'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_parse_device():
+    assert [parse_device(t) for t in ("auto", "CPU", " cuda ", "cuda:1")] == ["auto", "cpu", "cuda", "cuda:1"]
+    for text in ("nonsense", "cuda:", "cuda:-1", "gpu", ""):
+        with pytest.raises(SpecError, match="device must be auto, cpu, cuda or cuda:N"):
+            parse_device(text)
+
+
+@pytest.mark.parametrize("budget", ["infGB", "nanGB", "-1GB", "lots"])
+def test_max_memory(tmp_path, budget):
+    done = sweep(spec_file(tmp_path, TINY_YAML), tmp_path / "out", f"--max-memory={budget}")
+    refused(done, "--max-memory", "4GB", repr(budget))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under_file", "read_only"])
+def test_sweep_out_folder(tmp_path, where):
+    if where == "read_only" and os.geteuid() == 0:
+        pytest.skip("permissions do not bind root")
+    spec = spec_file(tmp_path, TINY_YAML)
+    (tmp_path / "taken").write_text("not a folder")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    out = {"file": tmp_path / "taken", "under_file": tmp_path / "taken" / "out",
+           "read_only": locked / "out"}[where]
+    locked.chmod(0o500)
+    try:
+        line = refused(sweep(spec, out), "--out", str(out))
+    finally:
+        locked.chmod(0o700)
+    assert {"file": "existing file", "under_file": "under the file",
+            "read_only": "permission denied"}[where] in line
+
+
+def test_figures_preset_nope():
+    refused(cli("figures", "--preset", "nope"), "--preset", "'nope'", "quick")
+
+
+def test_figures_out_is_a_file(tmp_path):
+    (tmp_path / "figs").write_text("not a folder")
+    refused(cli("figures", "--only", "maps", "--out", tmp_path / "figs"), "--out", "existing file")
+
+
+@pytest.mark.parametrize("steps", ["0", "-5"])
+def test_figures_agreement_steps(steps):
+    done = cli("figures", "agreement", "--small", "--steps", steps)
+    refused(done, "--steps must be an integer >= 1", steps)
+    assert done.stdout == ""
+
+
+def test_theory_seed_negative():
+    done = cli("theory", "--seed", "-1")
+    refused(done, "--seed must be an integer >= 0", "-1")
+    assert done.stdout == ""
+
+
+def test_theory_latex_target_checked_before_the_claims():
+    done = cli("theory", "--latex", "/nonexistent/x.tex")
+    refused(done, "--latex", "/nonexistent/x.tex", "does not exist")
+    assert done.stdout == ""  # refused before the table, not after
+
+
+def test_usage_errors_are_one_line():
+    refused(cli("simulate", "sweep", "quick"), "--out")
+    refused(cli("simulate", "run", "--no-such-flag"), "--no-such-flag")
+    refused(cli("figures", "--only", "nope"), "--only", "nope")
+    refused(cli("theory", "--only", "nope"), "--only", "nope")
+
+
+# ---------------------------------------------------------------------- errors from the sweep
+def _sweep_main(monkeypatch, tmp_path, capsys, exc, *flags):
+    """``python -m simulate sweep`` in this process, with run_specs raising ``exc``."""
+    import simulate.sweep
+    from simulate.__main__ import main
+
+    def raising(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(simulate.sweep, "run_specs", raising)
+    status = main(["sweep", str(spec_file(tmp_path, TINY_YAML)), "--out", str(tmp_path / "out"), *flags])
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error,word", [
+    (PermissionError, "permission denied"), (FileExistsError, "existing file"),
+    (NotADirectoryError, "under a file"),
+])
+def test_os_error_on_out_names_the_flag(monkeypatch, tmp_path, capsys, error, word):
+    status, err = _sweep_main(monkeypatch, tmp_path, capsys,
+                              error(13, "os message", str(tmp_path / "out" / "chunks")))
+    assert status == 2 and err.count("\n") == 1 and err.startswith("error: --out ") and word in err
+
+
+def test_other_errors_before_training(monkeypatch, tmp_path, capsys):
+    status, err = _sweep_main(monkeypatch, tmp_path, capsys, OSError(28, "No space left on device"))
+    assert status == 2 and err == "error: [Errno 28] No space left on device\n"
+    status, err = _sweep_main(monkeypatch, tmp_path, capsys, ValueError("out 'x' is locked\nby y"))
+    assert status == 2 and err == "error: out 'x' is locked by y\n"
+
+
+def test_only_the_ray_connect_error_becomes_one_line(monkeypatch, tmp_path, capsys):
+    import simulate.executors
+
+    class RayConnectTimeout(RuntimeError):
+        pass
+
+    monkeypatch.setattr(simulate.executors, "RayConnectTimeout", RayConnectTimeout, raising=False)
+    status, err = _sweep_main(monkeypatch, tmp_path, capsys,
+                              RayConnectTimeout("no Ray cluster at 10.0.0.1:6379 within 30 s"),
+                              "--executor", "ray")
+    assert status == 2 and err == "error: no Ray cluster at 10.0.0.1:6379 within 30 s\n"
+    with pytest.raises(RuntimeError, match="a bug"):
+        _sweep_main(monkeypatch, tmp_path, capsys, RuntimeError("a bug"), "--executor", "ray")
