@@ -190,10 +190,17 @@ class RunConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def chunk_key(self) -> tuple:
-        """Runs with equal keys share shapes and program, so they can train as one stack."""
+        """Runs with equal keys share shapes and program, so they can train as one stack.
+
+        A run's numbers must not depend on which runs share its chunk, so the key also holds
+        what picks the program: whether CLOP is on (a CLOP term or none) and, for free
+        embeddings, whether momentum or weight decay is on (a dense step or the sparse one)."""
         d = self.to_dict()
         for f in PER_RUN_FIELDS + ("name",):
             d.pop(f)
+        d["clop_on"] = self.clop_weight > 0
+        if self.model == "free":
+            d["dense_step"] = self.momentum > 0 or self.weight_decay > 0
         return tuple(sorted(d.items()))
 
 

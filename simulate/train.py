@@ -19,7 +19,6 @@ its later rows carry ``state = "diverged"`` and NaN metrics. The others go on.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -341,6 +340,16 @@ def sgd_step(params, grads, bufs, chunk: Chunk, alive: torch.Tensor, first: bool
     return ok
 
 
+def relative_change(params, previous) -> torch.Tensor:
+    """Per-run ``||theta - theta_prev|| / ||theta_prev||`` over all parameters (R,), float64.
+    Exactly 0 when no parameter moved: a stationary point, or updates below the dtype's
+    resolution (a frozen run)."""
+    R = params[0].shape[0]
+    num = sum(((p.double() - q.double()) ** 2).reshape(R, -1).sum(1) for p, q in zip(params, previous))
+    den = sum((q.double() ** 2).reshape(R, -1).sum(1) for q in previous)
+    return num.sqrt() / den.sqrt()
+
+
 def _finite_per_run(tensors, runs: int) -> torch.Tensor:
     """Per-run finiteness, via one sum per tensor (a NaN or inf anywhere makes the sum
     non-finite; so does a finite sum that overflows, which only happens to runaway runs)."""
@@ -418,9 +427,10 @@ def evaluate(chunk: Chunk, final: bool) -> dict:
         "state_code": M.collapse_state(u64, unit=True),
         "min_class_angle": M.min_class_angle(e64, y, chunk.runs[0].k),
     }
-    out["proto_cos"] = (M.prototype_cosine(u64, y, chunk.prototypes, unit=True) if chunk.prototypes is not None
-                        else torch.full_like(out["mean_norm"], math.nan))
     nan = torch.full_like(out["mean_norm"], math.nan)
+    # runs without CLOP get NaN whatever their chunk-mates use
+    out["proto_cos"] = nan if chunk.prototypes is None else torch.where(
+        chunk.clop > 0, M.prototype_cosine(u64, y, chunk.prototypes, unit=True), nan)
     out["knn_acc"], out["probe_acc"] = nan, nan
     out["finite"] = finite
     if final and not isinstance(model, FreeEmbeddings) and chunk.x_test.shape[1] > 0:
@@ -469,7 +479,6 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
         state: if given, receives the trained ``model`` and the ``chunk`` at the end.
     """
     device = resolve_device(device) if isinstance(device, str) else device
-    t0 = time.perf_counter()
     chunk = build_chunk(runs, device, dtype)
     r0, R = runs[0], len(runs)
     loss_fn = base_loss_fn(r0)
@@ -481,9 +490,14 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
     rows: list[dict] = []
     sphere = r0.update_mode != "free"
 
+    previous: list[torch.Tensor] | None = None  # the parameters at the last logged step
+
     def log(step: int, final: bool):
-        nonlocal alive
+        nonlocal alive, previous
         ev = evaluate(chunk, final)
+        ev["param_change"] = (torch.full((R,), math.nan, dtype=torch.float64, device=device)
+                              if previous is None else relative_change(params, previous))
+        previous = [p.detach().clone() for p in params]
         # embeddings that overflow although the parameters are finite also end a run
         diverged_step.copy_(torch.where(~ev["finite"] & (diverged_step < 0), step, diverged_step))
         alive = alive & ev["finite"]
@@ -494,6 +508,8 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
             row = {"run_id": run.run_id, "step": step, "objective": float(obj[i])}
             row.update({k: math.nan if dead else float(ev_cpu[k][i]) for k in METRIC_COLUMNS})
             row["state"] = DIVERGED if dead else M.STATE_NAMES[int(ev_cpu["state_code"][i])]
+            row["param_change"] = math.nan if dead else float(ev_cpu["param_change"][i])
+            row["frozen"] = row["param_change"] == 0.0
             row["diverged"] = dead
             row["diverged_step"] = int(div[i])
             rows.append(row)
@@ -528,12 +544,8 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
             log(step, step == r0.steps)
         if progress is not None:
             progress(1)
-    wall = time.perf_counter() - t0
     if state is not None:
         state.update(model=chunk.model, chunk=chunk)
         if r0.save_embeddings:
             state["embeddings"] = final_embeddings(chunk)
-    for row in rows:
-        row["chunk_wall_s"] = wall
-        row["chunk_runs"] = R
     return rows

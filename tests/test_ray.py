@@ -17,7 +17,8 @@ ray = pytest.importorskip("ray")
 
 from simulate.config import expand  # noqa: E402
 from simulate.executors import run_ray  # noqa: E402
-from simulate.sweep import SweepFailed, load_results, run_bytes, run_sweep  # noqa: E402
+from simulate.plan import run_bytes  # noqa: E402
+from simulate.sweep import SweepFailed, load_results, run_sweep  # noqa: E402
 
 pytestmark = [pytest.mark.xdist_group("ray"),  # one Ray instance at a time on a small machine
               pytest.mark.timeout(300)]
@@ -25,11 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {"model": "mlp", "loss": "ntxent", "lr": [0.05, 0.5], "seed": [0, 1], "clop_weight": [0.0, 1.0],
         "k": 3, "d": 6, "per_class": 16, "batch_size": 8, "steps": 10, "log_every": 5,
         "hidden": 16, "out_dim": 8, "label_fraction": 0.5}
-VOLATILE = ["chunk_wall_s", "chunk_runs"]
 
 
 def _table(out):
-    return load_results(out).drop(columns=VOLATILE)
+    return load_results(out)
 
 
 def _per_chunk(spec, runs_per_chunk):
