@@ -370,6 +370,11 @@ def _verified_tables(out: Path, sub: str = "chunks") -> dict[str, pd.DataFrame]:
     return tables
 
 
+def finished_runs(out: str | Path) -> set[str]:
+    """Run ids held by the chunks of ``out`` that verify (empty if there are none)."""
+    return {i for t in _verified_tables(Path(out)).values() for i in t["run_id"].unique()}
+
+
 def load_results(out: str | Path) -> pd.DataFrame:
     """The sweep's table: one row per run and logged step, sorted by run_id and step. Only
     chunks that verify are read."""

@@ -160,3 +160,42 @@ def run_specs(spec: str | Path | dict, out: str | Path, **kwargs) -> dict[str, S
         expand(sub)
     out = Path(out)
     return {name: run_sweep(sub, out / name if name else out, **kwargs) for name, sub in specs.items()}
+
+
+def dry_run(spec: str | Path | dict, out: str | Path, device: str = "auto",
+            max_memory: int | str = DEFAULT_MAX_MEMORY, calibrate: bool = True) -> list[str]:
+    """What ``run_specs`` would do, trained for nothing but a short calibration: one line per
+    chunk (runs, what they train, memory, estimated wall time) and a total per sweep. Runs
+    already stored in ``out`` are counted as done. Nothing is written."""
+    from .losses import TEMPERATURE_LOSSES
+    from .plan import calibrate as calibrate_chunks, describe, format_bytes
+    from .store import finished_runs
+
+    specs = resolve_specs(spec)
+    all_runs = {name: expand(sub) for name, sub in specs.items()}  # validate every sweep first
+    budget = parse_memory(max_memory)
+    dev = str(resolve_device(device))
+    lines, grand = [], 0.0
+    for name, runs in all_runs.items():
+        folder = Path(out) / name if name else Path(out)
+        done = finished_runs(folder)
+        chunks = plan_chunks([r for r in runs if r.run_id not in done], budget)
+        plans = describe(chunks, calibrate_chunks(chunks, dev) if calibrate and chunks else None)
+        lines.append(f"sweep {name or '(one)'} -> {folder}: {len(runs)} runs, "
+                     f"{len(runs) - sum(len(c) for c in chunks)} already done, {len(chunks)} chunk(s) "
+                     f"under {format_bytes(budget)} each")
+        for i, p in enumerate(plans):
+            r = p.runs[0]
+            tau = f", tau={r.temperature:g}" if r.loss in TEMPERATURE_LOSSES else ""
+            what = (f"{r.loss}{' + CLOP' if r.clop_weight > 0 else ''}{tau}, {r.model} "
+                    f"(k={r.k}, d={r.d}, batch {r.batch_size}), {r.steps} steps")
+            est = "" if p.est_s != p.est_s else f", about {p.est_s:.1f} s"
+            lines.append(f"  chunk {i + 1}: {len(p.runs)} runs, {what}, {format_bytes(p.memory_bytes)}{est}")
+        total = sum(p.est_s for p in plans)
+        grand += total
+        if calibrate and plans:
+            lines.append(f"  estimated wall time on {dev}: about {total:.0f} s "
+                         f"(from {len({c[0].chunk_key() for c in chunks})} calibration run(s))")
+    if calibrate and len(all_runs) > 1:
+        lines.append(f"estimated wall time of all {len(all_runs)} sweeps: about {grand:.0f} s")
+    return lines

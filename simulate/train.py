@@ -36,7 +36,8 @@ DIVERGED = "diverged"
 #: changes whenever one configuration would train along a different trajectory (minibatch
 #: sampling, initial draws, update rule); a sweep folder of another version is not resumed
 #: into (see :func:`simulate.sweep.run_sweep`). 2: shuffled epochs, float32 noise draws.
-#: 3: VICReg variance term averaged over the two branches (the reference convention).
+#: 3: VICReg variance term averaged over the two branches (the reference convention); the
+#: softmax's exponential as exp (float exp2 rounds by tensor size).
 TRAJECTORY_VERSION = 3
 #: per-run numbers logged at every logged step (besides objective, state and divergence)
 METRIC_COLUMNS = (

@@ -182,3 +182,18 @@ def test_results_of_another_trajectory_version_are_set_aside_not_resumed(tmp_pat
     pd.testing.assert_frame_equal(_table(out), fresh)  # recomputed, none of the marked rows
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["trajectory_version"] == TRAJECTORY_VERSION and prov["superseded"][0]["version"] == 1
+
+
+def test_dry_run_plans_without_writing(tmp_path):
+    from simulate.sweep import dry_run
+
+    out = tmp_path / "dry"
+    lines = dry_run(TINY, out, device="cpu", max_memory=run_bytes(expand(TINY)[0]) * 3)
+    assert lines[0].startswith("sweep (one)") and "8 runs, 0 already done, 4 chunk(s)" in lines[0]
+    chunk_lines = [ln for ln in lines if ln.strip().startswith("chunk")]
+    assert len(chunk_lines) == 4 and all(" MB" in ln or " kB" in ln for ln in chunk_lines)
+    assert sum(int(ln.split(":")[1].split()[0]) for ln in chunk_lines) == 8
+    assert "estimated wall time on cpu" in lines[-1] and not out.exists()
+    run_sweep(TINY, out, device="cpu", quiet=True)
+    again = dry_run(TINY, out, device="cpu")
+    assert "8 already done, 0 chunk(s)" in again[0] and len(again) == 1
