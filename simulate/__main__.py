@@ -93,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     sw.add_argument("--max-memory", default="2GB", help="memory budget per chunk (default: 2GB)")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                    help="if another sweep is writing --out, wait up to this long for it "
+                         "(default: 0, exit 2 at once)")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="print the runs, chunks, memory per chunk and an estimated wall time "
+                         "(from a short calibration run per chunk shape); train and write nothing")
     sw.add_argument("--executor", default="local", choices=["local", "ray"],
                     help="local (default, this process) or ray (one Ray task per chunk)")
     sw.add_argument("--address", default=None,
@@ -141,7 +147,7 @@ def _run(args) -> int:
     cfg = RunConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)})
     rows = train_chunk([cfg], device)
     cols = ["step", "objective", "effective_rank", "variance", "mean_cos", "max_cos", "mean_norm",
-            "proto_cos", "state", "knn_acc", "probe_acc"]
+            "proto_cos", "state", "frozen", "knn_acc", "probe_acc"]
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(pd.DataFrame(rows)[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0
@@ -162,12 +168,19 @@ def _sweep(args) -> int:
         raise SpecError(f"--gpus-per-chunk must be a finite number >= 0, got {args.gpus_per_chunk}")
     if args.max_retries < 0:
         raise SpecError(f"--max-retries must be an integer >= 0, got {args.max_retries}")
+    if not (math.isfinite(args.wait) and args.wait >= 0):
+        raise SpecError(f"--wait must be a number of seconds >= 0, got {args.wait}")
     check_out_folder(args.out, "--out")
+    if args.dry_run:
+        from .sweep import dry_run
+
+        print("\n".join(dry_run(args.spec, args.out, device=args.device, max_memory=args.max_memory)))
+        return 0
     try:
         results = run_specs(args.spec, args.out, device=args.device, max_memory=args.max_memory,
                             quiet=True if args.quiet else None, executor=args.executor,
                             address=args.address, gpus_per_chunk=args.gpus_per_chunk,
-                            max_retries=args.max_retries)
+                            max_retries=args.max_retries, wait=args.wait)
     except SweepFailed as exc:  # not bad input: the failed chunks' errors, in full
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -239,3 +239,18 @@ def test_frozen_run_is_flagged():
 def test_max_memory_must_be_a_finite_positive_size(text):
     with pytest.raises(ValueError, match="max_memory"):
         parse_memory(text)
+
+
+def test_cli_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(TINY))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "simulate", "sweep", str(spec), "--out", str(out), "--dry-run",
+                           "--device", "cpu", "--max-memory", str(_budget(TINY, 4))],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert "8 runs, 0 already done, 2 chunk(s)" in lines[0]
+    assert [ln.split(":")[0].strip() for ln in lines[1:3]] == ["chunk 1", "chunk 2"]
+    assert lines[-1].strip().startswith("estimated wall time on cpu: about") and not out.exists()
