@@ -54,7 +54,9 @@ class RunConfig:
     Optimiser: ``lr`` (> 0), ``momentum`` in [0, 1), ``weight_decay`` >= 0.
     Schedule: ``batch_size`` (1 <= B <= training points), ``steps``, ``log_every``.
     Model: ``model`` (free | mlp), ``update_mode`` (free | sphere | sphere_raw; the sphere
-    modes need ``model: free``), MLP ``hidden``, ``depth``, ``out_dim``, ``batch_norm``.
+    modes need ``model: free``), ``init_norm`` (free embeddings in the free mode: every row
+    starts at this norm, so the effective rate ``lr / init_norm**2`` is set directly; None:
+    the views' own norms), MLP ``hidden``, ``depth``, ``out_dim``, ``batch_norm``.
     Data: the fields of :class:`simulate.data.MixtureConfig` (``k``, ``d``, ``per_class``,
     ``means``, ``mean_scale``, ``sigma``, ``noise_rank``, ``label_fraction``, ``aug_sigma``,
     ``sign_flip``, ``holdout_fraction``) and ``data_seed``.
@@ -75,6 +77,7 @@ class RunConfig:
     log_every: int = 50
     model: str = "mlp"
     update_mode: str = "free"
+    init_norm: float | None = None
     hidden: int = 64
     depth: int = 3
     out_dim: int = 16
@@ -146,6 +149,11 @@ class RunConfig:
         integer("data_seed", 0)
         if self.update_mode != "free" and self.model != "free":
             bad("update_mode", "'free' with model 'mlp' (the sphere modes act on free embeddings)")
+        if self.init_norm is not None:
+            number("init_norm", 0, lo_open=True)
+            if self.model != "free" or self.update_mode != "free":
+                bad("init_norm", "none unless model is 'free' with update_mode 'free' (the sphere "
+                    "modes keep unit rows)")
         dim = self.embedding_dim
         if self.clop_weight > 0 and self.prototypes == "orthonormal" and self.k > dim:
             raise SpecError(
@@ -207,7 +215,7 @@ class RunConfig:
 #: fields that may differ between the runs of one chunk (they are per-run tensors or data)
 PER_RUN_FIELDS = (
     "lr", "momentum", "weight_decay", "clop_weight", "seed", "data_seed", "label_fraction",
-    "means", "mean_scale", "sigma", "noise_rank", "aug_sigma", "sign_flip",
+    "means", "mean_scale", "sigma", "noise_rank", "aug_sigma", "sign_flip", "init_norm",
 )
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 

@@ -257,7 +257,10 @@ def build_chunk(runs: list[RunConfig], device: torch.device, dtype=torch.float32
             v = d.x_train.unsqueeze(0) + r.aug_sigma * noise
             if r.sign_flip:
                 v = v * (torch.randint(0, 2, (2, n, 1), generator=g) * 2 - 1)
-            init.append(v.reshape(2 * n, -1))
+            v = v.reshape(2 * n, -1)
+            if r.init_norm is not None:  # every row at norm init_norm (a zero row stays zero)
+                v = v * (r.init_norm / v.norm(dim=-1, keepdim=True).clamp_min(1e-300))
+            init.append(v)
         model = FreeEmbeddings.from_tensor(torch.stack(init).to(dtype))
         if r0.update_mode != "free":
             model.renormalise_()

@@ -228,3 +228,19 @@ def test_cuda_matches_cpu(model, clop):
 def test_nan_metrics_are_nan_not_missing():
     df = _frame(train_chunk(expand({**SMALL, "model": "free"})))
     assert math.isnan(df.knn_acc.iloc[-1])  # free embeddings have no held-out points
+
+
+def test_init_norm_sets_every_free_row_and_is_refused_elsewhere():
+    base = dict(model="free", loss="ntxent", k=2, d=4, per_class=8, batch_size=4, steps=2, log_every=1)
+    state = {}
+    rows = train_chunk(expand({**base, "init_norm": [0.5, 20.0]}), state=state)
+    norms = state["model"].weight.norm(dim=-1)
+    first = [r for r in rows if r["step"] == 0]
+    assert [r["mean_norm"] for r in first] == pytest.approx([0.5, 20.0], rel=1e-6)  # float32 rows
+    # norms only grow in the free mode (norm-growth identity), so they start at init_norm
+    assert bool((norms[0] >= 0.5 - 1e-6).all()) and bool((norms[1] >= 20.0 - 1e-4).all())
+    from simulate.config import SpecError
+
+    for bad in ({"update_mode": "sphere"}, {"model": "mlp"}, {"init_norm": 0.0}):
+        with pytest.raises(SpecError, match="init_norm"):
+            expand({**base, "init_norm": 2.0, **bad})
