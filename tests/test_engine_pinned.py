@@ -1,0 +1,53 @@
+"""The engine's output for a small pinned spec equals a stored table, column by column: a
+change that makes a configuration train along another trajectory must show here (and bump
+``TRAJECTORY_VERSION``, then regenerate the table with ``python tests/test_engine_pinned.py``).
+
+Floats are compared to rtol 1e-5 (another CPU's BLAS may round the last bits differently over
+these few steps); everything else exactly."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from simulate.train import TRAJECTORY_VERSION
+
+#: the stored table of this trajectory version
+EXPECTED = Path(__file__).resolve().parent / "data" / f"pinned_small_v{TRAJECTORY_VERSION}.parquet"
+SPECS = [
+    {"model": "free", "loss": "ntxent", "k": 3, "d": 5, "per_class": 8, "batch_size": 4, "steps": 8,
+     "log_every": 4, "label_fraction": 0.5, "lr": [0.3, 30.0], "clop_weight": [0.0, 1.0],
+     "momentum": [0.0, 0.5], "update_mode": ["free", "sphere", "sphere_raw"], "seed": [0, 1]},
+    {"model": "mlp", "loss": ["ntxent", "supcon", "dcl", "vicreg", "barlow"], "k": 3, "d": 6,
+     "per_class": 12, "batch_size": 6, "steps": 8, "log_every": 4, "hidden": 8, "out_dim": 4,
+     "label_fraction": 0.5, "lr": [0.05], "clop_weight": [0.0, 0.5], "distance": ["cosine", "euclidean"],
+     "weight_decay": [0.0, 0.01], "seed": [3]},
+]
+
+
+def pinned_table(out: Path) -> pd.DataFrame:
+    from simulate.store import load_results
+    from simulate.sweep import run_sweep
+
+    frames = []
+    for i, spec in enumerate(SPECS):
+        run_sweep(spec, out / str(i), device="cpu", quiet=True)
+        frames.append(load_results(out / str(i)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_pinned_spec_gives_the_stored_table(tmp_path):
+    assert EXPECTED.exists(), f"no stored table for trajectory version {TRAJECTORY_VERSION}: regenerate it"
+    got = pinned_table(tmp_path)
+    want = pd.read_parquet(EXPECTED)
+    assert list(got.columns) == list(want.columns)
+    floats = [c for c in want.columns if want[c].dtype.kind == "f"]
+    pd.testing.assert_frame_equal(got.drop(columns=floats), want.drop(columns=floats), check_exact=True)
+    pd.testing.assert_frame_equal(got[floats], want[floats], rtol=1e-5, atol=1e-7)
+
+
+if __name__ == "__main__":  # regenerate the stored table
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pinned_table(Path(tmp)).to_parquet(EXPECTED, index=False)
+    print(f"wrote {EXPECTED}")
