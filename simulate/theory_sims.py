@@ -10,7 +10,9 @@ describes, and reports the quantity the claim predicts:
 * ``pair_map``: a positive pair under the align loss (sphere mode); quantity: angle between
   the two points. ``w`` is the align weight (B = 1).
 * ``ntxent_pair``: a positive pair with its two NT-Xent anchor terms against fixed, balanced
-  negatives behind it (cosines in [-0.9, -0.1], so the pair's common motion is stable and
+  negatives behind it (a loss written here from SimCLR eq. 1, not
+  :func:`simulate.losses.nt_xent`: the claim's negatives are fixed and are not anchors,
+  which a batch loss cannot express) (cosines in [-0.9, -0.1], so the pair's common motion is stable and
   only the relative mode of the claim can grow; sphere mode); quantity: angle between the
   two points.
 * ``rank1_cycle``: 2n points at +-u*, sign-flip positives, NT-Xent of this package (mean over
