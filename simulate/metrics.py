@@ -40,7 +40,12 @@ def singular_values(z: torch.Tensor) -> torch.Tensor:
 def effective_rank(z: torch.Tensor) -> torch.Tensor:
     """RankMe (Garrido et al., ICML 2023, eq. 1): ``exp(-sum_k p_k log p_k)`` with
     ``p_k = s_k / ||s||_1 + eps``, ``s`` the singular values of the uncentred embeddings,
-    ``eps = RANKME_EPS``. The one definition of effective rank in this toolkit. (R,)."""
+    ``eps = RANKME_EPS``. The one definition of effective rank in this toolkit. (R,).
+
+    Note: the value lies between about 1 (one non-zero singular value: all rows on one line)
+    and ``min(N, D)``. Normalised by ``min(N, D)``, it therefore has a floor of about
+    ``1 / min(N, D)``, which is ``1 / N`` when ``N <= D``: a fully collapsed batch of 8 rows in
+    128 dimensions reads 0.125, not 0. Compare normalised ranks only at equal ``N`` and ``D``."""
     s = singular_values(z)
     p = s / s.sum(-1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny) + RANKME_EPS
     return torch.exp(-(p * p.log()).sum(-1))
@@ -212,3 +217,73 @@ def collapse_state(z: torch.Tensor, unit: bool = False) -> torch.Tensor:
     state[line] = RANK1_COLLAPSED
     state[full] = FULLY_COLLAPSED
     return state
+
+
+def std_of_l2_normalized(z: torch.Tensor) -> torch.Tensor:
+    """Mean over dimensions of the per-dimension standard deviation of the l2-normalised
+    rows: ``(1/D) sum_k std_i(u_ik)`` with ``u_i = z_i / max(||z_i||, 1e-12)`` and the
+    unbiased standard deviation over the N rows (divisor ``N - 1``). (R,).
+
+    The definition of lightly's ``lightly.utils.debug.std_of_l2_normalized``
+    (``torch.std(normalize(z, dim=1), dim=0).mean()``), itself the collapse check of SimSiam
+    (Chen & He, CVPR 2021, Sec. 4.1): for rows drawn from an isotropic Gaussian (unit vectors
+    uniform on the sphere) it tends to ``1 / sqrt(D)``; it is 0 when every row points the same
+    way. A zero row stays zero. ``N = 1`` gives nan (the unbiased std is undefined, as in
+    ``torch.std``), without a warning."""
+    u = _unit(_runs(z))
+    if u.shape[1] < 2:
+        return torch.full(u.shape[:1], float("nan"), dtype=u.dtype, device=u.device)
+    return u.std(dim=1, unbiased=True).mean(-1)
+
+
+def collapse_level(z: torch.Tensor, clip: bool = True) -> torch.Tensor:
+    """SimSiam's collapse level ``1 - sqrt(D) * std_of_l2_normalized(z)`` (Chen & He, CVPR
+    2021, Sec. 4.1: the std of the l2-normalised output is ``1/sqrt(D)`` without collapse and
+    0 when it collapses to one vector), as lightly's SimSiam tutorial logs it. (R,).
+
+    1 means all rows point the same way; about 0 means isotropic rows. With ``clip=True`` (the
+    default, lightly's ``max(0, ...)``) values below 0 are set to 0; unclipped the level lies in
+    ``[1 - sqrt(N / (N - 1)), 1]`` (since ``mean_k s_k <= sqrt(sum_k s_k^2 / D)`` and the
+    unbiased variances of unit rows sum to at most ``N / (N - 1)``), so it is slightly negative
+    for spread-out rows at small N."""
+    u = _runs(z)
+    level = 1.0 - u.shape[-1] ** 0.5 * std_of_l2_normalized(u)
+    return level.clamp_min(0.0) if clip else level
+
+
+def singular_value_spectrum(z: torch.Tensor, normalize: str = "sum", center: bool = False,
+                            length: int | None = None) -> torch.Tensor:
+    """Normalised singular values of each run's embedding matrix, descending, for logging the
+    spectrum at chosen steps (dimensional collapse shows as a tail of near-zero values, Jing,
+    Vincent, LeCun, Tian, ICLR 2022, Sec. 3). (R, L) float64.
+
+    Args:
+        z: embeddings (R, N, D) or (N, D).
+        normalize: ``sum``: ``s_k / sum_j s_j`` (the distribution inside RankMe,
+            :func:`effective_rank`, without its eps; sums to 1); ``max``: ``s_k / s_1`` (the
+            largest is 1; plot on a log scale); ``none``: the raw singular values.
+        center: subtract each run's mean row first. Jing et al. plot the eigenvalues of the
+            embedding covariance, which are ``s_k^2 / N`` of the centred matrix; the default
+            (uncentred) matches :func:`singular_values` and :func:`effective_rank`.
+        length: width L of the result: the ``min(N, D)`` values, padded with zeros (or cut)
+            to ``length``, so that runs of different shapes log rows of one width. ``None``:
+            ``L = min(N, D)``.
+
+    A zero matrix gives zeros (no division by zero)."""
+    if normalize not in ("sum", "max", "none"):
+        raise ValueError(f"normalize must be sum, max or none, got {normalize!r}")
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+        raise ValueError(f"length must be None or an integer >= 1, got {length!r}")
+    x = _runs(z)
+    if center:
+        x = x - x.mean(1, keepdim=True)
+    s = torch.linalg.svdvals(x)
+    tiny = torch.finfo(s.dtype).tiny
+    if normalize == "sum":
+        s = s / s.sum(-1, keepdim=True).clamp_min(tiny)
+    elif normalize == "max":
+        s = s / s[..., :1].clamp_min(tiny)
+    if length is not None:
+        k = s.shape[-1]
+        s = s[..., :length] if length <= k else torch.nn.functional.pad(s, (0, length - k))
+    return s
