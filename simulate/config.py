@@ -212,6 +212,11 @@ class RunConfig:
         return tuple(sorted(d.items()))
 
 
+def logged_steps(steps: int, log_every: int) -> list[int]:
+    """The steps at which a run of ``steps`` steps logs: 0, every ``log_every``-th, the last."""
+    return sorted({0, steps, *range(log_every, steps + 1, log_every)})
+
+
 #: fields that may differ between the runs of one chunk (they are per-run tensors or data)
 PER_RUN_FIELDS = (
     "lr", "momentum", "weight_decay", "clop_weight", "seed", "data_seed", "label_fraction",

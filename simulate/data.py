@@ -178,6 +178,13 @@ def make_mixture(cfg: MixtureConfig) -> MixtureData:
     )
 
 
+def augment(x: torch.Tensor, noise: torch.Tensor, signs: torch.Tensor | None = None) -> torch.Tensor:
+    """One view of ``x``: ``(x + noise) * signs`` (no sign flip when ``signs`` is None). The
+    one place a view is formed; the caller draws ``noise`` (already scaled) and ``signs``."""
+    v = x + noise
+    return v if signs is None else v * signs
+
+
 def make_views(
     x: torch.Tensor, cfg: MixtureConfig, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,9 +192,9 @@ def make_views(
     noise of std ``aug_sigma`` and, with ``sign_flip``, an independent random sign per view."""
     views = []
     for _ in range(2):
-        v = x + cfg.aug_sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        noise = cfg.aug_sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        signs = None
         if cfg.sign_flip:
-            s = torch.randint(0, 2, x.shape[:-1] + (1,), generator=generator).to(x.device)
-            v = v * (2 * s - 1).to(x.dtype)
-        views.append(v)
+            signs = (2 * torch.randint(0, 2, x.shape[:-1] + (1,), generator=generator) - 1).to(x.device, x.dtype)
+        views.append(augment(x, noise, signs))
     return views[0], views[1]

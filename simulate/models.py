@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
+
+#: added to the batch variance in the MLP's batch norm (torch.nn.BatchNorm1d's default eps)
+BATCH_NORM_EPS = 1e-5
 
 UPDATE_MODES = {
     "free": "plain gradient step; the loss normalises; norms grow",
@@ -31,50 +33,24 @@ UPDATE_MODES = {
 }
 
 
-def check_mode(mode: str, model: nn.Module | None = None) -> str:
-    if mode not in UPDATE_MODES:
-        raise ValueError(f"update_mode must be one of {', '.join(UPDATE_MODES)}, got {mode!r}")
-    if model is not None and mode != "free" and not isinstance(model, FreeEmbeddings):
-        raise ValueError(f"update_mode {mode!r} needs free embeddings; an encoder takes 'free'")
-    return mode
-
-
 def run_generators(seeds) -> list[torch.Generator]:
     """One torch generator per run from integer seeds (independent of the stack a run is in)."""
     return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
 
 
-def _stack_randn(gens, shape, dtype) -> torch.Tensor:
-    return torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in gens]).to(dtype)
-
-
 class FreeEmbeddings(nn.Module):
-    """Free embeddings ``(R, N, D)``, one row per data point, drawn per run from its seed.
+    """Free embeddings ``(R, N, D)``, one row per data point (the engine starts them at the
+    data's views, see :func:`simulate.engine.state.build_state`).
 
     Args:
-        seeds: one integer seed per run.
-        n: number of points. dim: embedding dimension.
-        init_scale: standard deviation of the initial entries (> 0).
-        unit_init: start on the unit sphere (the sphere modes need it).
+        weight: the initial rows ``(R, N, D)`` (copied).
     """
 
-    def __init__(self, seeds, n: int, dim: int, init_scale: float = 1.0, unit_init: bool = False,
-                 dtype=torch.float32):
+    def __init__(self, weight: torch.Tensor):
         super().__init__()
-        if not (math.isfinite(init_scale) and init_scale > 0):
-            raise ValueError(f"init_scale must be a finite number > 0, got {init_scale!r}")
-        w = _stack_randn(run_generators(seeds), (n, dim), dtype) * init_scale
-        if unit_init:
-            w = nn.functional.normalize(w, dim=-1)
-        self.weight = nn.Parameter(w)
-
-    @classmethod
-    def from_tensor(cls, weight: torch.Tensor) -> "FreeEmbeddings":
-        """Free embeddings starting at ``weight`` (R, N, D), e.g. at the data's views."""
-        model = cls.__new__(cls)
-        nn.Module.__init__(model)
-        model.weight = nn.Parameter(weight.clone())
-        return model
+        if weight.dim() != 3:
+            raise ValueError(f"weight must have shape (R, N, D), got {tuple(weight.shape)}")
+        self.weight = nn.Parameter(weight.detach().clone())
 
     @property
     def runs(self) -> int:
@@ -138,14 +114,9 @@ class StackedMLP(nn.Module):
             h = torch.baddbmm(b, h, w)
             if i < last:
                 if self.batch_norm:
-                    h = (h - h.mean(1, keepdim=True)) / (h.var(1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+                    h = (h - h.mean(1, keepdim=True)) / (h.var(1, unbiased=False, keepdim=True) + BATCH_NORM_EPS).sqrt()
                 h = torch.relu(h)
         return h
 
     def embed_all(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(None, x)
-
-
-def derive_seeds(seed: int, runs: int) -> np.ndarray:
-    """Independent per-run seeds from one integer (``numpy.random.SeedSequence.spawn``)."""
-    return np.array([s.generate_state(1)[0] for s in np.random.SeedSequence(seed).spawn(runs)])

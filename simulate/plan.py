@@ -110,7 +110,7 @@ def calibrate(chunks: list[list[RunConfig]], device: str = "cpu") -> list[float]
     ``CALIBRATION_STEPS`` steps (logging at both ends, as a real run does), and its time per
     run and step is scaled to each chunk's runs and steps. A rough figure: evaluation at
     logged steps and the machine's load move it."""
-    from .train import train_chunk
+    from .engine import train_chunk
 
     per_run_step: dict[tuple, float] = {}
     largest: dict[tuple, list[RunConfig]] = {}

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import SpecError
+from .config import SpecError, logged_steps
 
 #: key of the trajectory version in a chunk file's Parquet metadata
 VERSION_KEY = b"clop_lab.trajectory_version"
@@ -80,11 +80,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def logged_steps(steps: int, log_every: int) -> list[int]:
-    """The steps at which a run of ``steps`` steps logs: 0, every ``log_every``-th, the last."""
-    return sorted({0, steps, *range(log_every, steps + 1, log_every)})
 
 
 def parquet_bytes(frame: pd.DataFrame, version: int | None = None) -> bytes:

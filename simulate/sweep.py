@@ -25,7 +25,7 @@ from .config import RunConfig, expand, resolve_spec, resolve_specs
 from .executors import EXECUTORS, run_local, run_ray
 from .plan import DEFAULT_MAX_MEMORY, parse_memory, plan_chunks
 from .store import SweepStore, load_embeddings, load_results  # noqa: F401  (the public readers)
-from .train import TRAJECTORY_VERSION, resolve_device
+from .engine import TRAJECTORY_VERSION, resolve_device
 
 
 def chunk_name(chunk: list[RunConfig]) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from simulate.train import TRAJECTORY_VERSION
+from simulate.engine import TRAJECTORY_VERSION
 
 #: the stored table of this trajectory version
 EXPECTED = Path(__file__).resolve().parent / "data" / f"pinned_small_v{TRAJECTORY_VERSION}.parquet"

@@ -353,7 +353,7 @@ def test_ntxent_gradcheck():
 def test_fused_value_and_grad_match_float64_loops(seed, b, tau, lam, clop):
     """The engine's one-pass NT-Xent (+ lambda CLOP) value and gradient against autograd of
     the slow loops, run by run (two runs with different lambdas)."""
-    from simulate.fastpath import ntxent_clop_value_and_grad
+    from simulate.engine.fused import ntxent_clop_value_and_grad
     from simulate.losses.clop import prototype_targets
 
     k, d = 3, 4
@@ -392,7 +392,7 @@ def test_float32_tiny_temperature_takes_the_max_shift_and_keeps_its_gradient(tau
     want = ref.grad(lambda x: ref.ntxent_sum_loop(torch.cat([x, z2[0]]), pos, tau) / 12, z1[0])
     assert torch.isfinite(a1.grad).all()
     assert torch.allclose(a1.grad[0].double(), want, rtol=2e-3, atol=2e-3 * float(want.abs().max()))
-    from simulate.fastpath import ntxent_clop_value_and_grad
+    from simulate.engine.fused import ntxent_clop_value_and_grad
 
     _, g = ntxent_clop_value_and_grad(torch.cat([z1, z2], 1).float(), tau)
     assert torch.allclose(g[0, :6].double(), want, rtol=2e-3, atol=2e-3 * float(want.abs().max()))

@@ -15,7 +15,7 @@ from simulate.config import expand
 from simulate.plan import parse_memory, run_bytes
 from simulate.store import FolderLocked, OutputError, SweepStore, load_results, parquet_bytes
 from simulate.sweep import run_sweep
-from simulate.train import TRAJECTORY_VERSION, train_chunk
+from simulate.engine import TRAJECTORY_VERSION, train_chunk
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"model": "mlp", "loss": "ntxent", "lr": [0.05, 0.5], "seed": [0, 1], "clop_weight": [0.0, 1.0],
@@ -226,8 +226,8 @@ def test_frozen_run_is_flagged():
     base = dict(model="free", loss="ntxent", k=2, d=4, per_class=8, batch_size=4, steps=20, log_every=10)
     cold = expand({**base, "temperature": 1e-4, "lr": 0.1})
     warm = expand({**base, "temperature": 0.5, "lr": 0.1})
-    cold_rows = pd.DataFrame(train_chunk(cold))
-    warm_rows = pd.DataFrame(train_chunk(warm))
+    cold_rows = pd.DataFrame(train_chunk(cold).rows)
+    warm_rows = pd.DataFrame(train_chunk(warm).rows)
     assert cold_rows.param_change.iloc[0] != cold_rows.param_change.iloc[0]  # NaN at step 0
     assert (cold_rows.step > 0).sum() == 2
     assert cold_rows[cold_rows.step > 0].frozen.all()

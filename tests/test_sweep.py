@@ -162,7 +162,7 @@ def test_half_written_chunk_is_ignored_and_removed(tmp_path):
 
 
 def test_results_of_another_trajectory_version_are_set_aside_not_resumed(tmp_path):
-    from simulate.train import TRAJECTORY_VERSION
+    from simulate.engine import TRAJECTORY_VERSION
 
     out = tmp_path / "v"
     run_sweep(TINY, out, device="cpu", quiet=True)

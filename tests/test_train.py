@@ -9,7 +9,9 @@ import torch
 
 import theory
 from simulate.config import RunConfig, expand
-from simulate.train import build_chunk, chunk_loss, base_loss_fn, draw_batch, forward_views, train_chunk
+from simulate.engine import train_chunk
+from simulate.engine.objective import base_loss_fn, objective
+from simulate.engine.state import build_state, draw_batch, forward_views
 
 SMALL = dict(k=3, d=6, per_class=16, batch_size=8, steps=12, log_every=4, hidden=16, out_dim=8)
 METRICS = ["objective", "effective_rank", "variance", "mean_cos", "max_cos", "mean_norm", "knn_acc", "probe_acc"]
@@ -33,8 +35,8 @@ def _frame(rows):
 def test_stack_equals_one_run_at_a_time(model):
     runs = expand({**SMALL, "model": model, "loss": "ntxent", "clop_weight": [0.0, 0.5],
                    "lr": [0.05, 0.5], "seed": [0, 1], "momentum": [0.0, 0.9], "label_fraction": 0.5})
-    together = _frame([row for group in _groups(runs) for row in train_chunk(group)])
-    alone = _frame([row for r in runs for row in train_chunk([r])])
+    together = _frame([row for group in _groups(runs) for row in train_chunk(group).rows])
+    alone = _frame([row for r in runs for row in train_chunk([r]).rows])
     pd.testing.assert_frame_equal(together[["run_id", "step", "state"]], alone[["run_id", "step", "state"]])
     np.testing.assert_allclose(together[METRICS].to_numpy(float), alone[METRICS].to_numpy(float),
                                rtol=2e-4, atol=2e-5)
@@ -42,14 +44,14 @@ def test_stack_equals_one_run_at_a_time(model):
 
 def _sgd_reference(run: RunConfig) -> list[torch.Tensor]:
     """One run trained with torch.optim.SGD (the per-configuration script)."""
-    chunk = build_chunk([run], torch.device("cpu"))
+    chunk = build_state([run], torch.device("cpu"))
     params = list(chunk.model.parameters())
     opt = torch.optim.SGD(params, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay)
     loss_fn = base_loss_fn(run)
     for _ in range(run.steps):
         idx, labels, v1, v2 = draw_batch(chunk)
         z1, z2 = forward_views(chunk, idx, v1, v2)
-        loss = chunk_loss(chunk, loss_fn, torch.cat([z1, z2], 1), labels).sum()
+        loss = objective(chunk, loss_fn, torch.cat([z1, z2], 1), labels).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -64,9 +66,7 @@ def test_engine_matches_torch_sgd(model, loss, lrs):
     runs = expand({**SMALL, "model": model, "loss": loss, "lr": lrs, "momentum": [0.0, 0.5],
                    "weight_decay": [0.0, 0.01], "clop_weight": 0.3, "label_fraction": 0.5})
     for group in _groups(runs):
-        state = {}
-        train_chunk(group, state=state)
-        stacked = list(state["model"].parameters())
+        stacked = list(train_chunk(group).model.parameters())
         for i, r in enumerate(group):
             for p_ref, p in zip(_sgd_reference(r), stacked):
                 assert torch.isfinite(p_ref).all()
@@ -81,49 +81,49 @@ def test_sparse_fused_free_step_matches_torch_sgd(mode, clop):
     nt_xent and clop_term over the whole weight is the reference."""
     runs = expand({**SMALL, "model": "free", "loss": "ntxent", "update_mode": mode, "steps": 14,
                    "lr": [0.05, 2.0], "seed": [0, 1], "clop_weight": clop, "label_fraction": 0.5})
-    chunk = build_chunk(runs, torch.device("cpu"))
-    assert chunk.fused and not (chunk.use_momentum or chunk.use_weight_decay)
-    state = {}
-    train_chunk(runs, state=state)
-    stacked = state["model"].weight.detach()
+    result = train_chunk(runs)
+    assert result.state.fused and result.state.sparse
+    stacked = result.model.weight.detach()
     for i, r in enumerate(runs):
         (ref,) = _sgd_reference(r)
         assert torch.allclose(stacked[i], ref, rtol=1e-4, atol=1e-5), r
 
 
 def test_minibatches_run_through_shuffled_epochs():
-    from simulate.train import BatchStream, StackedStream
+    from simulate.engine.streams import BatchStream, StackedStream
 
     run = RunConfig(model="free", k=2, per_class=5, batch_size=3)
     streams = [BatchStream(s, 10, 3, None, run) for s in (11, 12)]
-    stack = StackedStream(streams, torch.device("cpu"), torch.float32)
+    labels = torch.arange(10).expand(2, -1)
+    stack = StackedStream(streams, labels, torch.device("cpu"), torch.float32)
     epochs = []
     for _ in range(4):
         batches = []
         for j in range(3):
-            idx, _, _ = stack.next()
+            idx, lab, _, _ = stack.next()
             assert stack.new_epoch == (j == 0) and stack.j == j + 1
+            assert torch.equal(lab, idx)  # each point's label travels with it
             batches.append(idx)
         epochs.append(torch.cat(batches, 1))
     for e in epochs:  # 3 batches of 3 distinct points per run; the tenth point sits out
         assert all(len(set(row.tolist())) == 9 for row in e)
     assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[0][0], epochs[0][1])
     # a run's draws do not depend on its chunk-mates
-    alone = StackedStream([BatchStream(12, 10, 3, None, run)], torch.device("cpu"), torch.float32)
+    alone = StackedStream([BatchStream(12, 10, 3, None, run)], labels[:1], torch.device("cpu"), torch.float32)
     assert torch.equal(torch.cat([alone.next()[0] for _ in range(3)], 1)[0], epochs[0][1])
 
 
 @pytest.mark.parametrize("n, b", [(7, 2), (6, 3), (5, 5)])
-def test_epoch_rows_gather_write_and_sync(n, b):
-    """EpochRows against a row-by-row bookkeeping of the same writes, over several epochs
+def test_epoch_table_gather_write_and_sync(n, b):
+    """EpochTable against a row-by-row bookkeeping of the same writes, over several epochs
     (with and without points left out of the batches)."""
-    from simulate.train import EpochRows
+    from simulate.engine.streams import EpochTable
 
     g = torch.Generator().manual_seed(n * 10 + b)
     runs, dim = 3, 2
     weight = torch.randn(runs, 2 * n, dim, generator=g)
     want = weight.clone()
-    rows = EpochRows(weight, b)
+    rows = EpochTable(weight, b)
     for _ in range(3):
         perm = torch.stack([torch.randperm(n, generator=g) for _ in range(runs)])
         rows.open(perm)
@@ -143,37 +143,37 @@ def test_epoch_rows_gather_write_and_sync(n, b):
 def test_fused_sparse_step_freezes_a_non_finite_run():
     """A NaN row reaches the fused gradient of its run only: the step skips the loss value
     (value=False), yet that run is not updated and is reported; its chunk-mate moves on."""
-    from simulate.train import EpochRows, _sparse_free_step
+    from simulate.engine.update import SparseStep
 
     runs = expand({**SMALL, "model": "free", "loss": "ntxent", "clop_weight": 0.5, "label_fraction": 0.5,
                    "lr": [0.1, 0.2]})
-    chunk = build_chunk(runs, torch.device("cpu"))
-    assert chunk.fused
+    chunk = build_state(runs, torch.device("cpu"))
+    assert chunk.fused and chunk.sparse
     w = chunk.model.weight.detach()
     w[1, 5, 0] = float("nan")  # point 5, view 1, of run 1
-    rows = EpochRows(chunk.model.weight, chunk.streams.b)
+    step = SparseStep(chunk, None, False)
     alive = torch.ones(2, dtype=torch.bool)
     seen = False
-    for _ in range(chunk.streams.n // chunk.streams.b):
+    for _ in range(chunk.stream.n // chunk.stream.b):
         idx, labels, _, _ = draw_batch(chunk)
-        if chunk.streams.new_epoch:
-            rows.open(chunk.streams.perm)
-        before = rows.table.clone()
-        loss, ok = _sparse_free_step(chunk, None, rows, labels, alive, False, value=False)
+        step.sync()
+        before = w.clone()
+        loss, ok = step(labels, alive, value=False)
+        step.sync()
         assert loss is None and bool(ok[0])
         hit = bool((idx[1] == 5).any())
         seen |= hit
         assert bool(ok[1]) == (not hit and not seen)
         if not ok[1]:
-            assert torch.equal(rows.table[1].nan_to_num(7.0), before[1].nan_to_num(7.0))
-        assert not torch.equal(rows.table[0], before[0])
+            assert torch.equal(w[1].nan_to_num(7.0), before[1].nan_to_num(7.0))
+        assert not torch.equal(w[0], before[0])
         alive = alive & ok
     assert seen and not alive[1]
 
 
 def test_deterministic_on_cpu():
     runs = expand({**SMALL, "model": "mlp", "lr": [0.1, 1.0]})
-    a, b = _frame(train_chunk(runs)), _frame(train_chunk(runs))
+    a, b = _frame(train_chunk(runs).rows), _frame(train_chunk(runs).rows)
     pd.testing.assert_frame_equal(a, b)
 
 
@@ -183,11 +183,9 @@ def test_one_step_on_the_sphere_is_the_theory_pair_map(mode, kind):
     with beta = eta * w / B (the mean divides by B)."""
     run = RunConfig(model="free", update_mode=mode, loss="align", lr=3.0, k=2, d=4, per_class=4,
                     holdout_fraction=0.0, batch_size=8, steps=1, log_every=1, aug_sigma=0.5)
-    chunk = build_chunk([run], torch.device("cpu"), torch.float64)
+    chunk = build_state([run], torch.device("cpu"), torch.float64)
     w0 = chunk.model.weight.detach()[0].clone()
-    state = {}
-    train_chunk([run], dtype=torch.float64, state=state)
-    w1 = state["model"].weight.detach()[0]
+    w1 = train_chunk([run], dtype=torch.float64).model.weight.detach()[0]
     n = 8
     c0 = (w0[:n] * w0[n:]).sum(-1)
     c1 = (w1[:n] * w1[n:]).sum(-1)
@@ -201,13 +199,13 @@ def test_free_mode_norm_growth():
     never shrink."""
     run = RunConfig(model="free", loss="ntxent", lr=5.0, k=2, d=4, per_class=8, holdout_fraction=0.0,
                     batch_size=16, steps=5, log_every=1)
-    df = _frame(train_chunk([run], dtype=torch.float64))
+    df = _frame(train_chunk([run], dtype=torch.float64).rows)
     assert (np.diff(df.mean_norm.to_numpy()) >= -1e-12).all()
     assert df.mean_norm.iloc[-1] > df.mean_norm.iloc[0]
 
 
 def test_device_auto_resolves_and_cuda_is_refused_without_gpu():
-    from simulate.train import resolve_device
+    from simulate.engine import resolve_device
 
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
@@ -221,20 +219,19 @@ def test_device_auto_resolves_and_cuda_is_refused_without_gpu():
 @pytest.mark.parametrize("model, clop", [("mlp", 0.0), ("free", 0.0), ("free", 0.5)])
 def test_cuda_matches_cpu(model, clop):
     runs = expand({**SMALL, "model": model, "lr": [0.1, 0.5], "clop_weight": clop, "label_fraction": 0.5})
-    a, b = _frame(train_chunk(runs, "cpu")), _frame(train_chunk(runs, "cuda"))
+    a, b = _frame(train_chunk(runs, "cpu").rows), _frame(train_chunk(runs, "cuda").rows)
     np.testing.assert_allclose(a[METRICS].to_numpy(float), b[METRICS].to_numpy(float), rtol=1e-3, atol=1e-4)
 
 
 def test_nan_metrics_are_nan_not_missing():
-    df = _frame(train_chunk(expand({**SMALL, "model": "free"})))
+    df = _frame(train_chunk(expand({**SMALL, "model": "free"})).rows)
     assert math.isnan(df.knn_acc.iloc[-1])  # free embeddings have no held-out points
 
 
 def test_init_norm_sets_every_free_row_and_is_refused_elsewhere():
     base = dict(model="free", loss="ntxent", k=2, d=4, per_class=8, batch_size=4, steps=2, log_every=1)
-    state = {}
-    rows = train_chunk(expand({**base, "init_norm": [0.5, 20.0]}), state=state)
-    norms = state["model"].weight.norm(dim=-1)
+    result = train_chunk(expand({**base, "init_norm": [0.5, 20.0]}))
+    rows, norms = result.rows, result.model.weight.norm(dim=-1)
     first = [r for r in rows if r["step"] == 0]
     assert [r["mean_norm"] for r in first] == pytest.approx([0.5, 20.0], rel=1e-6)  # float32 rows
     # norms only grow in the free mode (norm-growth identity), so they start at init_norm

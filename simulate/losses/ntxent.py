@@ -63,11 +63,16 @@ def unit_rows(z: torch.Tensor):
     return z / r, r
 
 
-def project_rows(g: torch.Tensor, u: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """``(I - u u^T) g / r`` row-wise: a gradient with respect to unit rows ``u = z / r``
-    carried back to ``z``."""
+def project_rows(g: torch.Tensor, u: torch.Tensor, r: torch.Tensor, scale: float | None = None,
+                 inplace: bool = False) -> torch.Tensor:
+    """``(I - u u^T) g / r`` row-wise (times ``scale`` if given): a gradient with respect to
+    unit rows ``u = z / r`` carried back to ``z``. ``inplace`` overwrites ``g`` (and, with
+    ``scale``, ``r``)."""
     dot = (g * u).sum(-1, keepdim=True)
-    return torch.addcmul(g, u, dot, value=-1.0).div_(r)
+    g = g.addcmul_(u, dot, value=-1.0) if inplace else torch.addcmul(g, u, dot, value=-1.0)
+    if scale is None:
+        return g.div_(r)
+    return g.mul_((r.reciprocal_() if inplace else r.reciprocal()).mul_(scale))
 
 
 class _NTXentGram(torch.autograd.Function):

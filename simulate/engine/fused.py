@@ -9,7 +9,7 @@ normalisation once:
     dL/dz = (I - u u^T) dL/du / |z|
 
 (``P`` the softmax over the other rows, ``w_i = 1 / (2 m)`` on labelled rows). The autograd
-path (``chunk_loss`` then ``torch.autograd.grad``) computes the same quantities term by term;
+path (``objective`` then ``torch.autograd.grad``) computes the same quantities term by term;
 the tests compare both with float64 autograd of the slow loops.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .losses.ntxent import ntxent_direction, ntxent_value, softmax_terms, unit_rows, unshifted_ok
+from ..losses.ntxent import ntxent_direction, ntxent_value, project_rows, softmax_terms, unit_rows, unshifted_ok
 
 
 def supported(run, dtype: torch.dtype) -> bool:
@@ -51,6 +51,4 @@ def ntxent_clop_value_and_grad(z: torch.Tensor, tau: float, clop: tuple | None =
         coef = (weight * lam).unsqueeze_(-1).mul_(-1.0 / scale)
         g[:, :b].addcmul_(target, coef)
         g[:, b:].addcmul_(target, coef)
-    dot = (g * u).sum(-1, keepdim=True)
-    g.addcmul_(u, dot, value=-1.0).mul_(r.reciprocal_().mul_(scale))
-    return loss, g
+    return loss, project_rows(g, u, r, scale=scale, inplace=True)

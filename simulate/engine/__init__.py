@@ -1,0 +1,16 @@
+"""The training engine: a chunk (runs sharing a chunk key) trains as one stacked program.
+
+    streams.py   seeds, per-run minibatch streams, the epoch-ordered table of free rows
+    state.py     the chunk's stacked state, built from its runs; minibatches and views
+    objective.py each run's base loss plus its CLOP term
+    fused.py     NT-Xent + cosine CLOP value and gradient in one pass
+    update.py    the update rules (SGD, the sparse step of free embeddings)
+    evaluate.py  metrics at logged steps, the final embeddings
+    train.py     the loop: :func:`train_chunk` -> :class:`TrainResult`
+"""
+
+from .evaluate import METRIC_COLUMNS
+from .train import DIVERGED, TRAJECTORY_VERSION, TrainResult, resolve_device, train_chunk
+
+__all__ = ["DIVERGED", "METRIC_COLUMNS", "TRAJECTORY_VERSION", "TrainResult", "resolve_device",
+           "train_chunk"]

@@ -1,0 +1,132 @@
+"""The training loop of one chunk: runs that share a chunk key train together as one stacked
+program (parameters carry a leading run dimension; one update serves all runs with per-run
+learning rate, momentum, weight decay and CLOP weight).
+
+Free embeddings trained without momentum or weight decay take the sparse step
+(:class:`simulate.engine.update.SparseStep`); the others a dense SGD step through autograd.
+
+A run whose loss or parameters become non-finite is marked diverged at that step and frozen;
+its later rows carry ``state = "diverged"`` and NaN metrics. The others go on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .. import metrics as M
+from ..config import RunConfig, check_device_here, logged_steps, parse_device
+from .evaluate import METRIC_COLUMNS, evaluate, final_embeddings
+from .objective import base_loss_fn, objective
+from .state import ChunkState, build_state, draw_batch, forward_views
+from .update import SparseStep, relative_change, sgd_step
+
+DIVERGED = "diverged"
+#: changes whenever one configuration would train along a different trajectory (minibatch
+#: sampling, initial draws, update rule); a sweep folder of another version is not resumed
+#: into (see :mod:`simulate.store`). 2: shuffled epochs, float32 noise draws.
+#: 3: VICReg variance term averaged over the two branches (the reference convention); the
+#: softmax's exponential as exp (float exp2 rounds by tensor size).
+TRAJECTORY_VERSION = 3
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; ``cuda`` needs a CUDA device."""
+    if isinstance(device, torch.device):
+        return device
+    device = check_device_here(parse_device(device, "device"), "device")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class TrainResult:
+    """What training a chunk gives: one row per run and logged step, the final stacked state
+    (its ``model`` holds the trained parameters) and, for runs with ``save_embeddings``, the
+    final embeddings (a long table; None otherwise)."""
+
+    rows: list[dict]
+    state: ChunkState
+    embeddings: object | None = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.state.model
+
+
+def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype=torch.float32,
+                progress=None) -> TrainResult:
+    """Train ``runs`` (one chunk) together.
+
+    Args:
+        runs: runs sharing one chunk key.
+        device: ``auto``, ``cpu``, ``cuda`` or a torch device.
+        dtype: parameter dtype (float32 by default).
+        progress: called with 1 after every step (e.g. a tqdm bar's ``update``).
+    """
+    device = resolve_device(device)
+    state = build_state(runs, device, dtype)
+    r0, R = runs[0], len(runs)
+    loss_fn = base_loss_fn(r0)
+    params = list(state.model.parameters())
+    bufs = [torch.zeros_like(p) for p in params]
+    alive = torch.ones(R, dtype=torch.bool, device=device)
+    diverged_step = torch.full((R,), -1, dtype=torch.int64, device=device)
+    last_loss = torch.full((R,), math.nan, dtype=torch.float64, device=device)
+    rows: list[dict] = []
+    sphere = r0.update_mode != "free"
+    previous: list[torch.Tensor] | None = None  # the parameters at the last logged step
+
+    def log(step: int, final: bool):
+        nonlocal alive, previous
+        ev = evaluate(state, final)
+        ev["param_change"] = (torch.full((R,), math.nan, dtype=torch.float64, device=device)
+                              if previous is None else relative_change(params, previous))
+        previous = [p.detach().clone() for p in params]
+        # embeddings that overflow although the parameters are finite also end a run
+        diverged_step.copy_(torch.where(~ev["finite"] & (diverged_step < 0), step, diverged_step))
+        alive = alive & ev["finite"]
+        ev_cpu = {k: v.detach().cpu() for k, v in ev.items()}
+        div, obj = diverged_step.cpu(), last_loss.cpu()
+        for i, run in enumerate(runs):
+            dead = bool(div[i] >= 0)
+            row = {"run_id": run.run_id, "step": step, "objective": float(obj[i])}
+            row.update({k: math.nan if dead else float(ev_cpu[k][i]) for k in METRIC_COLUMNS})
+            row["state"] = DIVERGED if dead else M.STATE_NAMES[int(ev_cpu["state_code"][i])]
+            row["param_change"] = math.nan if dead else float(ev_cpu["param_change"][i])
+            row["frozen"] = row["param_change"] == 0.0
+            row["diverged"] = dead
+            row["diverged_step"] = int(div[i])
+            rows.append(row)
+
+    log(0, True)
+    logged = set(logged_steps(r0.steps, r0.log_every))
+    sparse = SparseStep(state, loss_fn, sphere) if state.sparse else None
+    for step in range(1, r0.steps + 1):
+        idx, labels, v1, v2 = draw_batch(state)
+        if sparse is not None:
+            loss, ok = sparse(labels, alive, value=step in logged)
+            if step in logged:
+                sparse.sync()  # the metrics read the weight
+        else:
+            z1, z2 = forward_views(state, idx, v1, v2)
+            loss = objective(state, loss_fn, torch.cat([z1, z2], 1), labels)
+            finite = torch.isfinite(loss)
+            total = torch.where(alive & finite, loss, torch.zeros_like(loss)).sum()
+            grads = torch.autograd.grad(total, params)
+            ok = sgd_step(params, grads, bufs, state, alive & finite, first=step == 1)
+            if sphere:
+                state.model.renormalise_()
+        diverged_step.copy_(torch.where(alive & ~ok, step, diverged_step))
+        alive = alive & ok
+        if loss is not None:
+            last_loss = torch.where(torch.isfinite(loss), loss.detach().double(),
+                                    torch.full_like(last_loss, math.nan))
+        if step in logged:
+            log(step, step == r0.steps)
+        if progress is not None:
+            progress(1)
+    return TrainResult(rows, state, final_embeddings(state) if r0.save_embeddings else None)
