@@ -35,9 +35,15 @@ from pathlib import Path
 
 from .data import MEAN_KINDS, MixtureConfig
 from .losses import BASE_LOSSES, DISTANCES, PROTOTYPE_KINDS
+from .losses.clop import check_prototype_shape
 from .models import UPDATE_MODES
 
 MODELS = ("free", "mlp")
+OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+DATA_SOURCES = ("mixture", "digits")
+#: input width of the digits data (8 x 8 pixels)
+DIGITS_DIM = 64
 
 
 class SpecError(ValueError):
@@ -51,13 +57,35 @@ class RunConfig:
     Loss: ``loss`` (ntxent | supcon | dcl | vicreg | barlow | align | repel), ``temperature``
     (> 0, used by ntxent, supcon, dcl), ``clop_weight`` (lambda >= 0; 0 switches CLOP off),
     ``prototypes`` (orthonormal | simplex), ``distance`` (cosine | euclidean | manhattan).
-    Optimiser: ``lr`` (> 0), ``momentum`` in [0, 1), ``weight_decay`` >= 0.
-    Schedule: ``batch_size`` (1 <= B <= training points), ``steps``, ``log_every``.
+    Optimiser: ``optimizer`` (sgd | lars | adam | adamw; see :mod:`simulate.engine.update`),
+    ``lr`` (> 0), ``momentum`` in [0, 1) (sgd and lars; must be 0 for adam and adamw, which
+    use ``beta1``), ``nesterov`` (sgd and lars; needs ``momentum`` > 0, as torch.optim.SGD),
+    ``weight_decay`` >= 0 (L2 added to the gradient for sgd, lars and adam; decoupled for
+    adamw; lars excludes biases from it), ``lars_trust`` (LARS trust coefficient eta > 0),
+    ``beta1`` and ``beta2`` in [0, 1) (Adam's two betas, given as two fields so that each can
+    be a grid axis and a CLI option), ``eps`` > 0 (Adam's denominator term; LARS adds it to
+    its trust-ratio denominator). Fields an optimizer does not read are ignored.
+    Learning-rate schedule (per run; equal to ``torch.optim.lr_scheduler``): ``warmup_steps``
+    >= 0 (update t <= W uses ``lr * t / W``: ``LinearLR(start_factor=1/W, total_iters=W-1)``)
+    then ``schedule`` (constant | cosine: ``CosineAnnealingLR(T_max=steps-W)`` after the
+    warmup, joined by ``SequentialLR(milestones=[W])``).
+    Training: ``batch_size`` (1 <= B <= training points), ``steps``, ``log_every``;
+    ``spectrum_every`` (None: the singular-value spectrum is logged at every logged step; n:
+    only at the logged steps that are multiples of n, at step 0 and at the last step).
     Model: ``model`` (free | mlp), ``update_mode`` (free | sphere | sphere_raw; the sphere
     modes need ``model: free``), ``init_norm`` (free embeddings in the free mode: every row
     starts at this norm, so the effective rate ``lr / init_norm**2`` is set directly; None:
-    the views' own norms), MLP ``hidden``, ``depth``, ``out_dim``, ``batch_norm``.
-    Data: the fields of :class:`simulate.data.MixtureConfig` (``k``, ``d``, ``per_class``,
+    the views' own norms), MLP ``hidden``, ``depth``, ``out_dim`` (the representation's
+    width), ``batch_norm``, ``projector_dims`` (a projector head on the MLP's output: its
+    layer widths as comma-separated text such as ``"64,16"``, ReLU (and batch norm) between
+    its layers; ``""``: none. An integer n means ``"n"``. The loss and CLOP act on the
+    projection; the representation before it is logged in the ``repr_*`` columns).
+    Data: ``data`` (mixture | digits). ``digits``: scikit-learn's 8x8 digits shipped with the
+    package (:mod:`simulate.digits`; ``model: mlp`` only, ``d`` is 64), reading ``k`` (<= 10),
+    ``per_class`` (<= 174), ``label_fraction``, ``holdout_fraction``, ``aug_sigma``,
+    ``max_shift`` (views shift each image by up to this many pixels per axis, then add pixel
+    noise) and ``data_seed``; the mixture-only fields are ignored (``sign_flip`` is refused).
+    ``mixture``: the fields of :class:`simulate.data.MixtureConfig` (``k``, ``d``, ``per_class``,
     ``means``, ``mean_scale``, ``sigma``, ``noise_rank``, ``label_fraction``, ``aug_sigma``,
     ``sign_flip``, ``holdout_fraction``) and ``data_seed``.
     ``seed`` drives the initialisation and the minibatches. ``save_embeddings`` keeps the
@@ -72,9 +100,18 @@ class RunConfig:
     lr: float = 0.1
     momentum: float = 0.0
     weight_decay: float = 0.0
+    optimizer: str = "sgd"
+    nesterov: bool = False
+    lars_trust: float = 0.001
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: str = "constant"
     batch_size: int = 64
     steps: int = 300
     log_every: int = 50
+    spectrum_every: int | None = None
     model: str = "mlp"
     update_mode: str = "free"
     init_norm: float | None = None
@@ -82,6 +119,9 @@ class RunConfig:
     depth: int = 3
     out_dim: int = 16
     batch_norm: bool = False
+    projector_dims: str = ""
+    data: str = "mixture"
+    max_shift: int = 1
     # data fields, flattened so that each can be a grid axis; defaults are MixtureConfig's
     k: int = MixtureConfig.k
     d: int = MixtureConfig.d
@@ -100,6 +140,16 @@ class RunConfig:
     name: str = field(default="", compare=False)
 
     def __post_init__(self):
+        # canonical forms, so that equal configurations share one run id
+        dims = self.projector_dims
+        if isinstance(dims, int) and not isinstance(dims, bool):
+            object.__setattr__(self, "projector_dims", str(dims))
+        elif isinstance(dims, str):
+            text = dims.strip().lower()
+            object.__setattr__(self, "projector_dims", "" if text in ("", "none") else
+                               ",".join(p.strip() for p in text.split(",")))
+        if self.data == "digits" and self.d == MixtureConfig.d:
+            object.__setattr__(self, "d", DIGITS_DIM)
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -125,7 +175,7 @@ class RunConfig:
             if getattr(self, name) not in options:
                 bad(name, f"one of {', '.join(options)}")
 
-        for name in ("batch_norm", "sign_flip", "save_embeddings"):
+        for name in ("batch_norm", "sign_flip", "save_embeddings", "nesterov"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "true or false")
         if not isinstance(self.name, str):
@@ -141,6 +191,42 @@ class RunConfig:
         number("lr", 0, lo_open=True)
         number("momentum", 0, 1, hi_open=True)
         number("weight_decay", 0)
+        choice("optimizer", OPTIMIZERS)
+        choice("schedule", SCHEDULES)
+        choice("data", DATA_SOURCES)
+        number("lars_trust", 0, lo_open=True)
+        number("beta1", 0, 1, hi_open=True)
+        number("beta2", 0, 1, hi_open=True)
+        number("eps", 0, lo_open=True)
+        integer("warmup_steps", 0)
+        integer("max_shift", 0)
+        if self.spectrum_every is not None:
+            integer("spectrum_every", 1)
+        if self.nesterov and self.momentum == 0:
+            bad("nesterov", "false when momentum is 0 (Nesterov momentum needs momentum > 0)")
+        if self.optimizer in ("adam", "adamw"):
+            if self.momentum != 0:
+                bad("momentum", f"0 with optimizer {self.optimizer} (it uses beta1)")
+            if self.nesterov:
+                bad("nesterov", f"false with optimizer {self.optimizer}")
+        if self.schedule == "cosine" and self.warmup_steps >= self.steps:
+            bad("warmup_steps", f"< steps = {self.steps} with the cosine schedule")
+        if self.warmup_steps > self.steps:
+            bad("warmup_steps", f"<= steps = {self.steps}")
+        dims = self.projector_dims
+        if not isinstance(dims, str) or (dims and not all(p.isdigit() and int(p) >= 1 for p in dims.split(","))):
+            bad("projector_dims", "comma-separated layer widths >= 1 such as '64,16', or '' (none)")
+        if self.projector_dims and self.model != "mlp":
+            bad("projector_dims", "'' unless model is 'mlp' (free embeddings have no projector)")
+        if self.data == "digits":
+            if self.model != "mlp":
+                bad("model", "'mlp' with data digits")
+            if self.d != DIGITS_DIM:
+                bad("d", f"{DIGITS_DIM} with data digits (the 8x8 pixels)")
+            if self.sign_flip:
+                bad("sign_flip", "false with data digits (its views shift and add noise)")
+            if self.max_shift > 7:
+                bad("max_shift", "an integer in [0, 7] with data digits")
         for name in ("steps", "log_every", "batch_size", "hidden", "depth", "out_dim", "per_class"):
             integer(name, 1)
         integer("k", 2)
@@ -154,19 +240,19 @@ class RunConfig:
             if self.model != "free" or self.update_mode != "free":
                 bad("init_norm", "none unless model is 'free' with update_mode 'free' (the sphere "
                     "modes keep unit rows)")
-        dim = self.embedding_dim
-        if self.clop_weight > 0 and self.prototypes == "orthonormal" and self.k > dim:
-            raise SpecError(
-                f"k must be <= the embedding dimension {dim} for CLOP with orthonormal "
-                f"prototypes, got k = {self.k}"
-            )
-        if self.clop_weight > 0 and self.prototypes == "simplex" and self.k > dim + 1:
-            raise SpecError(f"k must be <= {dim + 1} for CLOP with simplex prototypes, got {self.k}")
+        if self.clop_weight > 0:
+            try:
+                check_prototype_shape(self.k, self.embedding_dim, self.prototypes)
+            except ValueError as exc:
+                raise SpecError(f"{exc} (CLOP)") from None
         try:
             data = self.data_config()
         except ValueError as exc:
             raise SpecError(str(exc)) from None
-        n_train = data.per_class * data.k - round(data.holdout_fraction * data.per_class * data.k)
+        if self.data == "digits":
+            n_train = data.n_train
+        else:
+            n_train = data.per_class * data.k - round(data.holdout_fraction * data.per_class * data.k)
         if self.batch_size > n_train:
             raise SpecError(
                 f"batch_size must be <= the {n_train} training points, got {self.batch_size}"
@@ -177,9 +263,25 @@ class RunConfig:
     # ------------------------------------------------------------------ derived
     @property
     def embedding_dim(self) -> int:
-        return self.d if self.model == "free" else self.out_dim
+        """Width of the rows the loss sees (the projection's, with a projector)."""
+        if self.model == "free":
+            return self.d
+        return self.projector_widths[-1] if self.projector_widths else self.out_dim
 
-    def data_config(self) -> MixtureConfig:
+    @property
+    def projector_widths(self) -> tuple[int, ...]:
+        """The projector's layer widths (empty: no projector)."""
+        return tuple(int(p) for p in self.projector_dims.split(",")) if self.projector_dims else ()
+
+    def data_config(self):
+        """The data's configuration: :class:`simulate.data.MixtureConfig` or
+        :class:`simulate.digits.DigitsConfig`."""
+        if self.data == "digits":
+            from .digits import DigitsConfig
+
+            return DigitsConfig(k=self.k, per_class=self.per_class, label_fraction=self.label_fraction,
+                                holdout_fraction=self.holdout_fraction, aug_sigma=self.aug_sigma,
+                                max_shift=self.max_shift, seed=self.data_seed)
         return MixtureConfig(
             k=self.k, d=self.d, per_class=self.per_class, means=self.means,
             mean_scale=self.mean_scale, sigma=self.sigma, noise_rank=self.noise_rank,
@@ -195,6 +297,9 @@ class RunConfig:
         """Stable 16-hex id of the configuration (the ``name`` label excluded)."""
         d = self.to_dict()
         d.pop("name")
+        for f, default in _LATER_DEFAULTS.items():  # ids of earlier runs stay what they were
+            if d[f] == default:
+                d.pop(f)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def chunk_key(self) -> tuple:
@@ -208,7 +313,7 @@ class RunConfig:
             d.pop(f)
         d["clop_on"] = self.clop_weight > 0
         if self.model == "free":
-            d["dense_step"] = self.momentum > 0 or self.weight_decay > 0
+            d["dense_step"] = self.momentum > 0 or self.weight_decay > 0 or self.optimizer != "sgd"
         return tuple(sorted(d.items()))
 
 
@@ -221,8 +326,15 @@ def logged_steps(steps: int, log_every: int) -> list[int]:
 PER_RUN_FIELDS = (
     "lr", "momentum", "weight_decay", "clop_weight", "seed", "data_seed", "label_fraction",
     "means", "mean_scale", "sigma", "noise_rank", "aug_sigma", "sign_flip", "init_norm",
+    "nesterov", "lars_trust", "beta1", "beta2", "eps", "warmup_steps", "schedule", "max_shift",
+    "spectrum_every",
 )
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+#: fields added after trajectory version 3: at their default they stay out of the run id, so
+#: the ids (and stored results) of runs configured before them do not change
+_LATER_DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.name in (
+    "optimizer", "nesterov", "lars_trust", "beta1", "beta2", "eps", "warmup_steps", "schedule",
+    "spectrum_every", "projector_dims", "data", "max_shift")}
 
 
 @functools.cache

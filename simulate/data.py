@@ -24,6 +24,11 @@ import torch
 MEAN_KINDS = ("orthonormal", "random", "simplex")
 
 
+#: mixed into a mixture's seed so that its stream differs from the prototypes' for one seed
+#: (the bytes of "mix"; the prototypes use "pro", :data:`simulate.losses.clop.PROTOTYPE_SEED_SALT`)
+MIXTURE_SEED_SALT = 0x6D6978
+
+
 def _fail(name: str, accepted: str, value) -> None:
     raise ValueError(f"{name} must be {accepted}, got {value!r}")
 
@@ -144,7 +149,7 @@ def class_directions(kind: str, k: int, d: int, rng: np.random.Generator) -> np.
 
 def make_mixture(cfg: MixtureConfig) -> MixtureData:
     """Draw the mixture described by ``cfg`` (deterministic in ``cfg.seed``)."""
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x6D6978]))
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, MIXTURE_SEED_SALT]))
     dirs = class_directions(cfg.means, cfg.k, cfg.d, rng)
     means = cfg.mean_scale * dirs
     total = cfg.per_class * cfg.k

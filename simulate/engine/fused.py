@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..losses.ntxent import ntxent_direction, ntxent_value, project_rows, softmax_terms, unit_rows, unshifted_ok
+from ..losses.ntxent import ntxent_direction, ntxent_value, project_rows, softmax_terms, symmetric_ok, unit_rows
 
 
 def supported(run, dtype: torch.dtype) -> bool:
@@ -28,27 +28,28 @@ def supported(run, dtype: torch.dtype) -> bool:
 
 def ntxent_clop_value_and_grad(z: torch.Tensor, tau: float, clop: tuple | None = None, value: bool = True):
     """``(loss (R,), dloss/dz (R, 2B, D))`` of NT-Xent (averaged over the 2B anchors) plus,
-    with ``clop = (target, weight, lam)``, ``lam`` (R,) times cosine CLOP: ``target`` (R, B, D)
-    each point's prototype and ``weight`` (R, B) each view's weight, as
+    with ``clop = (targets, row_weights, clop_weight)``, ``clop_weight`` (R,) times cosine
+    CLOP: ``targets`` (R, B, D) each point's prototype and ``row_weights`` (R, B) each view's
+    weight in the CLOP mean, as
     :func:`simulate.losses.clop.prototype_targets` gives them. ``value=False`` skips the loss
     (None). Inputs are not validated."""
     n = z.shape[1]
     b = n // 2
     u, r = unit_rows(z)
-    sym = unshifted_ok(tau, z.dtype)
-    e, zsum, m = softmax_terms(u, tau, sym)
+    symmetric = symmetric_ok(tau, z.dtype)
+    e, zsum, m = softmax_terms(u, tau, symmetric)
     loss = ntxent_value(u, zsum, m, tau) if value else None
-    g = ntxent_direction(u, e, zsum, sym)
+    g = ntxent_direction(u, e, zsum, symmetric)
     del e
     scale = 1.0 / (n * tau)
     if clop is not None:
-        target, weight, lam = clop
-        lam = lam.view(-1, 1)
+        targets, row_weights, clop_weight = clop
+        clop_weight = clop_weight.view(-1, 1)
         if value:
-            cos = (u[:, :b] * target).sum(-1) + (u[:, b:] * target).sum(-1)
-            loss = loss + lam.view(-1) * ((2 - cos) * weight).sum(1)
+            cos = (u[:, :b] * targets).sum(-1) + (u[:, b:] * targets).sum(-1)
+            loss = loss + clop_weight.view(-1) * ((2 - cos) * row_weights).sum(1)
         # in units of the NT-Xent direction, which carries the factor 1 / (2B tau) = scale
-        coef = (weight * lam).unsqueeze_(-1).mul_(-1.0 / scale)
-        g[:, :b].addcmul_(target, coef)
-        g[:, b:].addcmul_(target, coef)
+        coef = (row_weights * clop_weight).unsqueeze_(-1).mul_(-1.0 / scale)
+        g[:, :b].addcmul_(targets, coef)
+        g[:, b:].addcmul_(targets, coef)
     return loss, project_rows(g, u, r, scale=scale, inplace=True)

@@ -90,8 +90,6 @@ class TemperatureLoss(nn.Module):
     Subclasses implement ``forward(z1, z2, labels=None, normalize=True)``.
     """
 
-    cosine_only = True
-
     def __init__(self, temperature: float = 0.5):
         super().__init__()
         self.temperature = positive_number("temperature", temperature)

@@ -51,8 +51,6 @@ class BarlowTwinsLoss(nn.Module):
         z1, z2: (R, B, D) or (B, D); output (R,) or scalar.
     """
 
-    cosine_only = False
-
     def __init__(self, lambd: float = 5e-3):
         super().__init__()
         self.lambd = nonnegative_number("lambd", lambd)

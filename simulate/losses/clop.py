@@ -11,6 +11,23 @@ from ._common import as_runs, check_labels, check_views, compute_dtype, finish, 
 
 DISTANCES = ("cosine", "euclidean", "manhattan")
 PROTOTYPE_KINDS = ("orthonormal", "simplex")
+#: mixed into the prototypes' seed so that their stream differs from the data's for one seed
+#: (the bytes of "pro"; the data use "mix", :data:`simulate.data.MIXTURE_SEED_SALT`)
+PROTOTYPE_SEED_SALT = 0x70726F
+
+
+def check_prototype_shape(k: int, d: int, kind: str = "orthonormal") -> None:
+    """The one check that ``k`` prototypes of kind ``kind`` fit in ``d`` dimensions (k <= d
+    orthonormal, 2 <= k <= d + 1 simplex); ValueError naming ``k`` otherwise."""
+    if kind not in PROTOTYPE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(PROTOTYPE_KINDS)}, got {kind!r}")
+    if not (isinstance(k, int) and k >= 1) or not (isinstance(d, int) and d >= 1):
+        raise ValueError(f"k and d must be integers >= 1, got k={k!r}, d={d!r}")
+    if kind == "orthonormal" and k > d:
+        raise ValueError(f"k must be <= the embedding dimension {d} for orthonormal prototypes, got k = {k}")
+    if kind == "simplex" and (k > d + 1 or k < 2):
+        raise ValueError(f"k must be in [2, {d + 1}] (the embedding dimension + 1) for simplex "
+                         f"prototypes, got k = {k}")
 
 
 def make_prototypes(k: int, d: int, kind: str = "orthonormal", seed: int = 0) -> torch.Tensor:
@@ -20,17 +37,10 @@ def make_prototypes(k: int, d: int, kind: str = "orthonormal", seed: int = 0) ->
     ``simplex``: a simplex ETF, pairwise cosine -1/(k-1) (needs k <= d + 1), the ablation
     the paper argues against.
     """
-    if kind not in PROTOTYPE_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(PROTOTYPE_KINDS)}, got {kind!r}")
-    if not (isinstance(k, int) and k >= 1) or not (isinstance(d, int) and d >= 1):
-        raise ValueError(f"k and d must be integers >= 1, got k={k!r}, d={d!r}")
-    if kind == "orthonormal" and k > d:
-        raise ValueError(f"k must be <= d = {d} for orthonormal prototypes, got k = {k}")
-    if kind == "simplex" and (k > d + 1 or k < 2):
-        raise ValueError(f"k must be in [2, d + 1 = {d + 1}] for simplex prototypes, got k = {k}")
+    check_prototype_shape(k, d, kind)
     from ..data import class_directions
 
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x70726F]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, PROTOTYPE_SEED_SALT]))
     return torch.as_tensor(class_directions(kind, k, d, rng), dtype=torch.float64).contiguous()
 
 
@@ -158,7 +168,6 @@ class WithCLOP(nn.Module):
     def __init__(self, base: nn.Module, clop: CLOPLoss):
         super().__init__()
         self.base, self.clop = base, clop
-        self.cosine_only = False
 
     def forward(self, z1, z2, labels=None, normalize: bool = True):
         if labels is None:

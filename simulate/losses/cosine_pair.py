@@ -30,8 +30,6 @@ def cosine_pair(z1: torch.Tensor, z2: torch.Tensor, weight: float, normalize: bo
 class AlignLoss(nn.Module):
     """Align-only cosine loss, ``weight * mean(1 - cos)`` with weight > 0."""
 
-    cosine_only = True
-
     def __init__(self, weight: float = 1.0):
         super().__init__()
         self.weight = positive_number("weight", weight)
@@ -42,8 +40,6 @@ class AlignLoss(nn.Module):
 
 class RepelLoss(nn.Module):
     """Repel-only cosine loss, ``-weight * mean(1 - cos)`` with weight > 0."""
-
-    cosine_only = True
 
     def __init__(self, weight: float = 1.0):
         super().__init__()

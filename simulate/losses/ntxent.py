@@ -9,19 +9,19 @@ import torch
 from ._common import TemperatureLoss, as_runs, check_views, compute_dtype, finish, positive_number
 
 
-def unshifted_ok(tau: float, dtype: torch.dtype) -> bool:
+def symmetric_ok(tau: float, dtype: torch.dtype) -> bool:
     """Whether unit rows may skip the max-shift of the softmax: every ``s_ij`` lies in
     ``[-1/tau, 1/tau]``, so ``exp(s_ij)`` neither overflows nor underflows while ``2/tau``
     stays well inside the dtype's exponent range (float32: tau > 0.026)."""
     return 2.0 / tau < 0.9 * -math.log(torch.finfo(dtype).tiny)
 
 
-def softmax_terms(u: torch.Tensor, tau: float, unshifted: bool):
+def softmax_terms(u: torch.Tensor, tau: float, symmetric: bool):
     """``(e, zsum, m)`` for rows ``u`` (R, N, D): ``e = exp(u u^T / tau - m)`` with a zero
     diagonal (the unnormalised softmax of each row over the others), ``zsum`` its row sums
-    (R, N) and the shift ``m``: 0 with ``unshifted`` (``e`` is then symmetric and comes
+    (R, N) and the shift ``m``: 0 with ``symmetric`` (no shift: ``e`` is symmetric and comes
     from one ``bmm``), else the row maximum (R, N)."""
-    if unshifted:
+    if symmetric:
         # exp, not exp2 (faster on CPUs): torch's float exp2 rounds differently depending on
         # the tensor's size, so a run's numbers would depend on how many runs share its chunk
         e = torch.bmm(u * (1.0 / tau), u.transpose(1, 2)).exp_()
@@ -84,23 +84,23 @@ class _NTXentGram(torch.autograd.Function):
     s_{i,i+B}) / 2B``. Backward: ``dL/ds = (P - E) / 2B`` (E marks positives) and ``dL/du =
     (dL/ds + dL/ds^T) u / tau`` (:func:`ntxent_direction`), then through the normalisation
     ``dL/dz = (I - u u^T) dL/du / |z|``. One N x N buffer (``e``) is kept. Unit rows need no
-    shift (``m = 0``) when :func:`unshifted_ok`; raw dot products and tiny temperatures
+    shift (``m = 0``) when :func:`symmetric_ok`; raw dot products and tiny temperatures
     shift by the row maximum.
     """
 
     @staticmethod
     def forward(ctx, z, tau, normalize):
         u, r = unit_rows(z) if normalize else (z, None)
-        const = normalize and unshifted_ok(tau, z.dtype)
-        e, zsum, m = softmax_terms(u, tau, const)
+        symmetric = normalize and symmetric_ok(tau, z.dtype)
+        e, zsum, m = softmax_terms(u, tau, symmetric)
         ctx.save_for_backward(u, e, zsum, r if normalize else zsum)
-        ctx.tau, ctx.normalize, ctx.const = tau, normalize, const
+        ctx.tau, ctx.normalize, ctx.symmetric = tau, normalize, symmetric
         return ntxent_value(u, zsum, m, tau)
 
     @staticmethod
     def backward(ctx, grad_out):
         u, e, zsum, r = ctx.saved_tensors
-        g = ntxent_direction(u, e, zsum, ctx.const)
+        g = ntxent_direction(u, e, zsum, ctx.symmetric)
         g.mul_((grad_out / (u.shape[1] * ctx.tau)).view(-1, 1, 1))
         if ctx.normalize:
             g = project_rows(g, u, r)

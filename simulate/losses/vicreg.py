@@ -68,8 +68,6 @@ class VICRegLoss(nn.Module):
         z1, z2: (R, B, D) or (B, D); output (R,) or scalar.
     """
 
-    cosine_only = False
-
     def __init__(self, sim_weight=25.0, var_weight=25.0, cov_weight=1.0, gamma=1.0, eps=1e-4):
         super().__init__()
         self.sim_weight = nonnegative_number("sim_weight", sim_weight)
