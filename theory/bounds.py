@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import sympy as sp
 
-from . import maps, ntxent
+from . import batch, maps, ntxent
 from ._claim import require_int_at_least, require_positive, require_range
 from .symbols import a, beta, c, n, neg_cos, neg_spread, p_pos, tau, theta, w
 
@@ -21,9 +21,12 @@ _CRITICAL = {
     "pair": (maps.PAIR_CRITICAL, ("w",)),
     "ntxent_pair": (ntxent.NTXENT_CRITICAL, ("tau", "p_pos", "neg_cos", "neg_spread")),
     "rank1_cycle": (ntxent.RANK1_CRITICAL, ("tau", "n")),
+    "ntxent_batch_axes": (batch.RELATIVE_CRITICAL["axes"], ("tau", "n", "w")),
+    "ntxent_batch_simplex": (batch.RELATIVE_CRITICAL["simplex"], ("tau", "n", "w")),
 }
 _SYMBOL = {"w": w, "tau": tau, "p_pos": p_pos, "neg_cos": neg_cos, "neg_spread": neg_spread, "n": n}
-_DEFAULTS = {"ntxent_pair": {"neg_cos": -1.0, "neg_spread": 0.0}}
+_DEFAULTS = {"ntxent_pair": {"neg_cos": -1.0, "neg_spread": 0.0},
+             "ntxent_batch_axes": {"w": 0.0}, "ntxent_batch_simplex": {"w": 0.0}}
 CRITICAL_KINDS = tuple(_CRITICAL)
 MAP_KINDS = ("anchor", "pair", "pair_unprojected")
 
@@ -38,7 +41,9 @@ def critical_lr_expr(kind: str) -> sp.Expr:
     """The SymPy expression of the critical learning rate of ``kind``.
 
     Kinds and symbols: ``anchor`` (w), ``pair`` (w), ``ntxent_pair`` (tau, p_pos, c_neg,
-    s_neg) and ``rank1_cycle`` (tau, n). See the claims of the same names for the setting.
+    s_neg), ``rank1_cycle`` (tau, n) and ``ntxent_batch_axes`` / ``ntxent_batch_simplex``
+    (tau, n, w: the splitting modes of claim ``ntxent_batch``). See the claims of the same
+    names for the setting.
     """
     return _CRITICAL[_kind(kind, CRITICAL_KINDS)][0]
 
@@ -67,7 +72,9 @@ def _validate(kind: str, params: dict) -> dict:
     missing = [k for k in names if k not in full]
     if missing:
         raise ValueError(f"kind {kind!r} needs parameter(s) {', '.join(missing)}")
-    if "w" in full:
+    if "w" in full and kind.startswith("ntxent_batch"):
+        full["w"] = require_range("w", full["w"], 0.0, math.inf)  # CLOP weight, 0: none
+    elif "w" in full:
         full["w"] = require_positive("w", full["w"])
     if "tau" in full:
         full["tau"] = require_positive("tau", full["tau"])
@@ -80,6 +87,9 @@ def _validate(kind: str, params: dict) -> dict:
         full["neg_spread"] = require_range("neg_spread", full["neg_spread"], 0.0, hi + 1e-9)
     if "n" in full:
         full["n"] = require_int_at_least("n", full["n"], 2)
+    if kind.startswith("ntxent_batch") and full["tau"] < 0.002:
+        raise ValueError(f"tau must be >= 0.002 for {kind} (exp(1/tau) overflows float64 "
+                         f"below about 0.0014), got {full['tau']!r}")
     return full
 
 
@@ -89,8 +99,13 @@ def critical_lr(kind: str, **params: float) -> float:
 
     Args:
         kind: ``anchor`` (w), ``pair`` (w), ``ntxent_pair`` (tau, p_pos; optional neg_cos,
-            default -1, and neg_spread, default 0: antipodal negatives) or ``rank1_cycle``
-            (tau, n points per side).
+            default -1, and neg_spread, default 0: antipodal negatives), ``rank1_cycle``
+            (tau, n points per side), ``ntxent_batch_axes`` or ``ntxent_batch_simplex``
+            (tau, n the dimension, optional w the CLOP weight, default 0): claim
+            ``ntxent_batch``, a full batch of aligned pairs at +-e_i or at simplex vertices,
+            every point moving, sum over anchors. For these two the value is the splitting
+            modes' rate; at small tau and n a collective mode can bind first
+            (:func:`theory.batch.batch_critical` gives the rate over every mode).
 
     Returns:
         The threshold as a float; ``math.inf`` for ``rank1_cycle`` when the configuration
