@@ -68,55 +68,85 @@ class FreeEmbeddings(nn.Module):
         return self.weight
 
 
+def _uniform_layers(gens, widths, dtype):
+    """Weights (R, in, out) and biases (R, 1, out) of linear layers of ``widths``, each drawn
+    U(-1/sqrt(in), 1/sqrt(in)) from the runs' generators (weight, then bias, layer by layer)."""
+    weights, biases = nn.ParameterList(), nn.ParameterList()
+    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        bound = 1 / math.sqrt(fan_in)
+        w = torch.stack([(torch.rand(fan_in, fan_out, generator=g, dtype=torch.float64) * 2 - 1)
+                         for g in gens]) * bound
+        b = torch.stack([(torch.rand(1, fan_out, generator=g, dtype=torch.float64) * 2 - 1)
+                         for g in gens]) * bound
+        weights.append(nn.Parameter(w.to(dtype)))
+        biases.append(nn.Parameter(b.to(dtype)))
+    return weights, biases
+
+
 class StackedMLP(nn.Module):
     """MLP encoder with weights ``(R, in, out)`` per layer: ReLU between layers, optional
-    batch norm (per-run batch statistics, no affine), Kaiming-uniform init per run seed.
+    batch norm (per-run batch statistics, no affine), Kaiming-uniform init per run seed;
+    optionally followed by a projector head (SimCLR's g(.)): linear layers of widths
+    ``projector`` on the encoder's output, with ReLU (and batch norm) between them.
+
+    The encoder's output is the *representation* (:meth:`represent`); with a projector the
+    model's output (what the loss sees) is the *projection*. The projector's weights are
+    drawn after the encoder's from the same per-run generators, so the encoder starts the
+    same with or without a projector.
 
     Args:
         seeds: one integer seed per run.
         in_dim, hidden, out_dim: layer widths; depth: number of linear layers (>= 1).
         batch_norm: normalise hidden activations over the batch.
+        projector: the projector's layer widths (empty: no projector).
 
     Shape:
-        x: (R, B, in_dim) -> (R, B, out_dim).
+        x: (R, B, in_dim) -> (R, B, projector[-1]) (or (R, B, out_dim) without a projector).
     """
 
     def __init__(self, seeds, in_dim: int, hidden: int, out_dim: int, depth: int = 3,
-                 batch_norm: bool = False, dtype=torch.float32):
+                 batch_norm: bool = False, dtype=torch.float32, projector=()):
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         for name, v in (("in_dim", in_dim), ("hidden", hidden), ("out_dim", out_dim)):
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        projector = tuple(projector)
+        if not all(isinstance(v, int) and v >= 1 for v in projector):
+            raise ValueError(f"projector widths must be integers >= 1, got {projector!r}")
         widths = [in_dim] + [hidden] * (depth - 1) + [out_dim]
         gens = run_generators(seeds)
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
-            bound = 1 / math.sqrt(fan_in)
-            w = torch.stack([(torch.rand(fan_in, fan_out, generator=g, dtype=torch.float64) * 2 - 1)
-                             for g in gens]) * bound
-            b = torch.stack([(torch.rand(1, fan_out, generator=g, dtype=torch.float64) * 2 - 1)
-                             for g in gens]) * bound
-            self.weights.append(nn.Parameter(w.to(dtype)))
-            self.biases.append(nn.Parameter(b.to(dtype)))
+        self.weights, self.biases = _uniform_layers(gens, widths, dtype)
+        self.has_projector = bool(projector)
+        if projector:
+            self.proj_weights, self.proj_biases = _uniform_layers(gens, [out_dim, *projector], dtype)
         self.batch_norm = batch_norm
 
     @property
     def runs(self) -> int:
         return self.weights[0].shape[0]
 
-    def forward(self, index=None, x: torch.Tensor | None = None) -> torch.Tensor:
-        h = x
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+    def _layers(self, h, weights, biases):
+        last = len(weights) - 1
+        for i, (w, b) in enumerate(zip(weights, biases)):
             h = torch.baddbmm(b, h, w)
             if i < last:
                 if self.batch_norm:
                     h = (h - h.mean(1, keepdim=True)) / (h.var(1, unbiased=False, keepdim=True) + BATCH_NORM_EPS).sqrt()
                 h = torch.relu(h)
         return h
+
+    def represent(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's output (the representation), before any projector."""
+        return self._layers(x, self.weights, self.biases)
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """The projector applied to representations ``h`` (``h`` itself without a projector)."""
+        return self._layers(h, self.proj_weights, self.proj_biases) if self.has_projector else h
+
+    def forward(self, index=None, x: torch.Tensor | None = None) -> torch.Tensor:
+        return self.project(self.represent(x))
 
     def embed_all(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(None, x)

@@ -13,6 +13,7 @@ import torch
 
 from ..config import RunConfig
 from ..data import augment, make_mixture
+from ..digits import background_value, make_digits, shift_images
 from ..losses import make_prototypes
 from ..models import FreeEmbeddings, StackedMLP
 from .fused import supported
@@ -35,13 +36,26 @@ class ChunkState:
     momentum: torch.Tensor
     weight_decay: torch.Tensor
     clop_weight: torch.Tensor
+    nesterov: torch.Tensor | None = None  # (R,) bool
+    lars_trust: torch.Tensor | None = None  # (R,) each
+    beta1: torch.Tensor | None = None
+    beta2: torch.Tensor | None = None
+    eps: torch.Tensor | None = None
 
     def __post_init__(self):
+        fill = lambda v, dt=self.lr.dtype: torch.full_like(self.lr, v, dtype=dt)  # noqa: E731
+        for name in ("lars_trust", "beta1", "beta2", "eps"):  # the defaults, if not given
+            if getattr(self, name) is None:
+                setattr(self, name, fill(getattr(RunConfig, name)))
+        if self.nesterov is None:
+            self.nesterov = fill(False, torch.bool)
         # decided once per chunk, so the step itself never waits on the device
         self.use_momentum = bool((self.momentum != 0).any())
         self.use_weight_decay = bool((self.weight_decay != 0).any())
-        #: free embeddings without momentum or weight decay take the sparse step
-        self.sparse = isinstance(self.model, FreeEmbeddings) and not (self.use_momentum or self.use_weight_decay)
+        self.use_nesterov = bool(self.nesterov.any())
+        #: free embeddings with plain SGD (no momentum, no weight decay) take the sparse step
+        self.sparse = (isinstance(self.model, FreeEmbeddings) and self.runs[0].optimizer == "sgd"
+                       and not (self.use_momentum or self.use_weight_decay))
         #: NT-Xent (+ cosine CLOP) on unit rows: value and gradient in one pass (fused)
         self.fused = supported(self.runs[0], self.lr.dtype)
 
@@ -59,7 +73,8 @@ def build_state(runs: list[RunConfig], device: torch.device, dtype=torch.float32
     mixtures: dict = {}  # runs of a chunk often share their data
     for r in runs:
         if r.data_config() not in mixtures:
-            mixtures[r.data_config()] = make_mixture(r.data_config())
+            mixtures[r.data_config()] = (make_digits(r.data_config()) if r.data == "digits"
+                                         else make_mixture(r.data_config()))
     datas = [mixtures[r.data_config()] for r in runs]
     stack = lambda name, dt=dtype: torch.stack([getattr(d, name) for d in datas]).to(device=device, dtype=dt)  # noqa: E731
     x_train, x_test = stack("x_train"), stack("x_test")
@@ -84,7 +99,7 @@ def build_state(runs: list[RunConfig], device: torch.device, dtype=torch.float32
         views_shape = None
     else:
         model = StackedMLP([s for s, _ in seeds], r0.d, r0.hidden, r0.out_dim, r0.depth,
-                           r0.batch_norm, dtype=dtype)
+                           r0.batch_norm, dtype=dtype, projector=r0.projector_widths)
         views_shape = (r0.d,)
     model = model.to(device)
     stream = StackedStream([BatchStream(bs, n, r0.batch_size, views_shape, r)
@@ -94,7 +109,9 @@ def build_state(runs: list[RunConfig], device: torch.device, dtype=torch.float32
         prototypes = make_prototypes(r0.k, r0.embedding_dim, r0.prototypes).to(device=device, dtype=dtype)
     f = lambda name: _per_run([getattr(r, name) for r in runs], device, dtype)  # noqa: E731
     return ChunkState(runs, model, x_train, y_train, x_test, y_test, stream, prototypes,
-                      f("lr"), f("momentum"), f("weight_decay"), f("clop_weight"))
+                      f("lr"), f("momentum"), f("weight_decay"), f("clop_weight"),
+                      _per_run([r.nesterov for r in runs], device, torch.bool), f("lars_trust"),
+                      f("beta1"), f("beta2"), f("eps"))
 
 
 def draw_batch(state: ChunkState):
@@ -104,6 +121,12 @@ def draw_batch(state: ChunkState):
     if noise is None:
         return idx, labels, None, None
     x = torch.gather(state.x_train, 1, idx[..., None].expand(-1, -1, state.x_train.shape[-1]))
+    shifts = state.stream.shifts
+    if shifts is not None:  # digits: shift each image (background fill), then add the noise
+        fill = background_value()
+        v1 = augment(shift_images(x, shifts[:, 0], fill), noise[:, 0])
+        v2 = augment(shift_images(x, shifts[:, 1], fill), noise[:, 1])
+        return idx, labels, v1, v2
     v1 = augment(x, noise[:, 0], None if signs is None else signs[:, 0])
     v2 = augment(x, noise[:, 1], None if signs is None else signs[:, 1])
     return idx, labels, v1, v2

@@ -37,13 +37,21 @@ class BatchStream:
         return torch.randperm(self.n, generator=self.g)
 
     def noise_block(self):
-        """(noise (BLOCK, 2, B, d), signs (BLOCK, 2, B, 1) or None)."""
+        """(noise (BLOCK, 2, B, d), signs (BLOCK, 2, B, 1) or None, shifts (BLOCK, 2, B, 2)
+        or None). Digits views (``run.data == "digits"`` with ``max_shift > 0``) draw their
+        image shifts (:func:`simulate.digits.draw_shifts`) before the block's noise; mixture
+        views draw noise, then signs."""
+        shifts = None
+        if self.run.data == "digits" and self.run.max_shift > 0:
+            from ..digits import draw_shifts
+
+            shifts = draw_shifts((NOISE_BLOCK, 2, self.b), self.run.max_shift, self.g)
         # noise is drawn in float32 (whatever the chunk's dtype): same law, a fifth of the time
         noise = torch.randn((NOISE_BLOCK, 2, self.b) + self.views_shape, generator=self.g) * self.run.aug_sigma
         signs = None
         if self.run.sign_flip:
             signs = torch.randint(0, 2, (NOISE_BLOCK, 2, self.b, 1), generator=self.g) * 2 - 1
-        return noise, signs
+        return noise, signs, shifts
 
 
 class StackedStream:
@@ -63,20 +71,25 @@ class StackedStream:
         self.perm: torch.Tensor | None = None  # (R, N), this epoch's order
         self.epoch_labels: torch.Tensor | None = None  # (R, N), the labels in that order
         self.new_epoch = False
+        self.shifts: torch.Tensor | None = None
         self._pos = NOISE_BLOCK
 
     def _fill(self):
         blocks = [s.noise_block() for s in self.streams]
         self._noise = torch.stack([b[0] for b in blocks], 1).to(self.device, self.dtype)
-        self._signs = None
+        self._signs = self._shifts = None
         if blocks[0][1] is not None:
             self._signs = torch.stack([b[1] for b in blocks], 1).to(self.device, self.dtype)
+        if any(b[2] is not None for b in blocks):  # a run with max_shift 0 draws no shifts
+            self._shifts = torch.stack([torch.zeros(NOISE_BLOCK, 2, self.b, 2, dtype=torch.int64)
+                                        if b[2] is None else b[2] for b in blocks], 1).to(self.device)
         self._pos = 0
 
     def next(self):
         """(indices (R, B), labels (R, B), noise (R, 2, B, d) or None, signs (R, 2, B, 1) or
         None) of the next step; ``new_epoch`` tells whether it opened an epoch and ``j`` is
-        its batch index."""
+        its batch index; ``shifts`` holds the step's image shifts (R, 2, B, 2) of digits
+        views (None otherwise)."""
         self.new_epoch = self.j == self.per_epoch
         if self.new_epoch:
             self.perm = torch.stack([s.permutation() for s in self.streams]).to(self.device)
@@ -91,6 +104,7 @@ class StackedStream:
             self._fill()
         i = self._pos
         self._pos += 1
+        self.shifts = None if self._shifts is None else self._shifts[i]
         return idx, labels, self._noise[i], None if self._signs is None else self._signs[i]
 
     def batch_slice(self) -> slice:

@@ -1,9 +1,10 @@
 """The training loop of one chunk: runs that share a chunk key train together as one stacked
 program (parameters carry a leading run dimension; one update serves all runs with per-run
-learning rate, momentum, weight decay and CLOP weight).
+learning rate and schedule, optimizer hyper-parameters and CLOP weight).
 
-Free embeddings trained without momentum or weight decay take the sparse step
-(:class:`simulate.engine.update.SparseStep`); the others a dense SGD step through autograd.
+Free embeddings trained by plain SGD (no momentum, no weight decay) take the sparse step
+(:class:`simulate.engine.update.SparseStep`); the others a dense step of the chunk's optimizer
+(:class:`simulate.engine.update.StackedOptimizer`) through autograd.
 
 A run whose loss or parameters become non-finite is marked diverged at that step and frozen;
 its later rows carry ``state = "diverged"`` and NaN metrics. The others go on.
@@ -21,7 +22,7 @@ from ..config import RunConfig, check_device_here, logged_steps, parse_device
 from .evaluate import METRIC_COLUMNS, evaluate, final_embeddings
 from .objective import base_loss_fn, objective
 from .state import ChunkState, build_state, draw_batch, forward_views
-from .update import SparseStep, relative_change, sgd_step
+from .update import SparseStep, StackedOptimizer, relative_change
 
 DIVERGED = "diverged"
 #: changes whenever one configuration would train along a different trajectory (minibatch
@@ -72,7 +73,7 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
     r0, R = runs[0], len(runs)
     loss_fn = base_loss_fn(r0)
     params = list(state.model.parameters())
-    bufs = [torch.zeros_like(p) for p in params]
+    optimizer = StackedOptimizer(state, list(state.model.named_parameters()))
     alive = torch.ones(R, dtype=torch.bool, device=device)
     diverged_step = torch.full((R,), -1, dtype=torch.int64, device=device)
     last_loss = torch.full((R,), math.nan, dtype=torch.float64, device=device)
@@ -108,7 +109,7 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
     for step in range(1, r0.steps + 1):
         idx, labels, v1, v2 = draw_batch(state)
         if sparse is not None:
-            loss, ok = sparse(labels, alive, value=step in logged)
+            loss, ok = sparse(labels, alive, value=step in logged, lr=optimizer.lr_at(step))
             if step in logged:
                 sparse.sync()  # the metrics read the weight
         else:
@@ -117,7 +118,7 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
             finite = torch.isfinite(loss)
             total = torch.where(alive & finite, loss, torch.zeros_like(loss)).sum()
             grads = torch.autograd.grad(total, params)
-            ok = sgd_step(params, grads, bufs, state, alive & finite, first=step == 1)
+            ok = optimizer.step(grads, alive & finite, step)
             if sphere:
                 state.model.renormalise_()
         diverged_step.copy_(torch.where(alive & ~ok, step, diverged_step))

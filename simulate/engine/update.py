@@ -1,12 +1,38 @@
-"""Update rules over stacked parameters: the SGD step (per-run learning rate, momentum,
-weight decay) and the sparse step of free embeddings, which moves only the batch's rows.
+"""Update rules over stacked parameters: the optimizers (``sgd``, ``lars``, ``adam``,
+``adamw``; one update for all runs of a chunk, with per-run hyper-parameters), the per-run
+learning-rate schedule, and the sparse step of free embeddings, which moves only the batch's
+rows.
 
+Every rule acts on parameters with a leading run dimension ``(R, ...)``; the runs of a chunk
+share one optimizer (it is part of the chunk key) but each has its own learning rate, schedule,
+momentum, Nesterov flag, weight decay, betas, eps and LARS trust coefficient (tensors (R,)).
 A run is updated only while it is alive and its new parameters are finite; the rules return
-that per-run mask, and the loop marks the other runs diverged.
+that per-run mask (the other runs keep their parameters and optimizer state), and the loop
+marks the other runs diverged.
+
+The rules, for one run and one parameter tensor ``p`` with gradient ``g`` at update ``t``
+(1-based) and learning rate ``lr_t`` (the schedule's, :func:`schedule_factors`):
+
+* ``sgd``: ``torch.optim.SGD`` (no dampening): ``d = g + wd p``; ``b = d`` at t = 1, else
+  ``b = mu b + d``; ``p -= lr_t (d + mu b)`` with Nesterov, else ``p -= lr_t b``.
+* ``lars``: LARS (You, Gitman, Ginsburg 2017, eq. (6)) in the form of the SimCLR/BYOL
+  reimplementations (lightly's ``lightly.utils.lars.LARS``, solo-learn's ``LARS``): for a
+  weight matrix (each layer, each run) with ``|p| > 0`` and ``|g| > 0``,
+  ``d = eta |p| / (|g| + wd |p| + eps) * (g + wd p)`` (``eta`` = ``lars_trust``, norms over
+  the whole layer of the run); otherwise, and always for biases (and normalisation
+  parameters; the MLP's batch norm has none), ``d = g``: no adaptation, no weight decay.
+  Then the SGD momentum of the line above on ``d`` (Nesterov optional), ``p -= lr_t b``.
+* ``adam``: ``torch.optim.Adam``: ``g += wd p``; ``m = b1 m + (1 - b1) g``,
+  ``v = b2 v + (1 - b2) g^2``; ``p -= lr_t / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
+* ``adamw``: ``torch.optim.AdamW``: ``p *= 1 - lr_t wd`` first, then Adam's step without
+  the L2 term.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 from ..losses.clop import prototype_rows, prototype_weights
@@ -16,27 +42,152 @@ from .state import ChunkState
 from .streams import EpochTable
 
 
+def schedule_factors(steps: int, warmup_steps: int = 0, schedule: str = "constant") -> np.ndarray:
+    """The learning-rate factor of each update ``t = 1 .. steps`` (float64, (steps,)): update
+    ``t <= W`` (``W = warmup_steps``) uses ``t / W``; after it, ``constant`` keeps 1 and
+    ``cosine`` uses ``(1 + cos(pi (t - W - 1) / (steps - W))) / 2``. The same factors as
+    ``SequentialLR([LinearLR(start_factor=1/W, total_iters=W-1), CosineAnnealingLR(
+    T_max=steps-W)], milestones=[W])`` stepped once after every update (without the cosine
+    part for ``constant``; without the warmup part for ``W = 0``)."""
+    t = np.arange(1, steps + 1, dtype=np.float64)
+    w = warmup_steps
+    f = np.ones(steps)
+    if schedule == "cosine":
+        f = 0.5 * (1.0 + np.cos(math.pi * (t - w - 1) / (steps - w)))
+    elif schedule != "constant":
+        raise ValueError(f"schedule must be constant or cosine, got {schedule!r}")
+    if w > 0:
+        f = np.where(t <= w, t / w, f)
+    return f
+
+
+def lr_table(runs, device) -> torch.Tensor | None:
+    """Per-run learning-rate factors (steps, R) float64 on ``device``, or None when every run
+    keeps its learning rate constant (no warmup, constant schedule)."""
+    if all(r.warmup_steps == 0 and r.schedule == "constant" for r in runs):
+        return None
+    steps = runs[0].steps
+    f = np.stack([schedule_factors(steps, r.warmup_steps, r.schedule) for r in runs], 1)
+    return torch.as_tensor(f, device=device)
+
+
+def _col(v: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """A per-run tensor (R,) shaped to broadcast over ``p`` (R, ...)."""
+    return v.view((-1,) + (1,) * (p.dim() - 1))
+
+
 @torch.no_grad()
-def sgd_step(params, grads, bufs, state: ChunkState, alive: torch.Tensor, first: bool) -> torch.Tensor:
-    """``torch.optim.SGD`` semantics (no dampening, no Nesterov) with per-run hyper-parameters,
-    over stacked parameters. A run is updated only if it is alive and its new parameters are
-    all finite; returns that per-run mask (the others keep their parameters and buffers)."""
+def sgd_step(params, grads, bufs, state: ChunkState, alive: torch.Tensor, first: bool,
+             lr: torch.Tensor | None = None) -> torch.Tensor:
+    """``torch.optim.SGD`` semantics (no dampening; Nesterov per run) with per-run
+    hyper-parameters, over stacked parameters; ``lr`` (R,) this update's learning rate (None:
+    ``state.lr``). A run is updated only if it is alive and its new parameters are all finite;
+    returns that per-run mask (the others keep their parameters and buffers)."""
     R = alive.shape[0]
+    lr = state.lr if lr is None else lr
     use_wd, use_mom = state.use_weight_decay, state.use_momentum
     new_p, new_b = [], []
     for p, g, buf in zip(params, grads, bufs):
-        shape = (-1,) + (1,) * (p.dim() - 1)
-        d_p = g + state.weight_decay.view(shape) * p if use_wd else g
-        b = d_p if (first or not use_mom) else buf * state.momentum.view(shape) + d_p
-        new_p.append(p - state.lr.view(shape) * b)
+        d_p = g + _col(state.weight_decay, p) * p if use_wd else g
+        b = d_p if (first or not use_mom) else buf * _col(state.momentum, p) + d_p
+        step = b
+        if state.use_nesterov:
+            step = torch.where(_col(state.nesterov, p), d_p + _col(state.momentum, p) * b, b)
+        new_p.append(p - _col(lr, p) * step)
         new_b.append(b)
+    return _commit(params, new_p, [(bufs, new_b)] if use_mom else [], alive, R)
+
+
+def _commit(params, new_p, states, alive, R) -> torch.Tensor:
+    """Write the new parameters (and optimizer state: pairs of (old list, new list)) of the
+    runs that are alive and finite; return that mask."""
     ok = alive & finite_per_run(new_p, R)  # non-finite gradients or buffers reach the parameters
-    for p, buf, u, b in zip(params, bufs, new_p, new_b):
-        keep = ok.view((-1,) + (1,) * (p.dim() - 1))
-        p.copy_(torch.where(keep, u, p))
-        if use_mom:
-            buf.copy_(torch.where(keep, b, buf))
+    for i, p in enumerate(params):
+        keep = _col(ok, p)
+        p.copy_(torch.where(keep, new_p[i], p))
+        for old, new in states:
+            old[i].copy_(torch.where(keep, new[i], old[i]))
     return ok
+
+
+class StackedOptimizer:
+    """One optimizer for all runs of a chunk (see the module docstring for the rules).
+
+    Args:
+        state: the chunk (per-run hyper-parameters as tensors (R,); ``runs[0].optimizer``).
+        named_params: ``(name, parameter)`` pairs of the model; LARS leaves the parameters
+            whose name contains ``bias`` out of adaptation and weight decay.
+    """
+
+    def __init__(self, state: ChunkState, named_params):
+        self.state = state
+        self.kind = state.runs[0].optimizer
+        self.names = [n for n, _ in named_params]
+        self.params = [p for _, p in named_params]
+        self.adapt = ["bias" not in n for n in self.names]
+        zeros = lambda: [torch.zeros_like(p) for p in self.params]  # noqa: E731
+        self.bufs = zeros()
+        if self.kind in ("adam", "adamw"):
+            self.exp_avg, self.exp_avg_sq = zeros(), zeros()
+        self.lr_table = lr_table(state.runs, state.lr.device)
+
+    def lr_at(self, t: int) -> torch.Tensor:
+        """Learning rate (R,) of update ``t`` (1-based), in the parameters' dtype."""
+        if self.lr_table is None:
+            return self.state.lr
+        return (self.state.lr.double() * self.lr_table[t - 1]).to(self.state.lr.dtype)
+
+    @torch.no_grad()
+    def step(self, grads, alive: torch.Tensor, t: int) -> torch.Tensor:
+        """Update ``t`` (1-based) with ``grads``; returns the per-run mask of the runs updated."""
+        lr = self.lr_at(t)
+        if self.kind == "sgd":
+            return sgd_step(self.params, grads, self.bufs, self.state, alive, first=t == 1, lr=lr)
+        if self.kind == "lars":
+            return self._lars(grads, alive, t, lr)
+        return self._adam(grads, alive, t, lr)
+
+    def _lars(self, grads, alive, t, lr):
+        s = self.state
+        R = alive.shape[0]
+        new_p, new_b = [], []
+        for p, g, buf, adapt in zip(self.params, grads, self.bufs, self.adapt):
+            d_p = g
+            if adapt:
+                wd = _col(s.weight_decay, p)
+                w_norm = p.reshape(R, -1).norm(dim=1)
+                g_norm = g.reshape(R, -1).norm(dim=1)
+                trust = s.lars_trust * w_norm / (g_norm + s.weight_decay * w_norm + s.eps)
+                use = _col((w_norm > 0) & (g_norm > 0), p)  # else: no adaptation, no decay
+                d_p = torch.where(use, (g + wd * p) * _col(trust, p), g)
+            b = d_p if t == 1 else buf * _col(s.momentum, p) + d_p
+            step = torch.where(_col(s.nesterov, p), d_p + _col(s.momentum, p) * b, b) if s.use_nesterov else b
+            new_p.append(p - _col(lr, p) * step)
+            new_b.append(b)
+        return _commit(self.params, new_p, [(self.bufs, new_b)], alive, R)
+
+    def _adam(self, grads, alive, t, lr):
+        s = self.state
+        R = alive.shape[0]
+        b1, b2, eps = s.beta1, s.beta2, s.eps
+        c1 = 1 - b1 ** t  # bias corrections (R,)
+        c2_sqrt = (1 - b2 ** t).sqrt()
+        decoupled = self.kind == "adamw"
+        new_p, new_m, new_v = [], [], []
+        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
+            wd = _col(s.weight_decay, p)
+            base = p
+            if decoupled:
+                base = p * (1 - _col(lr, p) * wd)
+            elif s.use_weight_decay:
+                g = g + wd * p
+            m2 = torch.lerp(m, g, _col(1 - b1, p))
+            v2 = v * _col(b2, p) + _col(1 - b2, p) * g * g
+            denom = v2.sqrt() / _col(c2_sqrt, p) + _col(eps, p)
+            new_p.append(base - _col(lr / c1, p) * m2 / denom)
+            new_m.append(m2)
+            new_v.append(v2)
+        return _commit(self.params, new_p, [(self.exp_avg, new_m), (self.exp_avg_sq, new_v)], alive, R)
 
 
 def relative_change(params, previous) -> torch.Tensor:
@@ -60,7 +211,7 @@ def finite_per_run(tensors, runs: int) -> torch.Tensor:
 
 
 class SparseStep:
-    """Plain SGD (no momentum, no weight decay) on free embeddings, touching only the rows of
+    """Plain SGD (no momentum, no weight decay; any schedule) on free embeddings, touching only the rows of
     the batch: the same update as the dense step, whose gradient is zero on every other row.
     The rows live in an :class:`EpochTable` (the model's weight is brought up to date by
     :meth:`sync`); NT-Xent with or without cosine CLOP takes the fused value and gradient,
@@ -77,8 +228,8 @@ class SparseStep:
     def sync(self) -> None:
         self.table.sync()
 
-    def __call__(self, labels, alive, value: bool = True):
-        """One step. Returns (per-run loss, or None when ``value`` is False and the fused
+    def __call__(self, labels, alive, value: bool = True, lr: torch.Tensor | None = None):
+        """One step at the learning rate ``lr`` (R,) (None: ``state.lr``). Returns (per-run loss, or None when ``value`` is False and the fused
         path can skip it; per-run mask of the runs updated). A non-finite loss always shows
         in the gradient (through ``log zsum``, ``P = e / zsum`` or the rows), so the update
         check finds it."""
@@ -106,7 +257,7 @@ class SparseStep:
             total = torch.where(alive & finite, loss, torch.zeros_like(loss)).sum()
             (g,) = torch.autograd.grad(total, [leaf])
         with torch.no_grad():
-            upd = torch.addcmul(z, state.lr.view(-1, 1, 1), g, value=-1.0)
+            upd = torch.addcmul(z, (state.lr if lr is None else lr).view(-1, 1, 1), g, value=-1.0)
             if self.sphere:
                 upd = torch.nn.functional.normalize(upd, dim=-1)
             ok = alive & finite & finite_per_run([upd], R)

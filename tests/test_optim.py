@@ -1,0 +1,304 @@
+"""The stacked optimizers and learning-rate schedules against independent references.
+
+Every optimizer updates all runs of a chunk at once with per-run hyper-parameters; each run
+must follow the reference of its own configuration over 100 steps to 1e-6 in float64:
+``torch.optim.SGD`` / ``Adam`` / ``AdamW`` run per configuration, and for LARS a slow
+per-layer loop written from the formula (You et al. 2017, as lightly and solo-learn implement
+it for SimCLR/BYOL: trust ratio eta |w| / (|g| + wd |w| + eps) per layer, biases left out of
+adaptation and weight decay, then SGD momentum). A run whose update turns non-finite stops,
+and its chunk-mates go on as if alone. The schedules equal ``torch.optim.lr_scheduler``.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from simulate.config import SpecError, expand
+from simulate.engine import train_chunk
+from simulate.engine.objective import base_loss_fn, objective
+from simulate.engine.state import build_state, draw_batch, forward_views
+from simulate.engine.update import StackedOptimizer, schedule_factors
+
+STEPS = 100
+#: a tiny MLP chunk (the optimizer tests only use its parameters and per-run tensors)
+NET = dict(model="mlp", k=2, d=5, per_class=4, hidden=4, depth=2, out_dim=3, batch_size=4,
+           holdout_fraction=0.0, steps=STEPS, log_every=STEPS)
+
+GRIDS = {
+    "sgd": [dict(lr=0.05), dict(lr=0.2, momentum=0.9), dict(lr=0.1, momentum=0.5, nesterov=True,
+            weight_decay=0.01), dict(lr=0.03, weight_decay=0.1, warmup_steps=10, schedule="cosine")],
+    "lars": [dict(lr=0.5, momentum=0.9), dict(lr=2.0, momentum=0.9, weight_decay=1e-3, lars_trust=0.01),
+             dict(lr=1.0, momentum=0.5, nesterov=True, weight_decay=1e-6, warmup_steps=20,
+                  schedule="cosine"), dict(lr=0.3, lars_trust=0.02, eps=1e-3)],
+    "adam": [dict(lr=1e-3), dict(lr=1e-2, beta1=0.5, beta2=0.99, eps=1e-6), dict(lr=3e-3, weight_decay=0.1),
+             dict(lr=1e-2, warmup_steps=10, schedule="cosine")],
+    "adamw": [dict(lr=1e-3, weight_decay=0.01), dict(lr=1e-2, weight_decay=0.5, beta1=0.8),
+              dict(lr=3e-3, beta2=0.9, eps=1e-4, warmup_steps=5)],
+}
+
+
+def _runs(optimizer, grid):
+    return [expand({**NET, "optimizer": optimizer, "seed": i, **g})[0] for i, g in enumerate(grid)]
+
+
+def _loss(named, x, t):
+    """A per-run regression loss through the MLP layers (R,): mean((f(x) - t)^2) with
+    f = W1 relu(W0 x + b0) + b1, in whatever stacking ``named`` holds."""
+    p = dict(named)
+    h = torch.relu(torch.baddbmm(p["biases.0"], x, p["weights.0"]))
+    out = torch.baddbmm(p["biases.1"], h, p["weights.1"])
+    return ((out - t) ** 2).mean((1, 2))
+
+
+def _problem(R):
+    """Inputs (R, 8, 5) and targets (R, 8, 3): one draw, the same for every run, so that a
+    reference trained alone (R = 1) sees its run's problem."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 5, generator=g, dtype=torch.float64)
+    t = torch.randn(1, 8, 3, generator=g, dtype=torch.float64)
+    return x.expand(R, -1, -1), t.expand(R, -1, -1)
+
+
+def _stacked(runs, steps=STEPS, poison=None):
+    """The engine's optimizer over the chunk ``runs`` (float64); ``poison = (run, step)``
+    makes that run's gradient NaN at that step. Returns the parameters after every step
+    ({name: (steps + 1, R, ...)}) and the per-step update masks (steps, R)."""
+    state = build_state(runs, torch.device("cpu"), torch.float64)
+    named = list(state.model.named_parameters())
+    opt = StackedOptimizer(state, named)
+    x, t = _problem(len(runs))
+    alive = torch.ones(len(runs), dtype=torch.bool)
+    history = {n: [p.detach().clone()] for n, p in named}
+    masks = []
+    for step in range(1, steps + 1):
+        loss = _loss(named, x, t)
+        grads = list(torch.autograd.grad(loss.sum(), [p for _, p in named]))
+        if poison is not None and step == poison[1]:
+            grads[0] = grads[0].clone()
+            grads[0][poison[0]] = math.nan
+        ok = opt.step(grads, alive, step)
+        alive = alive & ok
+        masks.append(ok.clone())
+        for n, p in named:
+            history[n].append(p.detach().clone())
+    return {n: torch.stack(v) for n, v in history.items()}, torch.stack(masks)
+
+
+def _torch_scheduler(opt, run):
+    """The reference schedule: LinearLR warmup then CosineAnnealingLR (SequentialLR)."""
+    S = torch.optim.lr_scheduler
+    w = run.warmup_steps
+    parts = []
+    if w > 0:
+        parts.append(S.LinearLR(opt, start_factor=1.0 / w, end_factor=1.0, total_iters=w - 1))
+    if run.schedule == "cosine":
+        parts.append(S.CosineAnnealingLR(opt, T_max=run.steps - w, eta_min=0.0))
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return S.SequentialLR(opt, parts, milestones=[w])
+
+
+def _lars_reference(params, grads, bufs, run, lr, first):
+    """LARS, one run, one layer at a time, from the formula (plain Python floats for the
+    norms)."""
+    for name in params:
+        p, g = params[name], grads[name]
+        d = g
+        if "bias" not in name:
+            w_norm, g_norm = float(p.norm()), float(g.norm())
+            if w_norm > 0 and g_norm > 0:
+                trust = run.lars_trust * w_norm / (g_norm + run.weight_decay * w_norm + run.eps)
+                d = (g + run.weight_decay * p) * trust
+        if run.momentum > 0:
+            bufs[name] = d.clone() if first else run.momentum * bufs[name] + d
+            d = d + run.momentum * bufs[name] if run.nesterov else bufs[name]
+        params[name] = p - lr * d
+
+
+def _reference(run, init, steps=STEPS):
+    """One configuration alone: its own parameters (R = 1) and its reference optimizer.
+    Returns {name: (steps + 1, ...)}."""
+    params = {n: v.clone().unsqueeze(0).requires_grad_(True) for n, v in init.items()}
+    x, t = (a[:1] for a in _problem(1))  # each run's problem is the same draw
+    history = {n: [v.detach()[0].clone()] for n, v in params.items()}
+    if run.optimizer == "lars":
+        bufs, base = {}, run.lr
+        factors = schedule_factors(steps, run.warmup_steps, run.schedule)
+        for step in range(1, steps + 1):
+            live = {n: v.detach().requires_grad_(True) for n, v in params.items()}
+            loss = _loss(live.items(), x, t).sum()
+            grads = dict(zip(live, torch.autograd.grad(loss, list(live.values()))))
+            params = {n: v.detach() for n, v in live.items()}
+            _lars_reference(params, grads, bufs, run, base * factors[step - 1], step == 1)
+            for n in params:
+                history[n].append(params[n][0].clone())
+        return {n: torch.stack(v) for n, v in history.items()}
+    plist = list(params.values())
+    if run.optimizer == "sgd":
+        opt = torch.optim.SGD(plist, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay,
+                              nesterov=run.nesterov)
+    else:
+        cls = torch.optim.Adam if run.optimizer == "adam" else torch.optim.AdamW
+        opt = cls(plist, lr=run.lr, betas=(run.beta1, run.beta2), eps=run.eps, weight_decay=run.weight_decay)
+    sched = _torch_scheduler(opt, run)
+    for _ in range(steps):
+        opt.zero_grad()
+        _loss(params.items(), x, t).sum().backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        for n, v in params.items():
+            history[n].append(v.detach()[0].clone())
+    return {n: torch.stack(v) for n, v in history.items()}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_schedulers():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # SequentialLR's epoch-argument notice
+        yield
+
+
+@pytest.mark.parametrize("optimizer", list(GRIDS))
+def test_stacked_optimizer_equals_reference_per_configuration(optimizer):
+    runs = _runs(optimizer, GRIDS[optimizer])
+    got, masks = _stacked(runs)
+    assert bool(masks.all())
+    for i, run in enumerate(runs):
+        init = {n: h[0, i] for n, h in got.items()}
+        want = _reference(run, init)
+        for n in got:
+            diff = float((got[n][:, i] - want[n]).abs().max())
+            assert diff <= 1e-6, (run.optimizer, i, n, diff)
+        # the run really moved (the comparison is not of two frozen trajectories)
+        assert float((got["weights.0"][-1, i] - got["weights.0"][0, i]).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("optimizer", list(GRIDS))
+def test_a_diverging_run_does_not_disturb_its_chunk_mates(optimizer):
+    """Run 1's gradient turns NaN at step 40 (and, for sgd and lars, run 2's learning rate is
+    so large that it overflows): those runs stop (their parameters keep their last finite
+    values), and the others equal a chunk without them, bit for bit."""
+    grid = [dict(g) for g in GRIDS[optimizer][:3]]
+    if optimizer in ("sgd", "lars"):
+        grid[2] = {**grid[2], "lr": 1e150}
+    runs = _runs(optimizer, grid)
+    got, masks = _stacked(runs, steps=60, poison=(1, 40))
+    alone, _ = _stacked([runs[0]], steps=60)
+    assert bool(masks[:39, 1].all()) and not bool(masks[39:, 1].any())
+    for n in got:
+        assert torch.equal(got[n][:, 0], alone[n][:, 0])
+        assert torch.equal(got[n][40:, 1], got[n][39:40, 1].expand_as(got[n][40:, 1]))
+        assert bool(torch.isfinite(got[n][:, 1]).all())
+    if optimizer in ("sgd", "lars"):
+        assert not bool(masks[:, 2].all())
+        for n in got:
+            assert bool(torch.isfinite(got[n][:, 2]).all())
+
+
+@pytest.mark.parametrize("steps, warmup, schedule", [(50, 0, "cosine"), (50, 10, "cosine"),
+                                                     (30, 7, "constant"), (20, 0, "constant"),
+                                                     (40, 39, "cosine"), (10, 10, "constant")])
+def test_schedule_equals_torch_lr_scheduler(steps, warmup, schedule):
+    run = expand({**NET, "steps": steps, "warmup_steps": warmup, "schedule": schedule, "lr": 0.3})[0]
+    p = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=run.lr)
+    sched = _torch_scheduler(opt, run)
+    want = []
+    for _ in range(steps):
+        want.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if sched is not None:
+            sched.step()
+    got = run.lr * schedule_factors(steps, warmup, schedule)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    # the engine's per-run table: runs of different schedules in one chunk
+    runs = expand({**NET, "steps": steps, "lr": [0.3, 0.05], "warmup_steps": [0, warmup],
+                   "schedule": ["constant", schedule], "seed": 0})
+    state = build_state(runs, torch.device("cpu"), torch.float64)
+    opt2 = StackedOptimizer(state, list(state.model.named_parameters()))
+    table = torch.stack([opt2.lr_at(t) for t in range(1, steps + 1)])
+    for i, r in enumerate(runs):
+        np.testing.assert_allclose(table[:, i].numpy(),
+                                   r.lr * schedule_factors(steps, r.warmup_steps, r.schedule), rtol=1e-15)
+
+
+def _engine_reference(run):
+    """One configuration through the engine's own minibatches and loss, with torch.optim (and
+    for LARS the slow reference) and the torch schedulers: the per-configuration script."""
+    chunk = build_state([run], torch.device("cpu"), torch.float64)
+    named = list(chunk.model.named_parameters())
+    loss_fn = base_loss_fn(run)
+    if run.optimizer == "lars":
+        params = {n: p.detach().clone() for n, p in named}
+        bufs, factors = {}, schedule_factors(run.steps, run.warmup_steps, run.schedule)
+        for step in range(1, run.steps + 1):
+            idx, labels, v1, v2 = draw_batch(chunk)
+            z1, z2 = forward_views(chunk, idx, v1, v2)
+            loss = objective(chunk, loss_fn, torch.cat([z1, z2], 1), labels).sum()
+            grads = dict(zip(params, torch.autograd.grad(loss, [p for _, p in named])))
+            _lars_reference(params, grads, bufs, run, run.lr * factors[step - 1], step == 1)
+            with torch.no_grad():
+                for n, p in named:
+                    p.copy_(params[n])
+        return {n: p.detach()[0] for n, p in named}
+    plist = [p for _, p in named]
+    if run.optimizer == "sgd":
+        opt = torch.optim.SGD(plist, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay,
+                              nesterov=run.nesterov)
+    else:
+        cls = torch.optim.Adam if run.optimizer == "adam" else torch.optim.AdamW
+        opt = cls(plist, lr=run.lr, betas=(run.beta1, run.beta2), eps=run.eps, weight_decay=run.weight_decay)
+    sched = _torch_scheduler(opt, run)
+    for _ in range(run.steps):
+        idx, labels, v1, v2 = draw_batch(chunk)
+        z1, z2 = forward_views(chunk, idx, v1, v2)
+        loss = objective(chunk, loss_fn, torch.cat([z1, z2], 1), labels).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+    return {n: p.detach()[0] for n, p in named}
+
+
+@pytest.mark.parametrize("optimizer, model, extra", [
+    ("lars", "mlp", dict(momentum=0.9, lr=[0.3, 3.0], weight_decay=1e-6, warmup_steps=4, schedule="cosine",
+                         projector_dims="6,4")),
+    ("adam", "free", dict(lr=[1e-3, 1e-2], warmup_steps=[0, 3], schedule="cosine")),
+    ("adamw", "mlp", dict(lr=[1e-3, 1e-2], weight_decay=0.05)),
+    ("sgd", "free", dict(lr=[0.1, 1.0], warmup_steps=3, schedule="cosine")),  # the sparse step
+])
+def test_training_loop_equals_per_configuration_script(optimizer, model, extra):
+    """train_chunk with an optimizer and a schedule equals each configuration trained alone by
+    the reference optimizer on the engine's minibatches (float64, NT-Xent + CLOP)."""
+    spec = {**NET, "model": model, "d": 6, "k": 3, "per_class": 8, "hidden": 8, "out_dim": 6,
+            "batch_size": 6, "steps": 15, "log_every": 5, "loss": "ntxent", "clop_weight": 0.5,
+            "label_fraction": 0.5, "optimizer": optimizer, **extra}
+    runs = expand(spec)
+    result = train_chunk(runs, dtype=torch.float64)
+    assert result.state.sparse == (model == "free" and optimizer == "sgd")
+    named = dict(result.model.named_parameters())
+    for i, run in enumerate(runs):
+        want = _engine_reference(run)
+        for n, v in want.items():
+            assert float((named[n][i] - v).abs().max()) <= 1e-6, (run, n)
+        assert not any(r["diverged"] for r in result.rows)
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"optimizer": "rmsprop"}, "optimizer"), ({"nesterov": True}, "nesterov"),
+    ({"optimizer": "adam", "momentum": 0.9}, "momentum"), ({"beta1": 1.0}, "beta1"),
+    ({"beta2": -0.1}, "beta2"), ({"eps": 0.0}, "eps"), ({"lars_trust": 0}, "lars_trust"),
+    ({"schedule": "step"}, "schedule"), ({"warmup_steps": -1}, "warmup_steps"),
+    ({"warmup_steps": 100, "schedule": "cosine"}, "warmup_steps"),
+    ({"warmup_steps": 101}, "warmup_steps"),
+])
+def test_bad_optimizer_fields_are_refused_by_name(bad, field):
+    with pytest.raises(SpecError, match=field):
+        expand({**NET, **bad})
