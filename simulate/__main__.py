@@ -72,6 +72,19 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "sign_flip": "random sign per view (true/false)", "holdout_fraction": "held-out fraction",
         "data_seed": "seed of the data", "seed": "seed of initialisation and minibatches",
         "name": "free-form label",
+        "optimizer": "sgd | lars | adam | adamw (one per chunk; hyper-parameters per run)",
+        "nesterov": "Nesterov momentum for sgd and lars (true/false; needs momentum > 0)",
+        "lars_trust": "LARS trust coefficient eta > 0 (trust ratio eta*|w|/(|g| + wd*|w| + eps) per layer)",
+        "beta1": "Adam/AdamW first-moment coefficient in [0, 1)",
+        "beta2": "Adam/AdamW second-moment coefficient in [0, 1)",
+        "eps": "Adam/AdamW denominator term > 0 (also in the LARS trust-ratio denominator)",
+        "warmup_steps": "linear warmup: update t <= W uses lr*t/W (0: none)",
+        "schedule": "learning-rate schedule after the warmup: constant | cosine (to 0 at the last step)",
+        "spectrum_every": "log the singular-value spectra at logged steps that are multiples of this, "
+                          "step 0 and the last (none: every logged step)",
+        "projector_dims": "MLP projector head widths, comma-separated such as 64,16 (empty or none: no projector)",
+        "data": "mixture | digits (scikit-learn's 8x8 digits, shipped; model mlp, d = 64)",
+        "max_shift": "digits views: largest shift per image axis in pixels, 0..7",
     }
     for f in dataclasses.fields(RunConfig):
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_field_type(f),
