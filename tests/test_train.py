@@ -241,3 +241,98 @@ def test_init_norm_sets_every_free_row_and_is_refused_elsewhere():
     for bad in ({"update_mode": "sphere"}, {"model": "mlp"}, {"init_norm": 0.0}):
         with pytest.raises(SpecError, match="init_norm"):
             expand({**base, "init_norm": 2.0, **bad})
+
+
+# ---------------------------------------------------------------------- projector, diagnostics, digits
+def _numpy_std_l2(e):
+    """lightly's std_of_l2_normalized, in numpy: mean over dims of the unbiased std of the
+    l2-normalised rows."""
+    u = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    return u.std(axis=0, ddof=1).mean()
+
+
+def test_projector_head_logs_representation_and_projection():
+    """With projector_dims the loss sees the projection (CLOP prototypes in its width) and the
+    rows carry the diagnostics of both: std of l2-normalised rows, collapse level, effective
+    rank and spectra, each recomputed here from the final parameters with numpy."""
+    runs = expand({**SMALL, "model": "mlp", "projector_dims": "12,5", "clop_weight": 0.5, "k": 3,
+                   "label_fraction": 0.5, "optimizer": "lars", "momentum": 0.9, "lr": [0.5, 2.0]})
+    assert runs[0].embedding_dim == 5
+    result = train_chunk(runs, dtype=torch.float64)
+    state = result.state
+    assert state.prototypes.shape == (3, 5)
+    df = pd.DataFrame(result.rows)
+    last = df[df.step == runs[0].steps].reset_index(drop=True)
+    # the layers, evaluated by hand: encoder (3 layers, ReLU) then projector (2 layers, ReLU)
+    p = dict(result.model.named_parameters())
+    for i in range(len(runs)):
+        h = state.x_train[i].numpy()
+        for j in range(3):
+            h = h @ p[f"weights.{j}"][i].detach().numpy() + p[f"biases.{j}"][i, 0].detach().numpy()
+            h = np.maximum(h, 0) if j < 2 else h
+        z = np.maximum(h @ p["proj_weights.0"][i].detach().numpy() + p["proj_biases.0"][i, 0].detach().numpy(), 0)
+        z = z @ p["proj_weights.1"][i].detach().numpy() + p["proj_biases.1"][i, 0].detach().numpy()
+        assert h.shape[1] == 8 and z.shape[1] == 5
+        for prefix, e in (("", z), ("repr_", h)):
+            row = last.iloc[i]
+            assert row[f"{prefix}std_l2_normalized"] == pytest.approx(_numpy_std_l2(e), rel=1e-9)
+            level = max(0.0, 1 - math.sqrt(e.shape[1]) * _numpy_std_l2(e))
+            assert row[f"{prefix}collapse_level"] == pytest.approx(level, rel=1e-9, abs=1e-12)
+            s = np.linalg.svd(e, compute_uv=False)
+            np.testing.assert_allclose(row[f"{prefix}spectrum"], s / s.sum(), rtol=1e-9, atol=1e-12)
+            if prefix:
+                q = s / s.sum() + 1e-7
+                assert row.repr_effective_rank == pytest.approx(math.exp(-(q * np.log(q)).sum()), rel=1e-9)
+    assert df.repr_knn_acc.notna().sum() == 2 * len(runs)  # first and last logged step
+
+
+def test_without_projector_the_repr_columns_are_nan_and_spectra_follow_spectrum_every():
+    runs = expand({**SMALL, "model": ["mlp", "free"], "spectrum_every": 8})
+    for run in runs:
+        df = pd.DataFrame(train_chunk([run]).rows)
+        assert df.repr_effective_rank.isna().all() and df.repr_spectrum.isna().all()
+        logged = df[df.spectrum.notna()].step.tolist()
+        assert logged == [0, 8, 12]  # multiples of 8, and the last step
+        width = min(run.embedding_dim, 2 * run.per_class * run.k if run.model == "free" else 99)
+        assert all(len(v) == width and abs(sum(v) - 1) < 1e-9 for v in df.spectrum.dropna())
+        assert df.std_l2_normalized.notna().all() and df.collapse_level.between(0, 1).all()
+
+
+def test_digits_views_come_from_each_runs_own_stream():
+    """data: digits trains an MLP on 64 pixels; a run's shifted, noisy views (drawn in its
+    own stream) and so its whole row set do not depend on its chunk-mates."""
+    from simulate.digits import DigitsConfig, make_digits
+
+    spec = {**SMALL, "model": "mlp", "data": "digits", "d": 64, "k": 3, "per_class": 20, "batch_size": 8,
+            "max_shift": [0, 2], "seed": [0, 1], "label_fraction": 0.5}
+    runs = expand(spec)
+    assert all(r.d == 64 for r in runs)
+    chunk = build_state(runs, torch.device("cpu"))
+    want = make_digits(DigitsConfig(k=3, per_class=20, label_fraction=0.5, max_shift=2))
+    assert torch.equal(chunk.x_train[0], want.x_train.float())
+    idx, _, v1, v2 = draw_batch(chunk)
+    x = chunk.x_train.gather(1, idx[..., None].expand(-1, -1, 64))
+    # without shifts the views are the images plus small noise (std aug_sigma); with shifts,
+    # ink moves to other pixels
+    for i, r in enumerate(runs):
+        for v in (v1, v2):
+            big = float((v[i] - x[i]).abs().max())
+            assert (big > 1.0) == (r.max_shift > 0), (r.max_shift, big)
+    together = _frame(train_chunk(runs).rows)
+    alone = _frame([row for r in runs for row in train_chunk([r]).rows])
+    pd.testing.assert_frame_equal(together, alone, check_exact=True)
+
+
+def test_runs_of_every_optimizer_are_the_same_in_any_chunk():
+    """Runs with different hyper-parameters in one chunk give exactly the rows they give alone
+    (the optimizer is part of the chunk key; everything else per run)."""
+    runs = []
+    for opt, extra in (("lars", {"momentum": [0.0, 0.9], "lars_trust": 1e-2}),
+                       ("adam", {"beta1": [0.5, 0.9], "warmup_steps": 4, "schedule": "cosine"}),
+                       ("adamw", {"weight_decay": [0.0, 0.1], "eps": 1e-3})):
+        runs += expand({**SMALL, "model": ["mlp", "free"], "optimizer": opt, "lr": 0.05,
+                        "clop_weight": 0.5, "label_fraction": 0.5, **extra})
+    assert len({r.chunk_key() for r in runs}) == 6
+    together = _frame([row for group in _groups(runs) for row in train_chunk(group).rows])
+    alone = _frame([row for r in runs for row in train_chunk([r]).rows])
+    pd.testing.assert_frame_equal(together, alone, check_exact=True)

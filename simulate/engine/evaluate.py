@@ -1,6 +1,20 @@
 """Evaluation at logged steps: per-run metrics of the embeddings of every training point
 (float64), kNN and linear-probe accuracy at the first and last logged step, and the export of
-final embeddings."""
+final embeddings.
+
+The *embeddings* are the rows the loss sees: free embeddings, the MLP's output, or with a
+projector head the projection. With a projector the *representation* (the encoder's output,
+before the projector) is measured too, in the ``repr_*`` columns (NaN without a projector):
+dimensional collapse (Jing et al., ICLR 2022) shows in its spectrum and effective rank.
+
+Spectra (:data:`SPECTRUM_COLUMNS`) are lists of floats, one per row of the table: the
+singular values of the uncentred embedding matrix of all training points, divided by their sum
+(:func:`simulate.metrics.singular_value_spectrum`, ``normalize="sum"``: the distribution
+inside the effective rank), descending, ``min(N, D)`` values; they are logged at the steps
+``spectrum_every`` chooses (every logged step by default) and are None (null in Parquet) at
+the others. In Parquet they are ``list<double>`` columns; ``np.stack(df.spectrum.dropna())``
+gives a matrix.
+"""
 
 from __future__ import annotations
 
@@ -18,22 +32,49 @@ from .update import finite_per_run
 METRIC_COLUMNS = (
     "effective_rank", "variance", "mean_cos", "max_cos", "mean_norm", "proto_cos",
     "min_class_angle", "knn_acc", "probe_acc",
+    # the field's collapse diagnostics (SimSiam; lightly's std_of_l2_normalized)
+    "std_l2_normalized", "collapse_level",
+    # the representation before a projector head (NaN without one)
+    "repr_effective_rank", "repr_std_l2_normalized", "repr_collapse_level", "repr_knn_acc",
+    "repr_probe_acc",
 )
+#: per-run lists of floats logged at the steps ``spectrum_every`` chooses (None elsewhere)
+SPECTRUM_COLUMNS = ("spectrum", "repr_spectrum")
+
+
+def spectrum_logged(run, step: int) -> bool:
+    """Whether ``run`` logs its spectra at the logged step ``step``: every logged step when
+    ``spectrum_every`` is None, else its multiples, step 0 and the last step."""
+    every = run.spectrum_every
+    return every is None or step % every == 0 or step == run.steps
+
+
+def _probes(train, y_train, test, y_test, k):
+    tr_u = torch.nn.functional.normalize(train.double(), dim=-1)
+    te_u = torch.nn.functional.normalize(test.double(), dim=-1)
+    return (M.knn_accuracy(tr_u, y_train, te_u, y_test, k),
+            M.linear_probe_accuracy(tr_u, y_train, te_u, y_test, k))
 
 
 @torch.no_grad()
-def evaluate(state: ChunkState, final: bool) -> dict:
+def evaluate(state: ChunkState, final: bool, spectra: bool = True) -> dict:
     """Per-run metrics of the embeddings of all training points (float64). With ``final``
     (the first and the last logged step), also kNN and linear-probe accuracy on the held-out
-    points (MLP encoders; free embeddings have no held-out points: NaN)."""
+    points (MLP encoders; free embeddings have no held-out points: NaN). With ``spectra``,
+    also the spectra (R, L) of :data:`SPECTRUM_COLUMNS` (None without a projector)."""
     model = state.model
+    rep = None  # the representation before a projector head
     if isinstance(model, FreeEmbeddings):
         emb = model.weight
         y = torch.cat([state.y_train, state.y_train], 1)
     else:
-        emb = model.embed_all(state.x_train)
+        if model.has_projector:
+            rep = model.represent(state.x_train)
+            emb = model.project(rep)
+        else:
+            emb = model.embed_all(state.x_train)
         y = state.y_train
-    finite = finite_per_run([emb], emb.shape[0])
+    finite = finite_per_run([emb] if rep is None else [emb, rep], emb.shape[0])
     emb = torch.where(finite.view(-1, 1, 1), emb, torch.ones_like(emb))  # keep linalg defined
     e64 = emb.double()  # the metrics work in float64 (max_cos in the embeddings' dtype)
     u64 = torch.nn.functional.normalize(e64, dim=-1)
@@ -49,19 +90,35 @@ def evaluate(state: ChunkState, final: bool) -> dict:
     nan = torch.full_like(out["mean_norm"], math.nan)
     # prototypes exist only in chunks whose runs use CLOP (part of the chunk key)
     out["proto_cos"] = nan if state.prototypes is None else M.prototype_cosine(u64, y, state.prototypes, unit=True)
-    out["knn_acc"], out["probe_acc"] = nan, nan
+    out["std_l2_normalized"] = M.std_of_l2_normalized(e64)
+    out["collapse_level"] = M.collapse_level(e64)
+    out["spectrum"] = M.singular_value_spectrum(e64) if spectra else None
+    out["repr_spectrum"] = None
+    for name in ("knn_acc", "probe_acc", "repr_effective_rank", "repr_std_l2_normalized",
+                 "repr_collapse_level", "repr_knn_acc", "repr_probe_acc"):
+        out[name] = nan
+    if rep is not None:
+        rep = torch.where(finite.view(-1, 1, 1), rep, torch.ones_like(rep))
+        r64 = rep.double()
+        out["repr_effective_rank"] = M.effective_rank(r64)
+        out["repr_std_l2_normalized"] = M.std_of_l2_normalized(r64)
+        out["repr_collapse_level"] = M.collapse_level(r64)
+        out["repr_spectrum"] = M.singular_value_spectrum(r64) if spectra else None
     out["finite"] = finite
     if final and not isinstance(model, FreeEmbeddings) and state.x_test.shape[1] > 0:
-        test = model.embed_all(state.x_test)
-        test_ok = finite_per_run([test], test.shape[0])
+        test_rep = model.represent(state.x_test)
+        test = model.project(test_rep)
+        test_ok = finite_per_run([test, test_rep], test.shape[0])
         out["finite"] = finite & test_ok
-        test = torch.where(out["finite"].view(-1, 1, 1), test, torch.ones_like(test))
-        emb = torch.where(out["finite"].view(-1, 1, 1), emb, torch.ones_like(emb))
+        keep = out["finite"].view(-1, 1, 1)
+        test = torch.where(keep, test, torch.ones_like(test))
+        emb = torch.where(keep, emb, torch.ones_like(emb))
         k = state.runs[0].k
-        tr_u = torch.nn.functional.normalize(emb.double(), dim=-1)
-        te_u = torch.nn.functional.normalize(test.double(), dim=-1)
-        out["knn_acc"] = M.knn_accuracy(tr_u, state.y_train, te_u, state.y_test, k)
-        out["probe_acc"] = M.linear_probe_accuracy(tr_u, state.y_train, te_u, state.y_test, k)
+        out["knn_acc"], out["probe_acc"] = _probes(emb, state.y_train, test, state.y_test, k)
+        if rep is not None:
+            test_rep = torch.where(keep, test_rep, torch.ones_like(test_rep))
+            rep = torch.where(keep, rep, torch.ones_like(rep))
+            out["repr_knn_acc"], out["repr_probe_acc"] = _probes(rep, state.y_train, test_rep, state.y_test, k)
     return out
 
 

@@ -19,7 +19,7 @@ import torch
 
 from .. import metrics as M
 from ..config import RunConfig, check_device_here, logged_steps, parse_device
-from .evaluate import METRIC_COLUMNS, evaluate, final_embeddings
+from .evaluate import METRIC_COLUMNS, SPECTRUM_COLUMNS, evaluate, final_embeddings, spectrum_logged
 from .objective import base_loss_fn, objective
 from .state import ChunkState, build_state, draw_batch, forward_views
 from .update import SparseStep, StackedOptimizer, relative_change
@@ -83,20 +83,24 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
 
     def log(step: int, final: bool):
         nonlocal alive, previous
-        ev = evaluate(state, final)
+        want_spectra = [spectrum_logged(run, step) for run in runs]
+        ev = evaluate(state, final, spectra=any(want_spectra))
         ev["param_change"] = (torch.full((R,), math.nan, dtype=torch.float64, device=device)
                               if previous is None else relative_change(params, previous))
         previous = [p.detach().clone() for p in params]
         # embeddings that overflow although the parameters are finite also end a run
         diverged_step.copy_(torch.where(~ev["finite"] & (diverged_step < 0), step, diverged_step))
         alive = alive & ev["finite"]
-        ev_cpu = {k: v.detach().cpu() for k, v in ev.items()}
+        ev_cpu = {k: None if v is None else v.detach().cpu() for k, v in ev.items()}
         div, obj = diverged_step.cpu(), last_loss.cpu()
         for i, run in enumerate(runs):
             dead = bool(div[i] >= 0)
             row = {"run_id": run.run_id, "step": step, "objective": float(obj[i])}
             row.update({k: math.nan if dead else float(ev_cpu[k][i]) for k in METRIC_COLUMNS})
             row["state"] = DIVERGED if dead else M.STATE_NAMES[int(ev_cpu["state_code"][i])]
+            for k in SPECTRUM_COLUMNS:  # lists of floats (None when not logged here)
+                v = ev_cpu[k]
+                row[k] = None if (dead or v is None or not want_spectra[i]) else v[i].tolist()
             row["param_change"] = math.nan if dead else float(ev_cpu["param_change"][i])
             row["frozen"] = row["param_change"] == 0.0
             row["diverged"] = dead
