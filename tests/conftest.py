@@ -5,7 +5,25 @@ import os
 # any test module imports ray (subprocesses inherit it).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+import pytest
 from hypothesis import settings
+
+#: a test that hangs fails after this many seconds, with its name (pytest-timeout), unless it
+#: sets its own limit (@pytest.mark.timeout) or the run sets one (--timeout, PYTEST_TIMEOUT,
+#: the ini option)
+DEFAULT_TIMEOUT_S = 900
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.pluginmanager.hasplugin("timeout"):
+        return
+    if (config.getoption("timeout", None) is not None or os.environ.get("PYTEST_TIMEOUT")
+            or config.getini("timeout")):
+        return
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(DEFAULT_TIMEOUT_S))
+
 
 settings.register_profile("default", max_examples=25, deadline=None, derandomize=True)
 settings.register_profile("thorough", max_examples=300, deadline=None)
