@@ -49,10 +49,12 @@ gpu-check:
 	PYTHONPATH=. $(GPU_PYTHON) -m pytest -q -p no:cacheprovider -k cuda tests/test_losses.py tests/test_train.py
 	PYTHONPATH=. $(GPU_PYTHON) -m simulate bench --device cuda
 
-## make lab: open the notebooks in JupyterLab
+## make lab: open the notebooks in JupyterLab (on 127.0.0.1, with a token; the jupytext
+## extension opens the .py notebooks). tests/test_notebooks.py runs them through a Jupyter
+## server set up the same way.
 lab: $(CORE)
 	$(PIP) -e ".[lab]"
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 notebooks
 
 clean-venv:
 	rm -rf $(VENV)

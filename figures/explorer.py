@@ -7,25 +7,19 @@ with :func:`run_lab` and plots it with :func:`lab_figure`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-import os
+from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 import theory
 
-from .registry import plt
-
-#: notebook size: ``small`` (tests, CI) or ``full``; read from the environment
-SIZE_ENV = "CLOP_LAB_NOTEBOOK_SIZE"
 MODES = {"projected (sphere)": "pair", "unprojected (sphere_raw)": "pair_unprojected"}
-
-
-def notebook_size() -> str:
-    size = os.environ.get(SIZE_ENV, "full")
-    if size not in ("small", "full"):
-        raise ValueError(f"{SIZE_ENV} must be small or full, got {size!r}")
-    return size
+#: sweep sizes of :func:`lab_spec`
+LAB_SIZES = ("small", "full")
 
 
 def iterate(kind: str, eta: float, w: float, x0: float, steps: int) -> np.ndarray:
@@ -93,9 +87,12 @@ def explorer_figure(eta: float = 1.0, w: float = 1.0, tau: float = 0.5, n: int =
 
 
 def lab_spec(losses=("ntxent",), clop_weights=(0.0, 1.0), lrs=(0.1, 10.0, 1000.0), steps: int = 200,
-             seeds=(0,), size: str | None = None) -> dict:
-    """A small sweep spec for the collapse lab (MLP encoder on a 4-class mixture)."""
-    size = size or notebook_size()
+             seeds=(0,), size: str = "full") -> dict:
+    """A small sweep spec for the collapse lab (MLP encoder on a 4-class mixture).
+
+    ``size="small"`` shrinks it to a few steps on a few points (a smoke run)."""
+    if size not in LAB_SIZES:
+        raise ValueError(f"size must be one of {', '.join(LAB_SIZES)}, got {size!r}")
     spec = {"loss": list(losses), "clop_weight": list(clop_weights), "lr": list(lrs), "seed": list(seeds),
             "model": "mlp", "hidden": 32, "out_dim": 8, "k": 4, "d": 8, "per_class": 64, "batch_size": 32,
             "mean_scale": 2.0, "aug_sigma": 0.5, "label_fraction": 0.5, "steps": int(steps),
@@ -105,11 +102,26 @@ def lab_spec(losses=("ntxent",), clop_weights=(0.0, 1.0), lrs=(0.1, 10.0, 1000.0
     return spec
 
 
-def run_lab(spec: dict, out, device: str = "auto"):
-    """Run (or resume) the lab's sweep into ``out`` and return its table."""
+def spec_digest(spec: dict) -> str:
+    """sha256 of the spec's canonical JSON (sorted keys, no spaces; tuples as lists): the same
+    in every process, unlike ``hash()``, whose string hashes change per process."""
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def lab_folder(spec: dict, root) -> Path:
+    """The cache folder of ``spec`` under ``root``: named by its digest, so running the same
+    sweep again (after a kernel restart too) finds its results."""
+    return Path(root) / spec_digest(spec)[:16]
+
+
+def run_lab(spec: dict, root, device: str = "auto", quiet: bool | None = None):
+    """Run (or resume: finished runs are skipped) the lab's sweep into
+    :func:`lab_folder` ``(spec, root)`` and return its table."""
     from simulate.sweep import load_results, run_sweep
 
-    run_sweep(spec, out, device=device)
+    out = lab_folder(spec, root)
+    run_sweep(spec, out, device=device, quiet=quiet)
     return load_results(out)
 
 

@@ -1,4 +1,8 @@
-"""The figure registry: one entry per figure, built by ``python -m figures``."""
+"""The figure registry: one entry per figure, built by ``python -m figures``.
+
+No matplotlib backend is chosen on import: the command-line entry points choose Agg, and a
+notebook kernel keeps its inline backend.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,20 @@
 # Build a small sweep with the widgets (losses, CLOP on/off, learning rates), run it on the CPU
 # or a GPU (`device auto`) with a progress bar, and compare the trajectories of the effective
 # rank and the mean cosine: CLOP (solid) against no CLOP (dashed). Results are cached in
-# `results/lab/`: running the same sweep again only redraws.
+# `results/lab/`, one folder per sweep named by a digest of its spec: running the same sweep
+# again (after a kernel restart too) only redraws.
+
+# %% tags=["parameters"]
+# Parameters. CLOP_LAB_NOTEBOOK_SIZE=small trains a few steps on a few points (a smoke run)
+# and keeps its results in a temporary folder.
+import os
+
+SIZE = os.environ.get("CLOP_LAB_NOTEBOOK_SIZE", "full")
+if SIZE not in ("small", "full"):
+    raise ValueError(f"CLOP_LAB_NOTEBOOK_SIZE must be small or full, got {SIZE!r}")
 
 # %%
+# %matplotlib inline
 import tempfile
 from pathlib import Path
 
@@ -27,10 +38,9 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 from IPython.display import display
 
-from figures.explorer import lab_figure, lab_spec, notebook_size, run_lab
+from figures.explorer import lab_figure, lab_folder, lab_spec, run_lab
 
-SMALL = notebook_size() == "small"
-RESULTS = Path(tempfile.mkdtemp()) if SMALL else Path("../results/lab")
+RESULTS = Path(tempfile.mkdtemp()) if SIZE == "small" else Path("../results/lab").resolve()
 
 # %%
 losses = widgets.SelectMultiple(options=["ntxent", "supcon", "dcl", "vicreg", "barlow"], value=["ntxent"],
@@ -40,23 +50,26 @@ lrs = widgets.SelectMultiple(options=[0.01, 0.1, 1.0, 10.0, 100.0, 1000.0], valu
                              description="lr")
 steps = widgets.IntSlider(value=200, min=20, max=2000, step=20, description="steps")
 button = widgets.Button(description="run")
-out = widgets.Output()
+plot = widgets.Output()
 
 
 def on_run(_=None):
-    spec = lab_spec(losses.value, clop.value, lrs.value, steps.value)
-    name = "-".join(f"{k}={v}" for k, v in sorted(spec.items()) if isinstance(v, list))
-    with out:
-        out.clear_output(wait=True)
-        df = run_lab(spec, RESULTS / str(abs(hash(name))))
-        plt.show(lab_figure(df))
+    """Run (or load from the cache) the selected sweep and draw it into ``plot``."""
+    spec = lab_spec(losses.value, clop.value, lrs.value, steps.value, size=SIZE)
+    with plot:
+        plot.clear_output(wait=True)
+        print(f"results: {lab_folder(spec, RESULTS)}")
+        df = run_lab(spec, RESULTS, quiet=False)
+        fig = lab_figure(df)
+        display(fig)
+        plt.close(fig)
 
 
 button.on_click(on_run)
-display(widgets.VBox([widgets.HBox([losses, clop, lrs]), steps, button, out]))
+display(widgets.VBox([widgets.HBox([losses, clop, lrs]), steps, button, plot]))
 
 # %% [markdown]
-# Run once with the default selection (this cell also runs headless):
+# Run once with the default selection:
 
 # %%
 on_run()

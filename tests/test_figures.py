@@ -1,4 +1,4 @@
-"""Every figure builds from a tiny results table; the CLI, agreement and notebooks run."""
+"""Every figure builds from a tiny results table; the CLI and agreement run (notebooks: test_notebooks)."""
 
 import json
 import os
@@ -11,11 +11,10 @@ import pytest
 
 from figures import FIGURES
 from figures.__main__ import load_data
-from figures.explorer import cobweb_path, explorer_figure, iterate, lab_figure, lab_spec, run_lab, thresholds
 from simulate.config import resolve_specs
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "CLOP_LAB_NOTEBOOK_SIZE": "small"}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def _shrink(spec: dict) -> dict:
@@ -102,46 +101,3 @@ def test_agreement_small_within_five_percent():
     rows = json.loads(done.stdout.strip().splitlines()[-1])
     assert {r["claim"] for r in rows} == {"anchor_map", "pair_map", "ntxent_pair", "rank1_cycle"}
     assert all(r["rel_error"] <= 0.05 for r in rows)
-
-
-def test_explorer_callbacks():
-    orbit = iterate("anchor", eta=1.0, w=1.0, x0=0.5, steps=5)
-    assert orbit.shape == (6,) and abs(orbit[-1]) < abs(orbit[0])
-    xs, ys = cobweb_path(orbit)
-    assert xs[0] == orbit[0] and ys[0] == orbit[1] and xs[1] == ys[1] == orbit[1]
-    th = thresholds(eta=2.5, w=1.0, tau=0.5, n=8)
-    assert th["anchor"]["above"] and th["pair"]["above"] and th["anchor"]["eta_c"] == pytest.approx(2.0)
-    fig = explorer_figure(eta=2.5, w=1.0, tau=0.5, n=8, mode="unprojected (sphere_raw)")
-    assert len(fig.get_axes()) == 3
-    matplotlib.pyplot.close(fig)
-    with pytest.raises(ValueError, match="mode"):
-        explorer_figure(mode="nope")
-
-
-def test_lab_callbacks(tmp_path):
-    spec = lab_spec(("ntxent",), (0.0, 1.0), (0.1, 10.0), size="small")
-    df = run_lab(spec, tmp_path / "lab", device="cpu")
-    assert df.run_id.nunique() == 4
-    fig = lab_figure(df)
-    assert len(fig.get_axes()[1].get_legend().get_texts()) == 4
-    matplotlib.pyplot.close(fig)
-
-
-@pytest.mark.parametrize("name", ["bound_explorer", "collapse_lab"])
-def test_notebook_executes_headless(name):
-    import jupytext
-    from nbclient import NotebookClient
-
-    nb = jupytext.read(ROOT / "notebooks" / f"{name}.py")
-    old = os.environ.get("CLOP_LAB_NOTEBOOK_SIZE")
-    os.environ["CLOP_LAB_NOTEBOOK_SIZE"] = "small"
-    try:
-        NotebookClient(nb, timeout=600, kernel_name="python3",
-                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
-    finally:
-        if old is None:
-            os.environ.pop("CLOP_LAB_NOTEBOOK_SIZE")
-        else:
-            os.environ["CLOP_LAB_NOTEBOOK_SIZE"] = old
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
