@@ -59,6 +59,10 @@ def _check_run(run: RunConfig) -> RunConfig:
                          f"embeddings), got {run.model!r}")
     if run.momentum != 0:
         raise ValueError(f"run.momentum must be 0 for the stability analysis, got {run.momentum!r}")
+    if run.optimizer != "sgd" or run.schedule != "constant" or run.warmup_steps != 0:
+        raise ValueError(f"run.optimizer must be 'sgd' with schedule 'constant' and no warmup for "
+                         f"the stability analysis, got {run.optimizer!r}, {run.schedule!r}, "
+                         f"warmup_steps {run.warmup_steps!r}")
     return run
 
 
@@ -244,9 +248,12 @@ def spectrum(step: StepMap, z: torch.Tensor, steps: int = 1, k: int = 4,
 
     n = z.numel()
     if n <= DENSE_LIMIT:
+        # the Jacobian of the steps at z in one forward-mode pass (vmap over jvp), then the
+        # projections applied as matrices
+        jac = torch.func.jacfwd(lambda x: step.iterate(x, steps))(z).reshape(n, n)
         eye = torch.eye(n, dtype=DT)
-        cols = [op(eye[i].reshape(z.shape)).reshape(-1) for i in range(n)]
-        mat = torch.stack(cols, 1).numpy()
+        left = torch.stack([q(proj(eye[i].reshape(z.shape))).reshape(-1) for i in range(n)], 1)
+        mat = (left @ jac @ left).numpy()  # q and proj are symmetric projections
         vals, vecs = np.linalg.eig(mat)
         method = "dense"
     else:
@@ -304,3 +311,256 @@ def free_mode_split(step: StepMap, z: torch.Tensor, steps: int = 1, k: int = 4,
         "radial_growth": (new.norm(dim=-1) / r).numpy(),
         "tangent": spectrum(held, z, steps, k, tangent=True, deflate=deflate),
     }
+
+
+# ---------------------------------------------------------------------------- collapse and onset
+
+
+def collapsed(final_rank: float) -> bool:
+    """Whether a run whose effective rank at its last step is ``final_rank`` is collapsed
+    (:data:`COLLAPSED_RANK`). A diverged run (NaN rank) counts as collapsed: it did not stay
+    healthy."""
+    return not (final_rank > COLLAPSED_RANK)
+
+
+def rate_scale(run: RunConfig) -> float:
+    """The natural unit of learning rate of a run: ``2 B tau nu^2``. The engine's losses are
+    means over the 2B anchors of logits ``cos / tau`` (so every critical rate of the claims,
+    which sum over anchors, is multiplied by 2B and is proportional to tau), and in the free
+    mode a row of norm ``nu`` moves its direction at the effective rate ``lr / nu^2``."""
+    tau = run.temperature if run.loss in ("ntxent", "supcon", "dcl") else 1.0
+    return 2 * run.batch_size * tau * initial_sq_norm(run)
+
+
+def initial_sq_norm(run: RunConfig) -> float:
+    """Mean squared norm of the free rows at the start: 1 in the sphere modes, ``init_norm^2``
+    when set, else the views' ``mean_scale^2 + d (sigma^2 + aug_sigma^2)`` (isotropic noise)."""
+    if run.update_mode != "free":
+        return 1.0
+    if run.init_norm is not None:
+        return float(run.init_norm) ** 2
+    noise_dims = run.d if run.noise_rank is None else run.noise_rank
+    return run.mean_scale**2 + noise_dims * run.sigma**2 + run.d * run.aug_sigma**2
+
+
+def collapsed_state(run: RunConfig, dim: int = 2) -> torch.Tensor:
+    """The collapsed configuration the training runs fall into: rows ``[z1; z2]`` (2B, dim) on
+    one line, +-u*, every view 1 at +u* and its partner (view 2) at -u* (the sign-flip pairing
+    of claim ``rank1_cycle``; the raw-gradient step flips every row each step)."""
+    b = run.batch_size
+    z = torch.zeros(2 * b, dim, dtype=DT)
+    z[:b, 0], z[b:, 0] = 1.0, -1.0
+    return z
+
+
+def _batch_labels(run: RunConfig) -> torch.Tensor:
+    """Labels of an analysis batch: points cycle through the k classes, the first
+    ``round(label_fraction * B)`` keep theirs (-1 for the rest)."""
+    b = run.batch_size
+    labels = torch.arange(b) % run.k
+    labels[int(round(run.label_fraction * b)):] = -1
+    return labels
+
+
+def attraction_edge(run: RunConfig, lo: float | None = None, hi: float | None = None,
+                    rel_tol: float = 1e-3) -> float:
+    """Learning rate above which the collapsed configuration (:func:`collapsed_state`)
+    attracts under the run's step: the spectral radius of the Jacobian of two steps
+    (tangent, global rotations removed) falls below 1. ``math.inf`` when it is not a fixed
+    point of two steps (CLOP pulls it apart) or does not attract anywhere in ``[lo, hi]``
+    (default ``[1e-3, 1e4]`` times :func:`rate_scale`; the projected steps of the sphere and
+    free modes never make it attract). Bisection on the linear stability only, no training.
+    For NT-Xent in the sphere_raw mode it equals 2B times ``critical_lr("rank1_cycle", n=B)``.
+    """
+    run = _check_run(run)
+    sphere_run = replace(run, update_mode="sphere" if run.update_mode == "free" else run.update_mode,
+                         init_norm=None)
+    scale = 2 * run.batch_size * (run.temperature if run.loss in ("ntxent", "supcon", "dcl") else 1.0)
+    lo = 1e-3 * scale if lo is None else lo
+    hi = 1e4 * scale if hi is None else hi
+    dim = 2 if run.clop_weight == 0 else max(2, run.embedding_dim)
+    z = collapsed_state(run, dim)
+    labels = _batch_labels(run)
+    rot = rotation_modes(z) if run.clop_weight == 0 else None
+
+    def radius(eta):
+        step = make_step(sphere_run, labels=labels, lr=eta)
+        back = step.iterate(z, 2)
+        if not torch.allclose(back, z, atol=1e-9):
+            return math.inf
+        return spectrum(step, z, steps=2, k=1, deflate=rot)["radius"]
+
+    grid = np.geomspace(lo, hi, 15)
+    rs = [radius(float(e)) for e in grid]
+    below = [i for i, r in enumerate(rs) if r < 1]
+    if not below:
+        return math.inf
+    i = below[0]
+    if i == 0:
+        return float(grid[0])
+    a, b = float(grid[i - 1]), float(grid[i])
+    while b / a - 1 > rel_tol:
+        m = math.sqrt(a * b)
+        a, b = (a, m) if radius(m) < 1 else (m, b)
+    return math.sqrt(a * b) * (1.0 if run.update_mode != "free" else initial_sq_norm(run))
+
+
+def isotropic_statistics(run: RunConfig, grid: int = 4001) -> dict:
+    """Softmax statistics an anchor sees in an isotropic healthy state: its positive aligned
+    (cosine 1), the 2B - 2 other rows spread uniformly on the sphere of dimension D (cosine
+    density proportional to sin^(D-2) of the angle). Returns ``p`` (the positive's weight; 0
+    for DCL, whose denominator leaves it out) and ``s`` (the softmax-weighted tangent second
+    moment along one tangent direction, ``sum_k q_k (1 - c_k^2) / (D - 1)``)."""
+    d, b = run.embedding_dim, run.batch_size
+    tau = run.temperature
+    theta = np.linspace(0.0, math.pi, grid)
+    c = np.cos(theta)
+    dens = np.sin(theta) ** (d - 2) if d > 2 else np.ones_like(theta)
+    dens /= np.trapezoid(dens, theta)
+    shift = 1.0 / tau
+    e_neg = np.trapezoid(dens * np.exp(c / tau - shift), theta)  # E[e^{c/tau}] e^{-1/tau}
+    e_tan = np.trapezoid(dens * np.exp(c / tau - shift) * (1 - c**2), theta)
+    pos = 0.0 if run.loss == "dcl" else 1.0
+    z = pos + (2 * b - 2) * e_neg
+    return {"p": pos / z, "s": (2 * b - 2) * e_tan / ((d - 1) * z)}
+
+
+def collective_edge(run: RunConfig) -> float:
+    """Learning rate at which the collective modes (pairs moving together) of an isotropic
+    healthy state lose stability under the projected step: claim ``ntxent_batch``'s
+    curvature of the other anchors' softmax, ``2 s / tau^2`` with every point moving (the
+    positive's attraction does not act on a pair moving rigidly), in the engine's units
+    ``eta = 2B * 2 / (2 s / tau^2) = 2B tau^2 / s`` (:func:`isotropic_statistics`); times the
+    initial squared norm in the free mode (effective rate). Temperature losses only."""
+    if run.loss not in ("ntxent", "supcon", "dcl"):
+        return math.nan
+    st = isotropic_statistics(run)
+    return 2 * run.batch_size * run.temperature**2 / st["s"] * initial_sq_norm(run)
+
+
+def predict_onset(run: RunConfig) -> float:
+    """Predicted learning rate above which training ``run`` ends collapsed
+    (:data:`COLLAPSED_RANK`), from the stability analysis alone (no training).
+
+    Collapse needs two things: the collapsed configuration must attract
+    (:func:`attraction_edge`; never under the projected steps of the sphere and free modes,
+    never with CLOP, which makes it non-stationary) and the run must leave the healthy state,
+    whose collective modes lose stability at :func:`collective_edge`. The prediction is the
+    larger of the two. In the free mode the direction takes the projected step at the
+    effective rate ``lr / |z|^2`` and norms only grow (claim ``norm_growth``), so an edge at
+    effective rate ``e`` is at ``lr = e * |z|^2`` with the initial squared norm; the growth
+    only pushes it higher. ``math.inf``: no collapse predicted.
+    """
+    run = _check_run(run)
+    a = attraction_edge(run)
+    if not math.isfinite(a):
+        return math.inf
+    c = collective_edge(run)
+    return a if not math.isfinite(c) else max(a, c)
+
+
+def _train_final_ranks(runs: list[RunConfig], device: str = "cpu") -> list[float]:
+    """Final effective rank of each run, training runs that share a chunk key together."""
+    from .engine import train_chunk
+
+    groups: dict = {}
+    for i, r in enumerate(runs):
+        groups.setdefault(r.chunk_key(), []).append(i)
+    out = [math.nan] * len(runs)
+    for idx in groups.values():
+        chunk = [runs[i] for i in idx]
+        rows = train_chunk(chunk, device).rows
+        last = {}
+        for row in rows:
+            if row["run_id"] not in last or row["step"] > last[row["run_id"]]["step"]:
+                last[row["run_id"]] = row
+        for i in idx:
+            out[i] = float(last[runs[i].run_id]["effective_rank"])
+    return out
+
+
+def measure_onsets(runs: list[RunConfig], seeds=(0, 1, 2), lo: float | None = None,
+                   hi: float | None = None, points: int = 9, rounds: int = 4,
+                   device: str = "cpu") -> list[dict]:
+    """Measured onset of collapse of each configuration, per seed, by training.
+
+    For every configuration and seed: a scan of ``points`` learning rates log-spaced over
+    ``[lo, hi]`` (default ``[0.03, 3000]`` times :func:`rate_scale`), then ``rounds``
+    bisections (geometric midpoints) between the largest healthy rate below the first
+    collapsed one and that one. Every round trains all brackets of all configurations as
+    stacks (runs sharing a chunk key train together). A seed's onset is the geometric
+    midpoint of its final bracket; ``math.inf`` when no scanned rate collapses, ``lo`` when
+    the smallest does.
+
+    Returns one dict per configuration: ``onset`` (median over seeds), ``per_seed``,
+    ``spread`` (largest over smallest finite per-seed onset), ``brackets``, ``runs_trained``.
+    """
+    if not runs:
+        return []
+    seeds = [int(s) for s in seeds]
+    if not seeds or any(s < 0 for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    if not (isinstance(points, int) and points >= 2):
+        raise ValueError(f"points must be an integer >= 2, got {points!r}")
+    if not (isinstance(rounds, int) and rounds >= 0):
+        raise ValueError(f"rounds must be an integer >= 0, got {rounds!r}")
+    for r in runs:
+        if r.model != "free":
+            raise ValueError(f"run.model must be 'free', got {r.model!r}")
+    trained = 0
+    brackets = {}
+    scans = []
+    for ci, r in enumerate(runs):
+        s = rate_scale(r)
+        a = 0.03 * s if lo is None else lo
+        b = 3000.0 * s if hi is None else hi
+        if not (0 < a < b):
+            raise ValueError(f"lo and hi must satisfy 0 < lo < hi, got {a!r}, {b!r}")
+        grid = [float(x) for x in np.geomspace(a, b, points)]
+        for seed in seeds:
+            scans.append((ci, seed, grid))
+    jobs = [replace(runs[ci], lr=lr, seed=seed) for ci, seed, grid in scans for lr in grid]
+    ranks = _train_final_ranks(jobs, device)
+    trained += len(jobs)
+    k = 0
+    for ci, seed, grid in scans:
+        rk = ranks[k:k + len(grid)]
+        k += len(grid)
+        first = next((i for i, v in enumerate(rk) if collapsed(v)), None)
+        if first is None:
+            brackets[(ci, seed)] = (grid[-1], math.inf)
+        elif first == 0:
+            brackets[(ci, seed)] = (0.0, grid[0])
+        else:
+            brackets[(ci, seed)] = (grid[first - 1], grid[first])
+    for _ in range(rounds):
+        open_ = [key for key, (a, b) in brackets.items() if a > 0 and math.isfinite(b)]
+        if not open_:
+            break
+        mids = [math.sqrt(brackets[key][0] * brackets[key][1]) for key in open_]
+        jobs = [replace(runs[ci], lr=m, seed=seed) for (ci, seed), m in zip(open_, mids)]
+        ranks = _train_final_ranks(jobs, device)
+        trained += len(jobs)
+        for key, m, v in zip(open_, mids, ranks):
+            a, b = brackets[key]
+            brackets[key] = (a, m) if collapsed(v) else (m, b)
+    out = []
+    for ci, r in enumerate(runs):
+        per = []
+        for seed in seeds:
+            a, b = brackets[(ci, seed)]
+            per.append(math.inf if not math.isfinite(b) else (b if a == 0 else math.sqrt(a * b)))
+        finite = [v for v in per if math.isfinite(v)]
+        out.append({
+            "onset": float(np.median(per)) if per else math.nan,
+            "per_seed": per,
+            "spread": (max(finite) / min(finite)) if finite else math.nan,
+            "brackets": [brackets[(ci, s)] for s in seeds],
+            "runs_trained": trained,
+        })
+    return out
+
+
+def measure_onset(run: RunConfig, seeds=(0, 1, 2), **kw) -> dict:
+    """:func:`measure_onsets` for one configuration."""
+    return measure_onsets([run], seeds, **kw)[0]
