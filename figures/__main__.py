@@ -2,6 +2,7 @@
 
     python -m figures [--preset quick|paper] [--only ID ...] [--device auto] [--results DIR]
     python -m figures agreement [--small] [--steps N]
+    python -m figures onset [--grid quick|full|tiny] [--steps N] [--device cpu]
 """
 
 from __future__ import annotations
@@ -135,6 +136,64 @@ def agreement(argv: list[str]) -> int:
     return 0 if all(r["within_5pct"] for r in rows) else 1
 
 
+def _fmt(v: float) -> str:
+    return "none" if v == math.inf else f"{v:.4g}"
+
+
+def onset(argv: list[str]) -> int:
+    from simulate.config import CliParser, SpecError, check_device_here, parse_device
+
+    ap = CliParser(prog="python -m figures onset",
+                   description="Predicted against measured learning rate of the onset of collapse.")
+    ap.add_argument("--grid", default="quick", help="quick | full | tiny (default: quick)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps per run, >= 1 "
+                    "(default: the grid's, 300)")
+    ap.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N (default: cpu)")
+    args = ap.parse_args(argv)
+    from simulate.stability import COLLAPSED_RANK, ONSET_GRIDS, onset_table
+
+    if args.grid not in ONSET_GRIDS:
+        ap.error(f"--grid must be one of {', '.join(ONSET_GRIDS)}, got {args.grid!r}")
+    if args.steps is not None and args.steps < 1:
+        ap.error(f"--steps must be an integer >= 1, got {args.steps}")
+    try:
+        device = check_device_here(parse_device(args.device, "--device"), "--device")
+    except SpecError as exc:
+        ap.error(str(exc))
+    t0 = time.perf_counter()
+    rows = onset_table(args.grid, device=device, steps=args.steps)
+    head = (f"{'configuration':<22} {'predicted':>10} {'measured':>10} {'ratio':>7} "
+            f"{'seed spread':>11}  {'attract':>8} {'collective':>10}  per seed")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        per = ", ".join(_fmt(v) for v in r["per_seed"])
+        spread = "-" if math.isnan(r["spread"]) else f"{r['spread']:.2f}x"
+        ratio = "inf" if r["ratio"] == math.inf else f"{r['ratio']:.3g}"
+        print(f"{r['config']:<22} {_fmt(r['predicted']):>10} {_fmt(r['measured']):>10} {ratio:>7} "
+              f"{spread:>11}  {_fmt(r['attraction_edge']):>8} {_fmt(r['collective_edge']):>10}  {per}")
+    dev = sorted(abs(r["ratio"] - 1) for r in rows)
+    med = dev[len(dev) // 2] if len(dev) % 2 else 0.5 * (dev[len(dev) // 2 - 1] + dev[len(dev) // 2])
+    worst = max(rows, key=lambda r: abs(math.log(r["ratio"])) if 0 < r["ratio"] < math.inf else math.inf)
+    within = sum(r["within_2x"] for r in rows)
+    print(f"collapsed: effective rank <= {COLLAPSED_RANK} after the run's steps; onset: bisection "
+          f"on lr per seed, median over seeds; 'none': no collapse (predicted, or measured up "
+          f"to 3000 x 2B tau); ratio = predicted / measured (1 when neither collapses)")
+    print(f"median |ratio - 1| = {med:.3g} (target <= 0.15); within 2x: {within} of {len(rows)} "
+          f"rows; worst: {worst['config']} (ratio {worst['ratio']:.3g}); "
+          f"{time.perf_counter() - t0:.0f} s")
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None if math.isnan(v) else "inf"
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    print(json.dumps([{k: clean(v) for k, v in r.items()} for r in rows]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
@@ -142,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["agreement"]:
         return agreement(argv[1:])
+    if argv[:1] == ["onset"]:
+        return onset(argv[1:])
     return draw(argv)
 
 

@@ -373,6 +373,15 @@ def attraction_edge(run: RunConfig, lo: float | None = None, hi: float | None = 
     For NT-Xent in the sphere_raw mode it equals 2B times ``critical_lr("rank1_cycle", n=B)``.
     """
     run = _check_run(run)
+    nu2 = 1.0 if run.update_mode != "free" else initial_sq_norm(run)
+    if (run.loss == "ntxent" and run.update_mode == "sphere_raw" and run.clop_weight == 0
+            and lo is None and hi is None):
+        # claim rank1_cycle (n = B per side) in the engine's units; the bisection below
+        # reproduces it (tests/test_onset.py)
+        import theory
+
+        return 2 * run.batch_size * theory.critical_lr("rank1_cycle", tau=run.temperature,
+                                                       n=run.batch_size)
     sphere_run = replace(run, update_mode="sphere" if run.update_mode == "free" else run.update_mode,
                          init_norm=None)
     scale = 2 * run.batch_size * (run.temperature if run.loss in ("ntxent", "supcon", "dcl") else 1.0)
@@ -397,12 +406,12 @@ def attraction_edge(run: RunConfig, lo: float | None = None, hi: float | None = 
         return math.inf
     i = below[0]
     if i == 0:
-        return float(grid[0])
+        return float(grid[0]) * nu2
     a, b = float(grid[i - 1]), float(grid[i])
     while b / a - 1 > rel_tol:
         m = math.sqrt(a * b)
         a, b = (a, m) if radius(m) < 1 else (m, b)
-    return math.sqrt(a * b) * (1.0 if run.update_mode != "free" else initial_sq_norm(run))
+    return math.sqrt(a * b) * nu2
 
 
 def isotropic_statistics(run: RunConfig, grid: int = 4001) -> dict:
@@ -564,3 +573,79 @@ def measure_onsets(runs: list[RunConfig], seeds=(0, 1, 2), lo: float | None = No
 def measure_onset(run: RunConfig, seeds=(0, 1, 2), **kw) -> dict:
     """:func:`measure_onsets` for one configuration."""
     return measure_onsets([run], seeds, **kw)[0]
+
+
+# ---------------------------------------------------------------------------- onset grids
+
+#: the configuration every grid row changes one thing of: NT-Xent on free embeddings,
+#: unprojected steps, 4 classes in 16 dimensions, 512 points (384 for training), batch 32
+ONSET_BASE = dict(model="free", update_mode="sphere_raw", loss="ntxent", temperature=0.5,
+                  batch_size=32, k=4, d=16, per_class=128, steps=300, log_every=300)
+#: grid name -> (rows: label -> changes to ONSET_BASE, seeds, scan points, bisection rounds)
+ONSET_GRIDS = {
+    "tiny": ({"tau=0.2": {"temperature": 0.2}, "sphere": {"update_mode": "sphere"}},
+             (0,), 4, 1),
+    "quick": ({"tau=0.2": {"temperature": 0.2}, "tau=0.5": {},
+               "sphere": {"update_mode": "sphere"}, "clop=1": {"clop_weight": 1.0}},
+              (0, 1), 7, 3),
+    "full": ({
+        "tau=0.1": {"temperature": 0.1}, "tau=0.2": {"temperature": 0.2}, "tau=0.5": {},
+        "tau=1": {"temperature": 1.0},
+        "B=8": {"batch_size": 8}, "B=64": {"batch_size": 64}, "B=256": {"batch_size": 256},
+        "d=4": {"d": 4}, "d=64": {"d": 64},
+        "k=2": {"k": 2, "per_class": 256}, "k=16": {"k": 16, "per_class": 32},
+        "dcl": {"loss": "dcl"}, "supcon": {"loss": "supcon"},
+        "clop=1": {"clop_weight": 1.0}, "clop=10": {"clop_weight": 10.0},
+        "sphere": {"update_mode": "sphere"}, "free": {"update_mode": "free"},
+        "free, init_norm=0.3": {"update_mode": "free", "init_norm": 0.3},
+    }, (0, 1, 2), 9, 4),
+}
+
+
+def onset_grid(name: str, steps: int | None = None) -> list[tuple[str, RunConfig]]:
+    """``(label, run)`` rows of a named grid (``tiny``, ``quick``, ``full``)."""
+    if name not in ONSET_GRIDS:
+        raise ValueError(f"grid must be one of {', '.join(ONSET_GRIDS)}, got {name!r}")
+    rows, *_ = ONSET_GRIDS[name]
+    base = dict(ONSET_BASE)
+    if name == "tiny":
+        base.update(per_class=16, batch_size=8, d=4, steps=60, log_every=60)
+    if steps is not None:
+        base.update(steps=steps, log_every=steps)
+    return [(label, RunConfig(**{**base, **change})) for label, change in rows.items()]
+
+
+def onset_ratio(predicted: float, measured: float) -> float:
+    """``predicted / measured``; 1 when neither collapses (both infinite), inf or 0 when
+    only one does."""
+    if not math.isfinite(predicted) and not math.isfinite(measured):
+        return 1.0
+    if not math.isfinite(measured):
+        return 0.0
+    return predicted / measured
+
+
+def onset_table(name: str, device: str = "cpu", steps: int | None = None,
+                progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Predicted against measured onset for every row of grid ``name``."""
+    grid = onset_grid(name, steps)
+    _, seeds, points, rounds = ONSET_GRIDS[name]
+    preds = []
+    for label, run in grid:
+        a, c = attraction_edge(run), collective_edge(run)
+        preds.append((predict_onset(run), a, c))
+        if progress:
+            progress(f"predicted {label}")
+    measured = measure_onsets([r for _, r in grid], seeds, points=points, rounds=rounds, device=device)
+    out = []
+    for (label, run), (pred, a, c), m in zip(grid, preds, measured):
+        ratio = onset_ratio(pred, m["onset"])
+        out.append({
+            "config": label, "loss": run.loss, "update_mode": run.update_mode,
+            "temperature": run.temperature, "batch_size": run.batch_size, "d": run.d, "k": run.k,
+            "clop_weight": run.clop_weight, "init_norm": run.init_norm, "steps": run.steps,
+            "predicted": pred, "attraction_edge": a, "collective_edge": c,
+            "measured": m["onset"], "per_seed": m["per_seed"], "spread": m["spread"],
+            "ratio": ratio, "within_2x": bool(0.5 <= ratio <= 2.0),
+        })
+    return out
