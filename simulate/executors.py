@@ -346,6 +346,19 @@ def check_resources(ray, gpus_per_chunk: float, where: str) -> None:
     raise RayResourceError(f"no node of the Ray cluster at {where} has a CPU for a chunk; it has {has}")
 
 
+def _check_local_gpus(gpus_per_chunk: float) -> None:
+    """A private instance runs on this machine: refuse more GPUs than torch can use here."""
+    if gpus_per_chunk <= 0:
+        return
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus_per_chunk > have:
+        raise RayResourceError(
+            f"--gpus-per-chunk {_fmt(gpus_per_chunk)}: the private Ray instance runs on this "
+            f"machine, which has {have} GPU(s) torch can use; give --address of a cluster with GPUs")
+
+
 def run_ray(chunks: list[list[dict]], *, address: str | None = None, gpus_per_chunk: float = 0,
             max_retries: int = 2, connect_timeout: float = 30.0,
             progress: Callable[[int], None] | None = None) -> Iterator[ChunkOutcome]:
@@ -375,6 +388,9 @@ def run_ray(chunks: list[list[dict]], *, address: str | None = None, gpus_per_ch
     if gpus_per_chunk > 1 and gpus_per_chunk != int(gpus_per_chunk):
         raise RayResourceError(f"--gpus-per-chunk above 1 must be a whole number of GPUs, "
                                f"got {_fmt(gpus_per_chunk)}")
+    ray_module = sys.modules.get("ray")
+    if (not address or address == "local") and not (ray_module and ray_module.is_initialized()):
+        _check_local_gpus(gpus_per_chunk)  # before a private instance is started for nothing
     ray = ray_init(address, connect_timeout=connect_timeout)
     where = address or "127.0.0.1 (private instance)"
     check_resources(ray, gpus_per_chunk, where)

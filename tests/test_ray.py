@@ -404,6 +404,17 @@ def test_gpus_the_cluster_lacks_fail_before_any_task(cluster, tmp_path, capsys):
     assert not list((tmp_path / "out").glob("chunks/*.parquet"))
 
 
+def test_gpus_this_machine_lacks_fail_before_a_private_instance_starts(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh driver
+    monkeypatch.setattr(executors, "ray_init", None)  # nothing may start
+    gpus = torch.cuda.device_count() + 1
+    with pytest.raises(RayResourceError, match=f"^--gpus-per-chunk {gpus}: the private Ray instance "
+                                               f"runs on this machine, which has {gpus - 1} GPU"):
+        run_ray([[{"steps": 5}]], gpus_per_chunk=gpus)
+
+
 class _Nodes:
     """Stands in for the ray module where only ``nodes()`` is read."""
 
