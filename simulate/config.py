@@ -66,9 +66,10 @@ class RunConfig:
     be a grid axis and a CLI option), ``eps`` > 0 (Adam's denominator term; LARS adds it to
     its trust-ratio denominator). Fields an optimizer does not read are ignored.
     Learning-rate schedule (per run; equal to ``torch.optim.lr_scheduler``): ``warmup_steps``
-    >= 0 (update t <= W uses ``lr * t / W``: ``LinearLR(start_factor=1/W, total_iters=W-1)``)
-    then ``schedule`` (constant | cosine: ``CosineAnnealingLR(T_max=steps-W)`` after the
-    warmup, joined by ``SequentialLR(milestones=[W])``).
+    >= 0 (update t <= W uses ``lr * t / W``: ``LinearLR(start_factor=1/W, total_iters=W-1)``;
+    with ``W >= steps`` the whole run warms up) then ``schedule`` (constant | cosine:
+    ``CosineAnnealingLR(T_max=steps-W)`` over the updates after the warmup, joined by
+    ``SequentialLR(milestones=[W])``).
     Training: ``batch_size`` (1 <= B <= training points), ``steps``, ``log_every``;
     ``spectrum_every`` (None: the singular-value spectrum is logged at every logged step; n:
     only at the logged steps that are multiples of n, at step 0 and at the last step).
@@ -209,10 +210,6 @@ class RunConfig:
                 bad("momentum", f"0 with optimizer {self.optimizer} (it uses beta1)")
             if self.nesterov:
                 bad("nesterov", f"false with optimizer {self.optimizer}")
-        if self.schedule == "cosine" and self.warmup_steps >= self.steps:
-            bad("warmup_steps", f"< steps = {self.steps} with the cosine schedule")
-        if self.warmup_steps > self.steps:
-            bad("warmup_steps", f"<= steps = {self.steps}")
         dims = self.projector_dims
         if not isinstance(dims, str) or (dims and not all(p.isdigit() and int(p) >= 1 for p in dims.split(","))):
             bad("projector_dims", "comma-separated layer widths >= 1 such as '64,16', or '' (none)")

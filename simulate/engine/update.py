@@ -48,13 +48,13 @@ def schedule_factors(steps: int, warmup_steps: int = 0, schedule: str = "constan
     ``cosine`` uses ``(1 + cos(pi (t - W - 1) / (steps - W))) / 2``. The same factors as
     ``SequentialLR([LinearLR(start_factor=1/W, total_iters=W-1), CosineAnnealingLR(
     T_max=steps-W)], milestones=[W])`` stepped once after every update (without the cosine
-    part for ``constant``; without the warmup part for ``W = 0``)."""
+    part for ``constant`` or when ``W >= steps``; without the warmup part for ``W = 0``)."""
     t = np.arange(1, steps + 1, dtype=np.float64)
     w = warmup_steps
     f = np.ones(steps)
-    if schedule == "cosine":
+    if schedule == "cosine" and steps > w:  # (no update after a warmup of W >= steps)
         f = 0.5 * (1.0 + np.cos(math.pi * (t - w - 1) / (steps - w)))
-    elif schedule != "constant":
+    elif schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be constant or cosine, got {schedule!r}")
     if w > 0:
         f = np.where(t <= w, t / w, f)
@@ -100,13 +100,20 @@ def sgd_step(params, grads, bufs, state: ChunkState, alive: torch.Tensor, first:
 
 def _commit(params, new_p, states, alive, R) -> torch.Tensor:
     """Write the new parameters (and optimizer state: pairs of (old list, new list)) of the
-    runs that are alive and finite; return that mask."""
+    runs that are alive and finite; return that mask. When every run passes (on the CPU,
+    where the test costs no device wait), the new tensors are taken whole."""
     ok = alive & finite_per_run(new_p, R)  # non-finite gradients or buffers reach the parameters
+    every = params[0].device.type == "cpu" and bool(ok.all())
     for i, p in enumerate(params):
+        if every:
+            p.copy_(new_p[i])
+            for old, new in states:
+                old[i] = new[i]
+            continue
         keep = _col(ok, p)
         p.copy_(torch.where(keep, new_p[i], p))
         for old, new in states:
-            old[i].copy_(torch.where(keep, new[i], old[i]))
+            old[i] = torch.where(keep, new[i], old[i])
     return ok
 
 
@@ -154,37 +161,42 @@ class StackedOptimizer:
         for p, g, buf, adapt in zip(self.params, grads, self.bufs, self.adapt):
             d_p = g
             if adapt:
-                wd = _col(s.weight_decay, p)
                 w_norm = p.reshape(R, -1).norm(dim=1)
                 g_norm = g.reshape(R, -1).norm(dim=1)
-                trust = s.lars_trust * w_norm / (g_norm + s.weight_decay * w_norm + s.eps)
-                use = _col((w_norm > 0) & (g_norm > 0), p)  # else: no adaptation, no decay
-                d_p = torch.where(use, (g + wd * p) * _col(trust, p), g)
-            b = d_p if t == 1 else buf * _col(s.momentum, p) + d_p
-            step = torch.where(_col(s.nesterov, p), d_p + _col(s.momentum, p) * b, b) if s.use_nesterov else b
-            new_p.append(p - _col(lr, p) * step)
+                use = (w_norm > 0) & (g_norm > 0)  # else: no adaptation, no decay
+                one = torch.ones_like(w_norm)
+                trust = torch.where(use, s.lars_trust * w_norm / (g_norm + s.weight_decay * w_norm + s.eps), one)
+                if s.use_weight_decay:
+                    d_p = torch.addcmul(g, p, _col(torch.where(use, s.weight_decay, 0 * one), p))
+                    d_p.mul_(_col(trust, p))
+                else:
+                    d_p = g * _col(trust, p)
+            b = d_p if t == 1 else torch.addcmul(d_p, buf, _col(s.momentum, p))
+            step = b
+            if s.use_nesterov:
+                step = torch.where(_col(s.nesterov, p), torch.addcmul(d_p, b, _col(s.momentum, p)), b)
+            new_p.append(torch.addcmul(p, _col(lr, p), step, value=-1.0))
             new_b.append(b)
-        return _commit(self.params, new_p, [(self.bufs, new_b)], alive, R)
+        return _commit(self.params, new_p, [(self.bufs, new_b)] if s.use_momentum else [], alive, R)
 
     def _adam(self, grads, alive, t, lr):
         s = self.state
         R = alive.shape[0]
         b1, b2, eps = s.beta1, s.beta2, s.eps
-        c1 = 1 - b1 ** t  # bias corrections (R,)
+        step_size = lr / (1 - b1 ** t)  # (R,), with the first bias correction
         c2_sqrt = (1 - b2 ** t).sqrt()
         decoupled = self.kind == "adamw"
         new_p, new_m, new_v = [], [], []
         for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
-            wd = _col(s.weight_decay, p)
             base = p
             if decoupled:
-                base = p * (1 - _col(lr, p) * wd)
+                base = p * _col(1 - lr * s.weight_decay, p)
             elif s.use_weight_decay:
-                g = g + wd * p
+                g = torch.addcmul(g, p, _col(s.weight_decay, p))
             m2 = torch.lerp(m, g, _col(1 - b1, p))
-            v2 = v * _col(b2, p) + _col(1 - b2, p) * g * g
-            denom = v2.sqrt() / _col(c2_sqrt, p) + _col(eps, p)
-            new_p.append(base - _col(lr / c1, p) * m2 / denom)
+            v2 = torch.lerp(v, g * g, _col(1 - b2, p))
+            denom = torch.addcdiv(_col(eps, p), v2.sqrt(), _col(c2_sqrt, p))
+            new_p.append(torch.addcmul(base, _col(step_size, p), m2.div(denom), value=-1.0))
             new_m.append(m2)
             new_v.append(v2)
         return _commit(self.params, new_p, [(self.exp_avg, new_m), (self.exp_avg_sq, new_v)], alive, R)
