@@ -53,31 +53,49 @@ def build_maps(data=None):
     return fig, Table(("map", "eta_w", "step", "value"), rows)
 
 
+def lambdify_batch_rate():
+    """The splitting-mode rate of claim ntxent_batch (simplex arrangement), lambdified."""
+    import sympy as sp
+
+    from theory.symbols import n, tau, w
+
+    expr = theory.critical_lr_expr("ntxent_batch_simplex").subs(w, 0)
+    return sp.lambdify((tau, n), expr, "numpy")
+
+
 def build_ntxent_critical(data=None):
     taus = np.geomspace(0.1, 2.0, 80)
     rows = []
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    rate = lambdify_batch_rate()
     for k, batch in enumerate((8, 64, 512)):
-        n_neg = 2 * batch - 2
-        exact, cand = [], []
+        # N pairs at the vertices of a regular simplex in R^(N-1), every point moving (claim
+        # ntxent_batch, splitting modes); dashed: claim ntxent_pair with its fixed antipodal
+        # negatives, which does not hold when the negatives are anchors too
+        exact = [rate(t, batch - 1) for t in taus]
+        fixed = []
         for t in taus:
-            p = theory.ntxent_p_pos(t, n_neg, -1.0)
-            exact.append(theory.critical_lr("ntxent_pair", tau=t, p_pos=p))
-            cand.append(float(theory.ntxent.NTXENT_CANDIDATE.subs(
-                {theory.symbols.tau: t, theory.symbols.p_pos: p})))
+            p = theory.ntxent_p_pos(t, 2 * batch - 2, -1.0)
+            fixed.append(theory.critical_lr("ntxent_pair", tau=t, p_pos=p))
         ax1.loglog(taus, exact, color=f"C{k}", label=f"N = {batch} pairs")
-        ax1.loglog(taus, cand, color=f"C{k}", ls="--", lw=0.9)
-        rows += [("ntxent_pair", batch, t, e, c) for t, e, c in zip(taus, exact, cand)]
+        ax1.loglog(taus, fixed, color=f"C{k}", ls="--", lw=0.9)
+        rows += [("ntxent_batch_simplex", batch, t, e, c) for t, e, c in zip(taus, exact, fixed)]
     ax1.set_xlabel(r"temperature $\tau$")
     ax1.set_ylabel(r"critical learning rate $\eta_c$ (sum over anchors)")
-    ax1.set_title("aligned positive pair, antipodal negatives\n(solid: derived; dashed: "
-                  r"candidate $\tau/(2(1-p_{pos}))$)", fontsize=9)
+    ax1.set_title("N aligned pairs at simplex vertices, every point moving (solid: ntxent_batch)\n"
+                  "dashed: ntxent_pair, 2N - 2 fixed antipodal negatives", fontsize=9)
     ax1.legend(fontsize=8)
+    import sympy as sp
+
+    from theory.symbols import n as n_sym
+    from theory.symbols import tau as tau_sym
+
+    candidate = sp.lambdify((tau_sym, n_sym), theory.ntxent.RANK1_CANDIDATE, "numpy")
     for k, n in enumerate((3, 8, 64)):
         exact, cand = [], []
         for t in taus:
             exact.append(theory.critical_lr("rank1_cycle", tau=t, n=n))
-            cand.append(t / (np.tanh(1 / t) - 1 / n))
+            cand.append(float(candidate(t, n)))
         exact = np.array(exact)
         ax2.loglog(taus, np.where(np.isfinite(exact), exact, np.nan), color=f"C{k}",
                    label=f"n = {n} per side")
@@ -89,7 +107,7 @@ def build_ntxent_critical(data=None):
                   r"$\tau/(\tanh(1/\tau) - 1/n)$)", fontsize=9)
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    return fig, Table(("claim", "size", "tau", "eta_c", "candidate"), rows)
+    return fig, Table(("claim", "size", "tau", "eta_c", "comparison"), rows)
 
 
 register(Figure(
@@ -108,8 +126,9 @@ register(Figure(
     id="ntxent_critical_lr",
     title="Critical learning rate of NT-Xent against temperature",
     caption=(
-        "Left: eta_c of an aligned positive pair (claim ntxent_pair, antipodal negatives, "
-        "2N - 2 negatives) against tau, with the pair-term-only candidate dashed. Right: the "
+        "Left: eta_c of a full batch of N aligned pairs at the vertices of a regular simplex, "
+        "every point moving (claim ntxent_batch, splitting modes) against tau; dashed: claim "
+        "ntxent_pair, whose 2N - 2 negatives are fixed and antipodal (not a SimCLR batch). Right: the "
         "rate above which the rank-1 two-cycle attracts (claim rank1_cycle); missing values: "
         "never attracting. NT-Xent summed over anchors (SimCLR's mean over 2N anchors "
         "multiplies every rate by 2N)."
