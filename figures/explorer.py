@@ -40,12 +40,15 @@ def cobweb_path(orbit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def thresholds(eta: float, w: float, tau: float, n: int) -> dict[str, dict]:
-    """Every critical rate at these parameters and whether ``eta`` lies above it."""
-    p = theory.ntxent_p_pos(tau, 2 * n - 2, -1.0)
+    """Every critical rate at these parameters and whether ``eta`` lies above it. A batch of
+    n pairs uses claim ntxent_batch (n pairs at simplex vertices in R^(n-1), every point
+    moving; NaN for n = 2), not ntxent_pair, whose negatives are fixed."""
+    batch = (theory.critical_lr("ntxent_batch_simplex", tau=tau, n=n - 1) if n >= 3
+             else float("nan"))
     rates = {
         "anchor": theory.critical_lr("anchor", w=w),
         "pair": theory.critical_lr("pair", w=w),
-        "ntxent_pair": theory.critical_lr("ntxent_pair", tau=tau, p_pos=p),
+        "ntxent_batch": batch,
         "rank1_cycle": theory.critical_lr("rank1_cycle", tau=tau, n=n),
     }
     return {k: {"eta_c": v, "above": bool(eta > v)} for k, v in rates.items()}
