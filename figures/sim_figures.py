@@ -147,8 +147,9 @@ def build_trajectories(data=None, steps: int = 40):
     from simulate.theory_sims import SIMULATIONS
 
     factors = (0.5, 0.9, 1.1, 2.0)
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    fig, axes = plt.subplots(1, 5, figsize=(21, 4))
     rows = []
+    _engine_onset_panel(axes[4], factors, rows)
     for ax, (claim, make) in zip(axes, SIMULATIONS.items()):
         sim = make()
         start = 1e-2 if claim != "rank1_cycle" else 1e-3
@@ -174,6 +175,35 @@ def build_trajectories(data=None, steps: int = 40):
     return fig, Table(("claim", "factor", "eta", "step", "simulated", "predicted"), rows)
 
 
+#: the training configuration of the engine panel of trajectories_vs_bound
+ENGINE_PANEL = dict(model="free", update_mode="sphere_raw", loss="ntxent", temperature=0.2,
+                    batch_size=32, k=4, d=16, per_class=32, steps=200, log_every=10)
+
+
+def _engine_onset_panel(ax, factors, rows):
+    """Real engine runs at ``factors`` x the predicted onset: effective rank against step."""
+    from simulate.config import RunConfig
+    from simulate.engine import train_chunk
+    from simulate.stability import COLLAPSED_RANK, predict_onset
+
+    base = RunConfig(**ENGINE_PANEL)
+    onset = predict_onset(base)
+    runs = [RunConfig(**{**ENGINE_PANEL, "lr": f * onset}) for f in factors]
+    result = train_chunk(runs).rows
+    for k, (f, run) in enumerate(zip(factors, runs)):
+        traj = sorted((r["step"], r["effective_rank"]) for r in result if r["run_id"] == run.run_id)
+        steps, ranks = zip(*traj)
+        ax.plot(steps, ranks, color=f"C{k}", label=rf"$\eta = {f}\,\eta_{{onset}}$")
+        rows += [("engine_onset", f, run.lr, t, float(v), math.nan) for t, v in traj]
+    ax.axhline(COLLAPSED_RANK, color="0.4", ls=":", lw=1, label=f"collapsed: rank <= {COLLAPSED_RANK}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("effective rank (RankMe)")
+    ax.set_title(f"engine, NT-Xent sphere_raw, tau {base.temperature}, B {base.batch_size}\n"
+                 f"predicted onset {onset:.3g}", fontsize=9)
+    ax.legend(fontsize=7)
+
+
 def _predicted_curve(claim, sim, eta, start, n):
     """Exact map iteration (anchor, pair) or the linear rate of the binding mode."""
     if claim == "anchor_map":
@@ -196,6 +226,8 @@ def _predicted_curve(claim, sim, eta, start, n):
 
 
 def build_phase_diagram(data):
+    from simulate.stability import predict_onset
+
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
     rows = []
     tau_df = final_rows(data["phase_tau"])
@@ -205,9 +237,19 @@ def build_phase_diagram(data):
     a1.set_xscale("log"), a1.set_yscale("log")
     b = int(tau_df["batch_size"].iloc[0])
     taus = np.geomspace(piv.index.min(), piv.index.max(), 60)
-    # claim rank1_cycle in this package's units: mean over 2n anchors with n = B per side
-    pred = [2 * b * theory.critical_lr("rank1_cycle", tau=t, n=b) for t in taus]
-    a1.plot(pred, taus, "w--", lw=1.5, label=r"$\eta_c(\tau)$, claim rank1_cycle (n = B)")
+    r0 = tau_df.iloc[0]
+    runs = [_phase_run(r0, temperature=float(t)) for t in taus]
+    onset = np.array([predict_onset(r) for r in runs])
+    a1.plot(np.where(np.isfinite(onset), onset, np.nan), taus, "r-", lw=1.8,
+            label="predicted onset of collapse (simulate.stability)")
+    rows += [("predicted_onset", float(t), float(v), math.nan) for t, v in zip(taus, onset)]
+    if r0["loss"] == "ntxent" and r0["update_mode"] == "sphere_raw" and float(r0["clop_weight"]) == 0:
+        # claim rank1_cycle holds here (NT-Xent, raw-gradient steps, no CLOP): +-u* with n = B
+        # per side attracts above it (mean over 2B anchors: 2B times the claim's rate), where
+        # it attracts at all; a necessary condition, not the onset
+        pred = np.array([2 * b * theory.critical_lr("rank1_cycle", tau=t, n=b) for t in taus])
+        a1.plot(np.where(np.isfinite(pred), pred, np.nan), taus, "w--", lw=1.5,
+                label=r"$\eta_c(\tau)$, claim rank1_cycle (n = B)")
     a1.set_xlim(piv.columns.min() / 1.8, piv.columns.max() * 1.8)
     a1.set_xlabel(r"learning rate $\eta$"), a1.set_ylabel(r"temperature $\tau$")
     a1.set_title("NT-Xent, free embeddings, unprojected updates", fontsize=9)
@@ -220,11 +262,39 @@ def build_phase_diagram(data):
     fig.colorbar(im2, ax=a2, label="final effective rank")
     a2.set_xscale("log")
     a2.set_yticks(np.arange(len(piv2.index)), [f"{v:g}" for v in piv2.index])
+    # claim anchor_map: the prototype pull, weight lambda / (2 m) per row (m labelled points of
+    # a batch), is stable iff eta * lambda / (2 m) < 2
+    c0 = lam_df.iloc[0]
+    m = max(1, round(float(c0["label_fraction"]) * int(c0["batch_size"])))
+    lams = [v for v in piv2.index if v > 0]
+    anchor = [2 * m * theory.critical_lr("anchor", w=float(v)) for v in lams]
+    pos = [list(piv2.index).index(v) for v in lams]
+    a2.plot(anchor, pos, "w--", marker="o", ms=3, lw=1.2,
+            label=r"prototype pull unstable above (claim anchor_map, $\eta\lambda/2m = 2$)")
+    onset2 = [predict_onset(_phase_run(c0, clop_weight=float(v))) for v in piv2.index]
+    rows += [("anchor_edge", float(v), float(e), math.nan) for v, e in zip(lams, anchor)]
+    rows += [("predicted_onset_lambda", float(v), float(e), math.nan) for v, e in zip(piv2.index, onset2)]
+    if any(np.isfinite(onset2)):
+        a2.plot(np.where(np.isfinite(onset2), onset2, np.nan), np.arange(len(onset2)), "r-", lw=1.8,
+                label="predicted onset of collapse")
+    a2.legend(fontsize=7, loc="lower left")
     a2.set_xlabel(r"learning rate $\eta$"), a2.set_ylabel(r"CLOP weight $\lambda$")
     a2.set_title(r"NT-Xent + CLOP, $\tau$ = %.2g" % lam_df["temperature"].iloc[0], fontsize=9)
     rows += [("lambda", lam, lr, float(piv2.loc[lam, lr])) for lam in piv2.index for lr in piv2.columns]
     fig.tight_layout()
     return fig, Table(("axis", "value", "lr", "effective_rank"), rows)
+
+
+def _phase_run(row, **changes):
+    """The RunConfig of a phase-diagram row (the fields the onset prediction reads)."""
+    from simulate.config import RunConfig
+
+    fields = dict(model="free", update_mode=str(row["update_mode"]), loss=str(row["loss"]),
+                  temperature=float(row["temperature"]), batch_size=int(row["batch_size"]),
+                  k=int(row["k"]), d=int(row["d"]), per_class=int(row["per_class"]),
+                  steps=int(row["steps"]), clop_weight=float(row["clop_weight"]),
+                  label_fraction=float(row["label_fraction"]))
+    return RunConfig(**{**fields, **changes})
 
 
 def _edges(values):
@@ -324,13 +394,20 @@ register(Figure(
     id="trajectories_vs_bound", title="Trajectories at 0.5, 0.9, 1.1 and 2 times the predicted rate",
     caption=("For each threshold claim, the claimed quantity in the matching simulation "
              "(simulate.theory_sims) at eta = 0.5, 0.9, 1.1 and 2 x eta_c, with the prediction dotted "
-             "(exact map for anchor and pair, linear rate for ntxent_pair)."),
+             "(exact map for anchor and pair, linear rate for ntxent_pair). Right: real engine runs "
+             "(free embeddings, NT-Xent, sphere_raw, tau = 0.2, batch 32) at 0.5, 0.9, 1.1 and 2 x "
+             "the predicted onset of collapse (simulate.stability.predict_onset): effective rank "
+             "against step, with the collapse threshold dotted."),
     preset_sweeps=(), build=build_trajectories))
 register(Figure(
     id="phase_diagram", title="Final effective rank over (eta, tau) and (eta, lambda)",
     caption=("Left: NT-Xent on free embeddings with unprojected updates (sphere_raw), final effective "
-             "rank over learning rate and temperature, with the rank1_cycle threshold (n = batch size, "
-             "in this package's mean-over-anchors units) dashed. Right: the same with CLOP over (eta, lambda)."),
+             "rank over learning rate and temperature, with the predicted onset of collapse "
+             "(simulate.stability.predict_onset, red) and the rate above which +-u* attracts (claim "
+             "rank1_cycle, n = batch size, mean-over-anchors units; dashed, drawn only for NT-Xent "
+             "with raw-gradient steps and no CLOP, where its assumptions hold). Right: the same with "
+             "CLOP over (eta, lambda), with the rate above which the prototype pull is unstable "
+             "(claim anchor_map, dashed); no collapse is predicted with CLOP."),
     preset_sweeps=("phase_tau", "phase_clop"), build=build_phase_diagram))
 register(Figure(
     id="norm_growth", title="Norm growth in the free mode",
