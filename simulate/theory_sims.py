@@ -22,7 +22,9 @@ describes, and reports the quantity the claim predicts:
 
 Stability criterion (``grows``): start from a perturbation of size ``1e-6`` (``1e-7`` for
 ``rank1_cycle``) and run ``steps`` updates; the perturbation grows when the quantity ends
-above where it started. The measured critical rate is found by bisection on that criterion.
+above where it started. The measured critical rate is found by bisection on that criterion
+(to 0.1%); a row agrees when it is within 1% of the prediction, tighter than the candidates'
+distance (rank1_cycle at tau = 0.3, n = 8: the candidate is 2.1% away).
 """
 
 from __future__ import annotations
@@ -214,7 +216,7 @@ def agreement_rows(configs: dict[str, list[dict]] | None = None, steps: int = 40
                 "predicted": sim.predicted,
                 "measured": measured,
                 "rel_error": rel,
-                "within_5pct": bool(rel <= 0.05),
+                "within_1pct": bool(rel <= 0.01),
                 "criterion": f"{sim.quantity} after {steps} steps from {sim.start:g}: grows vs shrinks",
             })
     return rows
