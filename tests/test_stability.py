@@ -205,3 +205,29 @@ def test_rotation_deflation_at_rank1():
 def test_bad_input_names_the_parameter(bad, word):
     with pytest.raises(ValueError, match=rf"\b{word}\b"):
         bad()
+
+
+@pytest.mark.parametrize("kind", ["all_equal", "rank1", "rank1_together", "axes"])
+def test_collapsed_and_symmetric_states_are_stationary(kind):
+    """The literal (reference) projected gradient vanishes at these states for NT-Xent."""
+    run = RunConfig(loss="ntxent", model="free", update_mode="sphere", d=2, k=2, per_class=8,
+                    batch_size=4, temperature=0.5)
+    z = S.reference_state(kind, run)
+    assert z.shape == (8, 2)
+    zz = z.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(ref.ntxent_views_loop(zz[:4], zz[4:], 0.5), zz)
+    tangent = g - (g * z).sum(-1, keepdim=True) * z
+    assert float(tangent.abs().max()) < 1e-12
+
+
+def test_prototype_state_is_clops_fixed_point():
+    run = RunConfig(loss="ntxent", model="free", update_mode="sphere", d=4, k=3, per_class=8,
+                    batch_size=6, clop_weight=2.0)
+    z = S.reference_state("prototypes", run)
+    protos = make_prototypes(3, 4).to(DT)
+    labels = torch.arange(6) % 3
+    zz = z.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(ref.clop_loop(zz[:6], zz[6:], labels.tolist(), protos, 2.0), zz)
+    assert float(g.abs().max()) < 1e-12
+    with pytest.raises(ValueError, match=r"\bkind\b"):
+        S.reference_state("cube", run)
