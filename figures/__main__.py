@@ -147,7 +147,7 @@ def onset(argv: list[str]) -> int:
                    description="Predicted against measured learning rate of the onset of collapse.")
     ap.add_argument("--grid", default="quick", help="quick | full | tiny (default: quick)")
     ap.add_argument("--steps", type=int, default=None, help="training steps per run, >= 1 "
-                    "(default: the grid's, 300)")
+                    "(default: the grid's: 300, full 1000)")
     ap.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N (default: cpu)")
     args = ap.parse_args(argv)
     from simulate.stability import COLLAPSED_RANK, ONSET_GRIDS, onset_table
