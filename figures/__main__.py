@@ -172,6 +172,9 @@ def onset(argv: list[str]) -> int:
         ratio = "inf" if r["ratio"] == math.inf else f"{r['ratio']:.3g}"
         print(f"{r['config']:<22} {_fmt(r['predicted']):>10} {_fmt(r['measured']):>10} {ratio:>7} "
               f"{spread:>11}  {_fmt(r['attraction_edge']):>8} {_fmt(r['collective_edge']):>10}  {per}")
+    for r in rows:
+        if not r["within_2x"]:
+            print(f"  {r['config']}: {r['note']}")
     dev = sorted(abs(r["ratio"] - 1) for r in rows)
     med = dev[len(dev) // 2] if len(dev) % 2 else 0.5 * (dev[len(dev) // 2 - 1] + dev[len(dev) // 2])
     worst = max(rows, key=lambda r: abs(math.log(r["ratio"])) if 0 < r["ratio"] < math.inf else math.inf)

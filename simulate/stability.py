@@ -704,5 +704,27 @@ def onset_table(name: str, device: str = "cpu", steps: int | None = None,
             "predicted": pred, "attraction_edge": a, "collective_edge": c,
             "measured": m["onset"], "per_seed": m["per_seed"], "spread": m["spread"],
             "ratio": ratio, "within_2x": bool(0.5 <= ratio <= 2.0),
+            "note": _miss_note(pred, m["onset"], a, c, run),
         })
     return out
+
+
+def _miss_note(pred: float, meas: float, attract: float, collective: float, run: RunConfig) -> str:
+    """Why a row agrees or misses, from which edge binds and which side is infinite."""
+    if not math.isfinite(pred) and not math.isfinite(meas):
+        why = ("CLOP makes +-u* non-stationary" if run.clop_weight > 0 else
+               "the projected step never makes +-u* attract" if run.update_mode != "sphere_raw" else
+               "+-u* is not a fixed point of this loss's step")
+        return f"agree: no collapse ({why})"
+    if math.isfinite(pred) and not math.isfinite(meas):
+        return (f"miss: collapse predicted above {pred:.3g} but no run collapsed within "
+                f"{run.steps} steps up to 3000 x 2B tau: the prediction has no escape time (runs "
+                f"leave the spread state slowly; the edges are necessary, not sufficient)")
+    if not math.isfinite(pred):
+        return "miss: collapse measured although +-u* does not attract under this step"
+    r = pred / meas
+    edge = "collective" if math.isfinite(collective) and collective >= attract else "attraction"
+    if 0.5 <= r <= 2:
+        return f"within 2x ({edge} edge binds)"
+    side = "above" if r > 2 else "below"
+    return f"miss: prediction {side} the measured onset by {max(r, 1 / r):.2g}x ({edge} edge binds)"
