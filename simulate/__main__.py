@@ -38,9 +38,11 @@ def _field_type(f: dataclasses.Field):
                 return parse_bool(text)
             if hint in (int, float, str):
                 return hint(text)
-            return None if text.strip().lower() == "none" else int(text)  # int | None
+            if text.strip().lower() == "none":
+                return None
+            return float(text) if hint == (float | None) else int(text)  # int | None, float | None
         except ValueError:
-            accepted = _ACCEPTED.get(hint, "none or an integer")
+            accepted = _ACCEPTED.get(hint, "none or a number" if hint == (float | None) else "none or an integer")
             raise argparse.ArgumentTypeError(f"must be {accepted}, got {text!r}") from None
 
     return convert
@@ -68,6 +70,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "per_class": "points per class", "means": "orthonormal | random | simplex",
         "mean_scale": "norm of the class means", "sigma": "within-class noise std",
         "noise_rank": "noise subspace dimension per class (none: isotropic)",
+        "init_norm": "initial norm of every free embedding (none: the views' own norms; update mode free)",
         "label_fraction": "fraction of labelled training points", "aug_sigma": "view noise std",
         "sign_flip": "random sign per view (true/false)", "holdout_fraction": "held-out fraction",
         "data_seed": "seed of the data", "seed": "seed of initialisation and minibatches",
@@ -120,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="GPUs per Ray task; > 0 trains on cuda (default: 0, CPU)")
     sw.add_argument("--max-retries", type=int, default=2,
                     help="retries of a failed Ray task (default: 2)")
+    sw.add_argument("--connect-timeout", type=float, default=30.0,
+                    help="seconds to wait for the Ray cluster at --address to answer; > 0 "
+                         "(default: 30)")
 
     be = sub.add_parser("bench", help="batched engine against a per-configuration loop")
     be.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
@@ -154,11 +160,11 @@ def _bench(args) -> int:
 def _run(args) -> int:
     import pandas as pd
 
-    from .train import train_chunk
+    from .engine import train_chunk
 
     device = check_device_here(parse_device(args.device, "--device"), "--device")
     cfg = RunConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)})
-    rows = train_chunk([cfg], device)
+    rows = train_chunk([cfg], device).rows
     cols = ["step", "objective", "effective_rank", "variance", "mean_cos", "max_cos", "mean_norm",
             "proto_cos", "state", "frozen", "knn_acc", "probe_acc"]
     with pd.option_context("display.width", 160, "display.max_columns", 20):
@@ -181,6 +187,8 @@ def _sweep(args) -> int:
         raise SpecError(f"--gpus-per-chunk must be a finite number >= 0, got {args.gpus_per_chunk}")
     if args.max_retries < 0:
         raise SpecError(f"--max-retries must be an integer >= 0, got {args.max_retries}")
+    if not (math.isfinite(args.connect_timeout) and args.connect_timeout > 0):
+        raise SpecError(f"--connect-timeout must be a number of seconds > 0, got {args.connect_timeout}")
     if not (math.isfinite(args.wait) and args.wait >= 0):
         raise SpecError(f"--wait must be a number of seconds >= 0, got {args.wait}")
     check_out_folder(args.out, "--out")
@@ -193,7 +201,8 @@ def _sweep(args) -> int:
         results = run_specs(args.spec, args.out, device=args.device, max_memory=args.max_memory,
                             quiet=True if args.quiet else None, executor=args.executor,
                             address=args.address, gpus_per_chunk=args.gpus_per_chunk,
-                            max_retries=args.max_retries, wait=args.wait)
+                            max_retries=args.max_retries, wait=args.wait,
+                            connect_timeout=args.connect_timeout)
     except SweepFailed as exc:  # not bad input: the failed chunks' errors, in full
         print(f"error: {exc}", file=sys.stderr)
         return 1
