@@ -362,6 +362,35 @@ def build_etf_vs_orthonormal(data):
     return fig, Table(("metric", "prototypes", "lr", "mean", "std", "runs"), rows)
 
 
+def build_paper_lr_regimes(data):
+    """LARS learning-rate sweep in the paper's recipe, on the mixture and on digits."""
+    panels = [("repr_probe_acc", "linear-probe accuracy\n(representation, held out)"),
+              ("variance", "variance of the normalised\nprojections"),
+              ("repr_effective_rank", "effective rank of the\nrepresentation (RankMe)")]
+    sweeps = [("paper_mixture", "Gaussian mixture"), ("paper_digits", "digits (8x8)")]
+    fig, axes = plt.subplots(len(sweeps), len(panels), figsize=(15, 8), squeeze=False)
+    rows: list = []
+    for (key, name), line in zip(sweeps, axes):
+        fin = final_rows(data[key])
+        k = int(fin["k"].iloc[0])
+        for ax, (value, label) in zip(line, panels):
+            start = len(rows)
+            _lr_curves(ax, fin, value, rows, label)
+            rows[start:] = [(key, *r) for r in rows[start:]]
+            if value.endswith("acc"):
+                ax.axhline(1 / k, color="0.5", lw=0.8, ls=":", label="chance")
+            ax.set_title(name, fontsize=9)
+        line[0].legend(fontsize=7)
+    r0 = final_rows(data[sweeps[0][0]]).iloc[0]
+    fig.suptitle(f"LARS (trust {r0.lars_trust:g}, momentum {r0.momentum:g}, weight decay "
+                 f"{r0.weight_decay:g}), {int(r0.warmup_steps)} warmup steps then cosine decay, "
+                 f"tau = {r0.temperature:g}, projector {r0.projector_dims}: NT-Xent (dashed) and "
+                 f"NT-Xent + CLOP (solid); x: some runs diverged", fontsize=10)
+    fig.tight_layout()
+    return fig, Table(("sweep", "metric", "loss", "clop_weight", "lr", "mean", "std", "runs",
+                       "diverged_frac"), rows)
+
+
 register(Figure(
     id="lr_regimes", title="Accuracy against learning rate, with and without CLOP",
     caption=("Held-out linear-probe (left) and kNN (right) accuracy, mean and std over seeds, against "
@@ -380,7 +409,11 @@ register(Figure(
     preset_sweeps=("toy",), build=build_toy_3d))
 register(Figure(
     id="batch_size", title="Accuracy against batch size",
-    caption="Held-out linear-probe accuracy of NT-Xent with and without CLOP against the batch size.",
+    caption=("Held-out linear-probe accuracy of NT-Xent with and without CLOP against the batch size. "
+             "These curves do not separate: rerun with 5 seeds at the quick settings (300 steps, "
+             "lr 1), every batch size from 8 to 256, with and without CLOP, gave a mean accuracy "
+             "between 0.78 and 0.82 with a seed std of 0.016 to 0.031 (128 held-out points), so "
+             "the differences between curves stay within about one standard deviation."),
     preset_sweeps=("batch",),
     build=_on_off_curve("batch", "batch_size", "batch size", "Accuracy against batch size")))
 register(Figure(
@@ -418,3 +451,15 @@ register(Figure(
     caption=("Accuracy, effective rank and the smallest angle between class means against the learning "
              "rate for CLOP with orthonormal and with simplex-ETF prototypes."),
     preset_sweeps=("etf",), build=build_etf_vs_orthonormal))
+register(Figure(
+    id="paper_lr_regimes", title="LARS learning-rate sweep in the paper's recipe, mixture and digits",
+    caption=("The paper's training recipe (LARS with trust coefficient 0.001, momentum 0.9, weight "
+             "decay 1e-6; linear warmup then cosine decay; tau = 0.5; an MLP encoder with a projector "
+             "head) over learning rates 1e-6 to 10, on the Gaussian mixture (top) and on the shipped "
+             "8x8 digits (bottom), NT-Xent with (solid) and without (dashed) CLOP: held-out "
+             "linear-probe accuracy of the representation, variance of the normalised projections "
+             "and the representation's effective rank at the end of training, mean and std over "
+             "seeds. The paper reports three regimes on CIFAR-10 (not learning at 1e-7 to 1e-5, "
+             "mild at 1e-4 to 1e-3, collapse at 1e-2 to 1); the figure shows what these small "
+             "settings give, without tuning."),
+    preset_sweeps=("paper_mixture", "paper_digits"), build=build_paper_lr_regimes))
