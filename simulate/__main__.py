@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(default: 30)")
 
     be = sub.add_parser("bench", help="batched engine against a per-configuration loop")
+    be.add_argument("--optimizer", default="sgd",
+                    help="sgd | lars | adam | adamw, or several comma-separated, each timed and "
+                         "compared with its per-configuration torch.optim loop (default: sgd)")
     be.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     be.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
     be.add_argument("--repeats", type=int, default=3,
@@ -148,13 +151,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args) -> int:
-    from .bench import main_bench
+    from .bench import main_bench, parse_optimizers
 
     device = check_device_here(parse_device(args.device, "--device"), "--device")
     for flag, value in (("--steps", args.steps), ("--repeats", args.repeats)):
         if value < 1:
             raise SpecError(f"{flag} must be an integer >= 1, got {value}")
-    return main_bench(device, args.steps, args.repeats, not args.no_loop)
+    return main_bench(device, args.steps, args.repeats, not args.no_loop, parse_optimizers(args.optimizer))
 
 
 def _run(args) -> int:

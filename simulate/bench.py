@@ -277,33 +277,3 @@ def main_bench(device: str, steps: int, repeats: int = 3, loop: bool = True, opt
     result = run_bench(device, steps, repeats, loop, optimizers=optimizers)
     print(json.dumps(result))
     return 0
-
-
-def main(argv=None) -> int:
-    """``python -m simulate.bench [--optimizer sgd,lars,adam,adamw] [--device D] [--steps N]
-    [--repeats N] [--no-loop]``: the bench with a choice of optimizers."""
-    import sys
-
-    from .config import CliParser, check_device_here, parse_device
-
-    ap = CliParser(prog="python -m simulate.bench", description=main.__doc__)
-    ap.add_argument("--optimizer", default="sgd",
-                    help="sgd | lars | adam | adamw, or several comma-separated (default: sgd)")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    ap.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
-    ap.add_argument("--repeats", type=int, default=3, help="engine runs per optimizer (default: 3)")
-    ap.add_argument("--no-loop", action="store_true", help="skip the per-configuration loop")
-    args = ap.parse_args(argv)
-    try:
-        device = check_device_here(parse_device(args.device, "--device"), "--device")
-        for flag, value in (("--steps", args.steps), ("--repeats", args.repeats)):
-            if value < 1:
-                raise SpecError(f"{flag} must be an integer >= 1, got {value}")
-        return main_bench(device, args.steps, args.repeats, not args.no_loop, parse_optimizers(args.optimizer))
-    except ValueError as exc:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

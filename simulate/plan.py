@@ -21,6 +21,8 @@ _UNITS = {"TB": 1024**4, "GB": 1024**3, "MB": 1024**2, "KB": 1024, "B": 1}
 # evaluation, and err on the large side so that a planned chunk fits its budget.
 #: parameters: the weights, their gradient, the momentum buffer and the updated copy
 PARAM_COPIES = 4
+#: Adam and AdamW keep two moment buffers besides the momentum-sized one
+ADAM_EXTRA_COPIES = 2
 #: activations of each layer: forward output, its gradient, the views and a temporary
 ACTIVATION_COPIES = 4
 #: (2B x 2B) similarity matrices: logits, exponentials, softmax, its gradient and masks
@@ -68,7 +70,7 @@ def run_bytes(run: RunConfig, itemsize: int = 4) -> int:
         eval_rows = 2 * n_train
         width = run.d
     else:
-        widths = [run.d] + [run.hidden] * (run.depth - 1) + [run.out_dim]
+        widths = [run.d] + [run.hidden] * (run.depth - 1) + [run.out_dim, *run.projector_widths]
         params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
         acts = two_b * sum(widths) * ACTIVATION_COPIES
         eval_rows = n_train
@@ -76,7 +78,8 @@ def run_bytes(run: RunConfig, itemsize: int = 4) -> int:
     sims = two_b * two_b * SIMILARITY_COPIES
     data = n_train * run.d * DATA_COPIES
     evaluation = eval_rows * width * EVAL_EMBEDDING_COPIES + int(eval_rows * eval_rows * EVAL_GRAM_FRACTION)
-    return itemsize * (PARAM_COPIES * params + acts + sims + data + evaluation) + RUN_OVERHEAD_BYTES
+    copies = PARAM_COPIES + (ADAM_EXTRA_COPIES if run.optimizer in ("adam", "adamw") else 0)
+    return itemsize * (copies * params + acts + sims + data + evaluation) + RUN_OVERHEAD_BYTES
 
 
 def plan_chunks(runs: list[RunConfig], max_memory: int) -> list[list[RunConfig]]:

@@ -40,6 +40,7 @@ def tiny_data(tmp_path_factory):
 
 EXPECT = {
     "lr_regimes": ("learning rate", ["NT-Xent", "NT-Xent + CLOP", "Barlow Twins + CLOP", "chance"]),
+    "paper_lr_regimes": ("learning rate", ["NT-Xent", "NT-Xent + CLOP", "chance"]),
     "variance_vs_lr": ("learning rate", ["VICReg", "VICReg + CLOP"]),
     "toy_3d": (None, []),
     "batch_size": ("batch size", ["NT-Xent", "NT-Xent + CLOP"]),

@@ -197,3 +197,13 @@ def test_dry_run_plans_without_writing(tmp_path):
     run_sweep(TINY, out, device="cpu", quiet=True)
     again = dry_run(TINY, out, device="cpu")
     assert "8 already done, 0 chunk(s)" in again[0] and len(again) == 1
+
+
+def test_memory_model_counts_the_projector_and_adam_buffers():
+    base = {"model": "mlp", "k": 3, "d": 6, "per_class": 16, "hidden": 16, "out_dim": 8, "batch_size": 8}
+    plain, proj = run_bytes(expand(base)[0]), run_bytes(expand({**base, "projector_dims": "32,8"})[0])
+    adam = run_bytes(expand({**base, "optimizer": "adam"})[0])
+    head = 8 * 32 + 32 + 32 * 8 + 8  # the projector's weights and biases
+    assert proj - plain >= 4 * 4 * head  # at least its parameter copies, in float32
+    params = 6 * 16 + 16 + 16 * 16 + 16 + 16 * 8 + 8
+    assert adam - plain == 4 * 2 * params  # two moment buffers
