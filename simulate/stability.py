@@ -508,6 +508,13 @@ def predict_onset(run: RunConfig) -> float:
     effective rate ``lr / |z|^2`` and norms only grow (claim ``norm_growth``), so an edge at
     effective rate ``e`` is at ``lr = e * |z|^2`` with the initial squared norm; the growth
     only pushes it higher. ``math.inf``: no collapse predicted.
+
+    Accuracy (``python -m figures onset --grid full``, 1000 steps, 18 rows, 3 seeds): within
+    2x of the measured onset in 14 rows, median ``|pred / meas - 1|`` 0.86 (the target 0.15 is
+    not reached). Misses: tau <= 0.2 (2.9x to 9.4x too high), batch 8 (no run collapses
+    within its steps: no escape time is modelled), SupCon (class collapse, not +-u*). The
+    no-collapse rows (sphere and free modes, CLOP) agree. No constant here was fitted to the
+    grid.
     """
     run = _check_run(run)
     a = attraction_edge(run)
