@@ -148,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args)
     except ValueError as exc:  # SpecError included: a bad spec, option or output folder
         return _fail(exc)
+    except KeyboardInterrupt:
+        where = (f"; the finished chunks are kept in {args.out}: run the same command again to "
+                 "resume") if args.command == "sweep" else ""
+        return _fail(f"interrupted{where}", 130)
 
 
 def _bench(args) -> int:
@@ -190,6 +194,14 @@ def _sweep(args) -> int:
         raise SpecError(f"--gpus-per-chunk must be a finite number >= 0, got {args.gpus_per_chunk}")
     if args.max_retries < 0:
         raise SpecError(f"--max-retries must be an integer >= 0, got {args.max_retries}")
+    if args.executor == "local":
+        given = [flag for flag, value, default in (("--address", args.address, None),
+                                                   ("--gpus-per-chunk", args.gpus_per_chunk, 0),
+                                                   ("--connect-timeout", args.connect_timeout, 30.0))
+                 if value != default]
+        if given:
+            raise SpecError(f"{', '.join(given)}: only with --executor ray (the local executor "
+                            "trains in this process on --device)")
     if not (math.isfinite(args.connect_timeout) and args.connect_timeout > 0):
         raise SpecError(f"--connect-timeout must be a number of seconds > 0, got {args.connect_timeout}")
     if not (math.isfinite(args.wait) and args.wait >= 0):

@@ -314,9 +314,14 @@ class RunConfig:
         return tuple(sorted(d.items()))
 
 
-def logged_steps(steps: int, log_every: int) -> list[int]:
-    """The steps at which a run of ``steps`` steps logs: 0, every ``log_every``-th, the last."""
-    return sorted({0, steps, *range(log_every, steps + 1, log_every)})
+def is_logged(step: int, steps: int, log_every: int) -> bool:
+    """Whether a run of ``steps`` steps logs at ``step``: 0, every ``log_every``-th, the last."""
+    return step == 0 or step == steps or (0 < step <= steps and step % log_every == 0)
+
+
+def logged_count(steps: int, log_every: int) -> int:
+    """How many steps :func:`is_logged` picks."""
+    return 1 + steps // log_every + (steps % log_every != 0)
 
 
 #: fields that may differ between the runs of one chunk (they are per-run tensors or data)
@@ -347,7 +352,13 @@ def _spec_loader():
     bool_tag, float_tag = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
 
     class SpecLoader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+            twice = sorted({str(k) for k in keys if keys.count(k) > 1})
+            if twice:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"field(s) {', '.join(twice)} given twice", node.start_mark)
+            return super().construct_mapping(node, deep=deep)
 
     SpecLoader.yaml_implicit_resolvers = {
         first: [(tag, rx) for tag, rx in resolvers if tag not in (bool_tag, float_tag)]
@@ -370,6 +381,15 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=_spec_loader())  # a SafeLoader subclass
 
 
+def _no_duplicate_keys(pairs: list) -> dict:
+    """A JSON object's mapping; a key given twice is refused (the last would silently win)."""
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise SpecError(f"field(s) {', '.join(twice)} given twice")
+    return dict(pairs)
+
+
 def _read_mapping(path: Path) -> dict:
     """A spec file's top-level mapping (YAML, or JSON for ``.json`` files)."""
     import yaml
@@ -387,7 +407,9 @@ def _read_mapping(path: Path) -> dict:
         raise SpecError(f"spec file {where} cannot be read: {exc.strerror or exc}") from None
     if path.suffix == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        except SpecError as exc:
+            raise SpecError(f"spec file {where}: {exc}") from None
         except json.JSONDecodeError as exc:
             raise SpecError(f"spec file {where} is not valid JSON: {exc.msg} "
                             f"(line {exc.lineno}, column {exc.colno})") from None

@@ -90,7 +90,12 @@ def plan_chunks(runs: list[RunConfig], max_memory: int) -> list[list[RunConfig]]
         groups.setdefault(r.chunk_key(), []).append(r)
     chunks = []
     for members in groups.values():
-        size = max(1, max_memory // run_bytes(members[0]))
+        need = run_bytes(members[0])
+        if need > max_memory:
+            raise ValueError(f"max_memory {format_bytes(max_memory)} is less than one run of this sweep "
+                             f"needs ({format_bytes(need)}); raise --max-memory or shrink the runs (per_class, d, "
+                             "hidden, depth, batch_size)")
+        size = max_memory // need
         chunks += [members[i: i + size] for i in range(0, len(members), size)]
     return chunks
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import SpecError, logged_steps
+from .config import SpecError, expand, logged_count
 
 #: key of the trajectory version in a chunk file's Parquet metadata
 VERSION_KEY = b"clop_lab.trajectory_version"
@@ -47,6 +47,8 @@ UNVERSIONED = 1
 LOCK_NAME = ".lock"
 OWNER_NAME = ".lock-owner.json"
 PARTIAL_GLOB = ".tmp-*.partial"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class OutputError(ValueError):
@@ -67,6 +69,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".partial")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # as an ordinary new file (mkstemp makes it 0600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -108,6 +111,16 @@ def chunk_version(path: Path) -> int | None:
     return int(raw) if raw is not None and raw.decode().isdigit() else None
 
 
+def runs_problem(ids: list[str], expected: set[str] | None, seen: set[str]) -> str | None:
+    """Why a verified chunk's runs cannot join the folder's table: runs of another spec, or
+    runs another chunk already holds (None: they can)."""
+    if expected is not None and not set(ids) <= expected:
+        return f"it holds {len(set(ids) - expected)} run(s) that are not in this folder's spec"
+    if set(ids) & seen:
+        return f"its runs are already held by another chunk ({len(set(ids) & seen)} run(s))"
+    return None
+
+
 def check_chunk(data: bytes, recorded: str | None) -> tuple[pd.DataFrame | None, str | None]:
     """(table, None) if a chunk file's bytes verify, else (None, the reason)."""
     if recorded is not None and digest(data) != recorded:
@@ -122,10 +135,46 @@ def check_chunk(data: bytes, recorded: str | None) -> tuple[pd.DataFrame | None,
     if table.empty:
         return None, "it holds no rows"
     for run_id, rows in table.groupby("run_id", sort=False):
-        want = logged_steps(int(rows["steps"].iloc[0]), int(rows["log_every"].iloc[0]))
-        if sorted(rows["step"].tolist()) != want:
-            return None, f"run {run_id} does not hold exactly its logged steps {want[0]}..{want[-1]}"
+        steps, every = int(rows["steps"].iloc[0]), int(rows["log_every"].iloc[0])
+        got = rows["step"].to_numpy()
+        logged = (got == 0) | (got == steps) | ((got % every == 0) & (got > 0) & (got <= steps))
+        if not (logged.all() and len(set(got.tolist())) == len(got) == logged_count(steps, every)):
+            return None, f"run {run_id} does not hold exactly its logged steps 0..{steps}"
     return table, None
+
+
+def spec_state(out: Path, spec: dict, run_ids: set[str]) -> str:
+    """How ``out/spec.json`` relates to ``spec`` (whose runs are ``run_ids``): ``missing``,
+    ``unreadable``, ``same`` (the same runs, perhaps written another way); a different sweep
+    raises SpecError naming the fields that differ."""
+    path = Path(out) / "spec.json"
+    if not path.exists():
+        return "missing"
+    try:
+        old = json.loads(path.read_text())
+        old_ids = {r.run_id for r in expand(old)} if isinstance(old, dict) else None
+    except ValueError:
+        old_ids = None
+    if old_ids is None:
+        return "unreadable"
+    if old_ids != run_ids:
+        fields = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))
+        raise SpecError(f"output folder {str(out)!r} holds a different sweep (its spec.json differs "
+                        f"in {', '.join(fields) or 'its runs'}); choose another folder")
+    return "same"
+
+
+def _provenance_ok(prov) -> bool:
+    """A provenance mapping whose chunk records are mappings with a file name and, where
+    given, a numeric wall time and a string digest."""
+    if not isinstance(prov, dict) or not isinstance(prov.get("chunks", []), list):
+        return False
+    for rec in prov.get("chunks", []):
+        if not (isinstance(rec, dict) and isinstance(rec.get("file"), str)
+                and isinstance(rec.get("wall_s", 0), (int, float))
+                and isinstance(rec.get("sha256", ""), str)):
+            return False
+    return True
 
 
 class SweepStore:
@@ -136,6 +185,7 @@ class SweepStore:
         self.out = Path(out)
         self.version = trajectory_version
         self.prov: dict = {}
+        self.run_ids: set[str] | None = None  # the spec's runs, once opened
         self._lock = None
 
     # ------------------------------------------------------------------ paths
@@ -185,8 +235,8 @@ class SweepStore:
             lock.acquire(timeout=wait, poll_interval=0.2)
         except Timeout:
             raise FolderLocked(
-                f"out {str(self.out)!r} is being written by another sweep{self._owner()}; "
-                f"wait for it to finish (or pass a wait time), or choose another folder") from None
+                f"output folder {str(self.out)!r} is being written by another sweep{self._owner()}; "
+                f"wait for it to finish (sweep --wait SECONDS), or choose another folder") from None
         except PermissionError:
             raise OutputError(f"out {str(self.out)!r} is not writable") from None
         self._lock = lock
@@ -203,9 +253,11 @@ class SweepStore:
     @contextmanager
     def open(self, spec: dict, wait: float = 0):
         """Lock the folder, check and write its spec, clear cut-short writes, set aside other
-        versions and verify the chunks; yields the store. The lock is released on exit."""
+        versions and verify the chunks (each must hold runs of this spec, none held twice);
+        yields the store. The lock is released on exit."""
         self.acquire(wait)
         try:
+            self.run_ids = {r.run_id for r in expand(spec)}
             self._write_spec(spec)
             for sub in ("chunks", "embeddings", "."):
                 for stale in (self.out / sub).glob(PARTIAL_GLOB):  # writes cut short by a kill
@@ -219,17 +271,16 @@ class SweepStore:
             self.release()
 
     def _write_spec(self, spec: dict) -> None:
+        """A folder holds one sweep: a spec.json whose runs differ from ``spec``'s is refused
+        (naming the fields that differ); one that does not read is quarantined (the chunks'
+        runs are checked against the spec anyway)."""
         path = self.out / "spec.json"
-        text = json.dumps(spec, sort_keys=True, indent=2)
-        if path.exists():
-            try:
-                old = json.loads(path.read_text())
-            except ValueError:
-                old = None
-            if old != json.loads(text):
-                raise SpecError(f"out folder {str(self.out)!r} holds a different sweep (its spec.json "
-                                "differs); choose another folder")
-        atomic_write_bytes(path, text.encode())
+        state = spec_state(self.out, spec, self.run_ids)
+        if state == "unreadable":
+            self._quarantine(path, "it is not a readable sweep spec")
+        if state == "same":
+            return  # the same runs (perhaps written another way): keep the folder's spec
+        atomic_write_bytes(path, json.dumps(spec, sort_keys=True, indent=2).encode())
 
     # ------------------------------------------------------------------ provenance
     def _read_provenance(self) -> dict:
@@ -242,8 +293,8 @@ class SweepStore:
             prov = json.loads(path.read_text())
         except ValueError:
             prov = None
-        if not isinstance(prov, dict) or not isinstance(prov.get("chunks", []), list):
-            self._quarantine(path, "it is not a provenance mapping")
+        if not _provenance_ok(prov):
+            self._quarantine(path, "it is not a provenance mapping of chunk records")
             return {"chunks": []}
         prov.setdefault("chunks", [])
         return prov
@@ -307,14 +358,16 @@ class SweepStore:
         files (a record per file, with its digest); return the finished run ids."""
         records = self._records()
         kept, done = [], set()
-        for f in self.chunk_files():
+        for f in sorted(self.chunk_files(), key=lambda f: (f.name not in records, f.name)):
             data = f.read_bytes()
             rec = records.get(f.name)
             table, reason = check_chunk(data, rec.get("sha256") if rec else None)
-            if table is None:
+            ids = [] if table is None else table["run_id"].unique().tolist()
+            if table is not None:
+                reason = runs_problem(ids, self.run_ids, done)
+            if reason is not None:
                 self._quarantine(f, reason)
                 continue
-            ids = table["run_id"].unique().tolist()
             done.update(ids)
             kept.append({**(rec or {"file": f.name, "runs": len(ids), "rebuilt": True}),
                          "sha256": digest(data)})
@@ -345,22 +398,31 @@ class SweepStore:
 def _verified_tables(out: Path, sub: str = "chunks") -> dict[str, pd.DataFrame]:
     """Tables of the chunk files that verify (see :func:`check_chunk`); the others are left
     out with a warning (a sweep run on the folder quarantines and recomputes them)."""
-    records = {}
+    records, expected = {}, None
     try:
         prov = json.loads((out / "provenance.json").read_text())
-        records = {c["file"]: c.get("sha256") for c in prov.get("chunks", []) if "file" in c}
-    except (OSError, ValueError, AttributeError, TypeError):
+        if _provenance_ok(prov):
+            records = {c["file"]: c.get("sha256") for c in prov.get("chunks", [])}
+    except (OSError, ValueError):
         pass
-    tables = {}
-    for f in sorted((out / "chunks").glob("*.parquet")):
+    try:
+        expected = {r.run_id for r in expand(json.loads((out / "spec.json").read_text()))}
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass  # no readable spec: the runs cannot be checked against it
+    tables, seen = {}, set()
+    for f in sorted((out / "chunks").glob("*.parquet"), key=lambda f: (f.name not in records, f.name)):
         try:
             data = f.read_bytes()
-        except FileNotFoundError:  # moved away by a sweep meanwhile
+        except (FileNotFoundError, IsADirectoryError):  # moved away by a sweep meanwhile
             continue
         table, reason = check_chunk(data, records.get(f.name))
-        if table is None:
-            warn(f"{f} left out: it is damaged ({reason}); run the sweep again to recompute it")
+        if table is not None:
+            ids = table["run_id"].unique().tolist()
+            reason = runs_problem(ids, expected, seen)
+        if reason is not None:
+            warn(f"{f} left out: {reason}; run the sweep again to set it aside and recompute")
             continue
+        seen.update(ids)
         tables[f.name] = table
     return tables
 

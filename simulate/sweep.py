@@ -169,7 +169,7 @@ def dry_run(spec: str | Path | dict, out: str | Path, device: str = "auto",
     already stored in ``out`` are counted as done. Nothing is written."""
     from .losses import TEMPERATURE_LOSSES
     from .plan import calibrate as calibrate_chunks, describe, format_bytes
-    from .store import finished_runs
+    from .store import finished_runs, spec_state
 
     specs = resolve_specs(spec)
     all_runs = {name: expand(sub) for name, sub in specs.items()}  # validate every sweep first
@@ -178,6 +178,7 @@ def dry_run(spec: str | Path | dict, out: str | Path, device: str = "auto",
     lines, grand = [], 0.0
     for name, runs in all_runs.items():
         folder = Path(out) / name if name else Path(out)
+        spec_state(folder, specs[name], {r.run_id for r in runs})  # the real run would refuse
         done = finished_runs(folder)
         chunks = plan_chunks([r for r in runs if r.run_id not in done], budget)
         plans = describe(chunks, calibrate_chunks(chunks, dev) if calibrate and chunks else None)

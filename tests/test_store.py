@@ -176,7 +176,8 @@ def test_missing_provenance_is_rebuilt_not_treated_as_an_old_version(tmp_path, c
     assert sorted(c["file"] for c in prov["chunks"]) == files and all(c["sha256"] for c in prov["chunks"])
 
 
-@pytest.mark.parametrize("content", ["[]", "{not json", '{"chunks": 3}'])
+@pytest.mark.parametrize("content", ["[]", "{not json", '{"chunks": 3}', '{"chunks": [1, 2]}',
+                                     '{"chunks": [{"file": "x.parquet", "wall_s": "slow"}]}'])
 def test_unreadable_provenance_is_set_aside_and_rebuilt(tmp_path, content, capsys):
     run_sweep(TINY, tmp_path, device="cpu", quiet=True, max_memory=_budget(TINY, 3))
     n = len(_chunks(tmp_path))
@@ -196,6 +197,59 @@ def test_chunk_written_without_its_provenance_record_is_kept(tmp_path):
     res = run_sweep(TINY, tmp_path, device="cpu", quiet=True, max_memory=_budget(TINY, 3))
     assert res.skipped_runs == 8 and res.chunks_run == 0
     assert dropped["file"] in {c["file"] for c in _prov(tmp_path)["chunks"]}
+
+
+def test_runs_of_another_spec_never_join_the_table(tmp_path, clean, capsys):
+    """With spec.json gone, a second spec's sweep sets the first one's chunks aside."""
+    run_sweep(TINY, tmp_path, device="cpu", quiet=True, max_memory=_budget(TINY, 3))
+    n = len(_chunks(tmp_path))
+    (tmp_path / "spec.json").unlink()
+    other = {**TINY, "temperature": 0.2}
+    run_sweep(other, tmp_path, device="cpu", quiet=True, max_memory=_budget(TINY, 3))
+    assert "not in this folder's spec" in capsys.readouterr().err
+    df = load_results(tmp_path)
+    assert set(df.temperature) == {0.2} and df.run_id.nunique() == 8
+    assert len(list((tmp_path / "quarantine").glob("*.parquet"))) == n
+
+
+def test_a_copied_chunk_adds_no_duplicate_rows(tmp_path, clean, capsys):
+    run_sweep(TINY, tmp_path, device="cpu", quiet=True, max_memory=_budget(TINY, 3))
+    first = _chunks(tmp_path)[0]
+    (tmp_path / "chunks" / "0copy.parquet").write_bytes(first.read_bytes())
+    df = load_results(tmp_path)  # the recorded chunk is read, the copy left out
+    assert "already held by another chunk" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(df, clean, check_exact=True)
+    res = run_sweep(TINY, tmp_path, device="cpu", quiet=True, max_memory=_budget(TINY, 3))
+    assert res.chunks_run == 0 and (tmp_path / "quarantine" / "0copy.parquet").exists()
+
+
+@pytest.mark.parametrize("content", ["{", "[]"])
+def test_damaged_spec_json_is_set_aside(tmp_path, clean, content):
+    run_sweep(TINY, tmp_path, device="cpu", quiet=True, max_memory=_budget(TINY, 3))
+    (tmp_path / "spec.json").write_text(content)
+    res = run_sweep(TINY, tmp_path, device="cpu", quiet=True, max_memory=_budget(TINY, 3))
+    assert res.skipped_runs == 8 and (tmp_path / "quarantine" / "spec.json").read_text() == content
+    pd.testing.assert_frame_equal(load_results(tmp_path), clean, check_exact=True)
+
+
+def test_the_same_runs_written_another_way_are_the_same_sweep(tmp_path):
+    run_sweep(TINY, tmp_path, device="cpu", quiet=True)
+    swapped = {**TINY, "lr": [0.5, 0.05], "temperature": 0.5}  # order, and a default stated
+    assert run_sweep(swapped, tmp_path, device="cpu", quiet=True).skipped_runs == 8
+    from simulate.config import SpecError
+
+    with pytest.raises(SpecError, match="differs in lr"):
+        run_sweep({**TINY, "lr": [0.1]}, tmp_path, device="cpu", quiet=True)
+
+
+def test_stored_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        run_sweep(TINY, tmp_path, device="cpu", quiet=True)
+    finally:
+        os.umask(old)
+    for f in [*_chunks(tmp_path), tmp_path / "provenance.json", tmp_path / "spec.json"]:
+        assert f.stat().st_mode & 0o777 == 0o644, f
 
 
 # ---------------------------------------------------------------------- chunking
@@ -254,3 +308,26 @@ def test_cli_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     assert "8 runs, 0 already done, 2 chunk(s)" in lines[0]
     assert [ln.split(":")[0].strip() for ln in lines[1:3]] == ["chunk 1", "chunk 2"]
     assert lines[-1].strip().startswith("estimated wall time on cpu: about") and not out.exists()
+
+
+def test_spec_keys_given_twice_are_refused(tmp_path):
+    from simulate.config import SpecError, load_spec
+
+    (tmp_path / "a.yaml").write_text("model: free\nlr: 0.1\nlr: 1.0\n")
+    (tmp_path / "a.json").write_text('{"lr": 0.1, "lr": 5.0}')
+    for name in ("a.yaml", "a.json"):
+        with pytest.raises(SpecError, match="lr given twice"):
+            load_spec(tmp_path / name)
+
+
+def test_cli_refuses_ray_flags_with_the_local_executor_and_dry_run_into_another_sweep(tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(TINY))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    base = [sys.executable, "-m", "simulate", "sweep", str(spec), "--out", str(tmp_path / "o")]
+    for extra, flag in ((["--gpus-per-chunk", "1"], "--gpus-per-chunk"), (["--address", "h:1"], "--address")):
+        done = subprocess.run(base + extra, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+        assert done.returncode == 2 and flag in done.stderr and "--executor ray" in done.stderr
+    run_sweep({**TINY, "lr": [0.1]}, tmp_path / "o", device="cpu", quiet=True)
+    dry = subprocess.run(base + ["--dry-run"], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    assert dry.returncode == 2 and "holds a different sweep" in dry.stderr and "differs in lr" in dry.stderr

@@ -115,7 +115,10 @@ def test_plan_chunks_groups_by_shape_and_budget():
     chunks = plan_chunks(runs, 10**12)
     # batch size x CLOP on/off: a CLOP term is another program
     assert len(chunks) == 4 and all(len({(r.batch_size, r.clop_weight > 0) for r in c}) == 1 for c in chunks)
-    assert sum(len(c) for c in plan_chunks(runs, run_bytes(runs[0]))) == len(runs)
+    one_each = plan_chunks(runs, max(run_bytes(r) for r in runs))
+    assert sum(len(c) for c in one_each) == len(runs)
+    with pytest.raises(ValueError, match=r"max_memory .* less than one run of this sweep needs"):
+        plan_chunks(runs, run_bytes(runs[0]) - 1)
 
 
 def test_parse_memory():

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import metrics as M
-from ..config import RunConfig, check_device_here, logged_steps, parse_device
+from ..config import RunConfig, check_device_here, is_logged, parse_device
 from .evaluate import METRIC_COLUMNS, SPECTRUM_COLUMNS, evaluate, final_embeddings, spectrum_logged
 from .objective import base_loss_fn, objective
 from .state import ChunkState, build_state, draw_batch, forward_views
@@ -108,13 +108,13 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
             rows.append(row)
 
     log(0, True)
-    logged = set(logged_steps(r0.steps, r0.log_every))
     sparse = SparseStep(state, loss_fn, sphere) if state.sparse else None
     for step in range(1, r0.steps + 1):
         idx, labels, v1, v2 = draw_batch(state)
+        logged = is_logged(step, r0.steps, r0.log_every)
         if sparse is not None:
-            loss, ok = sparse(labels, alive, value=step in logged, lr=optimizer.lr_at(step))
-            if step in logged:
+            loss, ok = sparse(labels, alive, value=logged, lr=optimizer.lr_at(step))
+            if logged:
                 sparse.sync()  # the metrics read the weight
         else:
             z1, z2 = forward_views(state, idx, v1, v2)
@@ -130,7 +130,7 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
         if loss is not None:
             last_loss = torch.where(torch.isfinite(loss), loss.detach().double(),
                                     torch.full_like(last_loss, math.nan))
-        if step in logged:
+        if logged:
             log(step, step == r0.steps)
         if progress is not None:
             progress(1)
