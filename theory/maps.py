@@ -32,7 +32,7 @@ ANCHOR_NO_OVERSHOOT = 1 / w
 PAIR_ANTIPODE_BETA = -1 / (1 - c)
 
 
-def _plane(t):
+def _cos_sin(t):
     return sp.Matrix([sp.cos(t), sp.sin(t)])
 
 
@@ -44,9 +44,9 @@ def _dot(x, y):
 
 
 def _anchor_steps() -> dict[str, bool]:
-    u, p = _plane(theta), sp.Matrix([1, 0])
+    u, p = _cos_sin(theta), sp.Matrix([1, 0])
     step = u + a * (p - _dot(u, p) * u)  # minus the projected gradient of -w cos, times eta
-    new = _plane(ANCHOR_MAP)
+    new = _cos_sin(ANCHOR_MAP)
     cross = sp.expand_trig(step[0] * new[1] - step[1] * new[0])
     along = sp.expand_trig(_dot(step, new))
     deriv0 = sp.diff(ANCHOR_MAP, theta).subs(theta, 0)
@@ -164,7 +164,7 @@ ANCHOR = register(
 def _pair_new_cos(raw: bool):
     """Cosine after one step for two unit vectors at angle t, built from the update rule."""
     t = sp.Symbol("t", positive=True)
-    u, v = _plane(0), _plane(t)
+    u, v = _cos_sin(0), _cos_sin(t)
     cc = _dot(u, v)
     gu = -v if raw else -(v - cc * u)  # gradient of -cos(u, v) w.r.t. u (w folded into beta)
     gv = -u if raw else -(u - cc * v)

@@ -42,7 +42,7 @@ RANK1_CRITICAL_STABLE = tau * ((n - 1) + n * sp.exp(-2 / tau)) / ((n - 2) - n * 
 RANK1_CANDIDATE = tau / (sp.tanh(1 / tau) - 1 / n)
 
 
-def _plane(t):
+def _sin_cos(t):
     return sp.Matrix([sp.sin(t), sp.cos(t)])
 
 
@@ -69,7 +69,7 @@ def _pair_multiplier_2d():
     loss += _lse([_dot(U, V) / tau] + [_dot(U, k) / tau for k in ks])
     loss += _lse([_dot(U, V) / tau] + [_dot(V, k) / tau for k in ks])
     g = sp.Matrix([sp.diff(loss, xi) for xi in x])
-    u, v = _plane(phi), _plane(-phi)
+    u, v = _sin_cos(phi), _sin_cos(-phi)
     at = {x[0]: u[0], x[1]: u[1], y[0]: v[0], y[1]: v[1]}
     g = g.subs(at)
     new_u = u - eta * (g - _dot(u, g) * u)
