@@ -340,7 +340,7 @@ class SweepStore:
         self.prov["trajectory_version"] = self.version
 
     # ------------------------------------------------------------------ verification
-    def _quarantine(self, path: Path, reason: str) -> None:
+    def _quarantine(self, path: Path, reason: str, what: str = "is damaged") -> None:
         dest_dir = self.out / "quarantine"
         dest_dir.mkdir(exist_ok=True)
         dest, i = dest_dir / path.name, 1
@@ -350,7 +350,7 @@ class SweepStore:
         emb = self.out / "embeddings" / path.name
         if path.parent == self.chunks_dir and emb.exists():
             emb.rename(dest_dir / f"{dest.stem}.embeddings{dest.suffix}")
-        warn(f"{path} is damaged ({reason}); moved to {dest}" +
+        warn(f"{path} {what} ({reason}); moved to {dest}" +
              ("; its runs are trained again" if path.suffix == ".parquet" else ""))
 
     def verify(self) -> set[str]:
@@ -363,10 +363,12 @@ class SweepStore:
             rec = records.get(f.name)
             table, reason = check_chunk(data, rec.get("sha256") if rec else None)
             ids = [] if table is None else table["run_id"].unique().tolist()
-            if table is not None:
-                reason = runs_problem(ids, self.run_ids, done)
-            if reason is not None:
+            if table is None:
                 self._quarantine(f, reason)
+                continue
+            reason = runs_problem(ids, self.run_ids, done)
+            if reason is not None:
+                self._quarantine(f, reason, what="cannot join this folder's table")
                 continue
             done.update(ids)
             kept.append({**(rec or {"file": f.name, "runs": len(ids), "rebuilt": True}),
