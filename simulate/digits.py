@@ -29,15 +29,13 @@ Example:
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 from dataclasses import asdict, dataclass
 from importlib import resources
 
 import numpy as np
 import torch
 
-from .data import MixtureData
+from .data import MixtureData, _fail, _is_int, _is_number
 
 #: image side; each image is a row of SIDE * SIDE pixels
 SIDE = 8
@@ -50,18 +48,6 @@ N_CLASSES = 10
 SCALINGS = ("standard", "unit")
 _FILE = "digits.npz"
 _SEED_TAG = 0x646967  # "dig": keeps digits seeds apart from the mixture's streams
-
-
-def _fail(name: str, accepted: str, value) -> None:
-    raise ValueError(f"{name} must be {accepted}, got {value!r}")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @functools.lru_cache(maxsize=1)
