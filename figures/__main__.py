@@ -48,14 +48,9 @@ def load_data(preset: str, sweeps: set[str], results: Path, device: str, quiet: 
 
 
 def draw(argv: list[str]) -> int:
-    from simulate.config import (
-        CliParser,
-        SpecError,
-        check_device_here,
-        check_out_folder,
-        parse_device,
-        resolve_specs,
-    )
+    from simulate.cli import CliParser, check_device_here, parse_device
+    from simulate.config import SpecError, resolve_specs
+    from simulate.store import check_out_folder
     from simulate.sweep import SweepFailed
 
     ap = CliParser(prog="python -m figures", description=__doc__,
@@ -81,7 +76,7 @@ def draw(argv: list[str]) -> int:
         if needed:
             check_device_here(device, "--device")
             check_out_folder(args.results, "--results")
-    except SpecError as exc:
+    except ValueError as exc:  # SpecError, OutputError
         ap.error(str(exc))
     t0 = time.perf_counter()
     try:
@@ -106,7 +101,7 @@ def draw(argv: list[str]) -> int:
 
 
 def agreement(argv: list[str]) -> int:
-    from simulate.config import CliParser
+    from simulate.cli import CliParser
 
     ap = CliParser(prog="python -m figures agreement",
                    description="Predicted against measured critical learning rates.")
@@ -141,7 +136,8 @@ def _fmt(v: float) -> str:
 
 
 def onset(argv: list[str]) -> int:
-    from simulate.config import CliParser, SpecError, check_device_here, parse_device
+    from simulate.cli import CliParser, check_device_here, parse_device
+    from simulate.config import SpecError
 
     ap = CliParser(prog="python -m figures onset",
                    description="Predicted against measured learning rate of the onset of collapse.")

@@ -14,15 +14,9 @@ import os
 import sys
 import typing
 
-from .config import (
-    CliParser,
-    RunConfig,
-    SpecError,
-    check_device_here,
-    check_out_folder,
-    parse_bool,
-    parse_device,
-)
+from .cli import CliParser, check_device_here, parse_bool, parse_device
+from .config import RunConfig, SpecError
+from .store import check_out_folder
 
 #: what each field type accepts on the command line
 _ACCEPTED = {bool: "true or false", int: "an integer", float: "a number", str: "text"}

@@ -21,14 +21,12 @@ Example spec (YAML)::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import hashlib
 import itertools
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -530,70 +528,3 @@ def resolve_spec(spec: str | Path | dict) -> dict:
     if len(specs) != 1:
         raise SpecError(f"spec {spec!r} holds several sweeps ({', '.join(specs)}); use run_specs")
     return next(iter(specs.values()))
-
-
-# ---------------------------------------------------------------------- command-line values
-_DEVICE = re.compile(r"auto|cpu|cuda(?::[0-9]+)?")
-
-
-def parse_device(text: str, name: str = "device") -> str:
-    """``auto | cpu | cuda | cuda:N`` (any case, surrounding spaces ignored), lower-cased.
-
-    Raises:
-        SpecError: anything else; the message names ``name`` (``--device`` on the command line).
-    """
-    value = text.strip().lower() if isinstance(text, str) else None
-    if value is None or not _DEVICE.fullmatch(value):
-        raise SpecError(f"{name} must be auto, cpu, cuda or cuda:N (N a GPU index), got {text!r}")
-    return value
-
-
-def check_device_here(device: str, name: str = "device") -> str:
-    """A parsed device that this machine has (CUDA available, index below the device count)."""
-    if device.startswith("cuda"):
-        import torch
-
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(device.partition(":")[2] or 0)
-        if count == 0:
-            raise SpecError(f"{name} {device}: no CUDA device is available here (use auto or cpu)")
-        if index >= count:
-            raise SpecError(f"{name} {device}: this machine has {count} CUDA device(s), "
-                            f"cuda:0 to cuda:{count - 1}")
-    return device
-
-
-def check_out_folder(path: str | Path, name: str = "--out") -> Path:
-    """Refuse an output folder that is a file, lies under a file or cannot be written, before
-    any work is done; nothing is created.
-
-    Raises:
-        SpecError: the message names ``name`` and the path.
-    """
-    out = Path(path)
-    shown = repr(str(path))
-    if out.exists() and not out.is_dir():
-        raise SpecError(f"{name} {shown} is an existing file, not a folder")
-    base = out
-    while not base.exists() and base != base.parent:  # the nearest part of the path that exists
-        base = base.parent
-    if not base.is_dir():
-        raise SpecError(f"{name} {shown} lies under the file {str(base)!r}, not in a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise SpecError(f"{name} {shown} cannot be written: permission denied on {str(base)!r}")
-    return out
-
-
-def parse_bool(text: str, name: str = "value") -> bool:
-    """``true`` or ``false`` (any case) -> bool; anything else is refused."""
-    value = text.strip().lower() if isinstance(text, str) else None
-    if value not in ("true", "false"):
-        raise SpecError(f"{name} must be true or false, got {text!r}")
-    return value == "true"
-
-
-class CliParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose usage errors are one line, ``error: ...``, with exit 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {_one_line(message)}\n")

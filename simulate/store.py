@@ -177,6 +177,27 @@ def _provenance_ok(prov) -> bool:
     return True
 
 
+def check_out_folder(path: str | Path, name: str = "--out") -> Path:
+    """Refuse an output folder that is a file, lies under a file or cannot be written, before
+    any work is done; nothing is created.
+
+    Raises:
+        OutputError: the message names ``name`` and the path.
+    """
+    out = Path(path)
+    shown = repr(str(path))
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{name} {shown} is an existing file, not a folder")
+    base = out
+    while not base.exists() and base != base.parent:  # the nearest part of the path that exists
+        base = base.parent
+    if not base.is_dir():
+        raise OutputError(f"{name} {shown} lies under the file {str(base)!r}, not in a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise OutputError(f"{name} {shown} cannot be written: permission denied on {str(base)!r}")
+    return out
+
+
 class SweepStore:
     """One sweep's output folder. Open it with :meth:`open` (which takes the lock); read a
     finished or running sweep with :func:`load_results`, which needs no lock."""
@@ -202,19 +223,11 @@ class SweepStore:
 
     # ------------------------------------------------------------------ folder and lock
     def _make_folder(self) -> None:
-        out = self.out
-        if out.exists() and not out.is_dir():
-            raise OutputError(f"out {str(out)!r} is an existing file, not a folder")
+        check_out_folder(self.out, "output folder")
         try:
-            out.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise OutputError(f"out {str(out)!r} cannot be created: a part of its path is a file") from None
-        except PermissionError:
-            raise OutputError(f"out {str(out)!r} cannot be created: permission denied") from None
+            self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OutputError(f"out {str(out)!r} cannot be created: {exc.strerror}") from None
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise OutputError(f"out {str(out)!r} is not writable")
+            raise OutputError(f"output folder {str(self.out)!r} cannot be created: {exc.strerror}") from None
 
     def _owner(self) -> str:
         try:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from simulate.config import SpecError, expand, load_spec, parse_device
+from simulate.cli import parse_device
+from simulate.config import SpecError, expand, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = "model: free\nk: 2\nd: 4\nper_class: 8\nbatch_size: 4\nsteps: 4\nlog_every: 2\n"

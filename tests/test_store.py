@@ -119,13 +119,13 @@ def test_out_that_is_or_sits_under_a_file_is_refused(tmp_path, where):
     f = tmp_path / "f"
     f.write_text("x")
     out = f if where == "file" else f / "sub"
-    with pytest.raises(OutputError, match="out .*(existing file|is a file)"):
+    with pytest.raises(OutputError, match="output folder .*(existing file|under the file)"):
         run_sweep(TINY, out, device="cpu", quiet=True)
 
 
 def test_unwritable_out_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda *a, **k: False)  # (root may write anywhere)
-    with pytest.raises(OutputError, match="not writable"):
+    with pytest.raises(OutputError, match="cannot be written"):
         run_sweep(TINY, tmp_path / "ro", device="cpu", quiet=True)
 
 

@@ -4,7 +4,6 @@ the arrangement, sphere mode, mean over anchors: rates 2M times the claim's) to 
 import dataclasses
 import math
 
-import numpy as np
 import pytest
 import torch
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import metrics as M
-from ..config import RunConfig, check_device_here, is_logged, parse_device
+from ..cli import check_device_here, parse_device
+from ..config import RunConfig, is_logged
 from .evaluate import METRIC_COLUMNS, SPECTRUM_COLUMNS, evaluate, final_embeddings, spectrum_logged
 from .objective import base_loss_fn, objective
 from .state import ChunkState, build_state, draw_batch, forward_views
