@@ -194,7 +194,7 @@ def _time_engine(runs, dev, steps, repeats, say):
         sync()
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-        say(f"batched ({r0.optimizer}): {len(runs)} configurations as {len(results)} stacks in "
+        say(f"batched ({r0.optimizer}): {len(runs)} configurations as {len(results)} stack(s) in "
             f"{times[-1]:.2f} s (their matmuls alone: {floors[-1]:.2f} s)")
     return times, cpu, floors, peaks, results
 

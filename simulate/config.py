@@ -257,6 +257,15 @@ class RunConfig:
 
     # ------------------------------------------------------------------ derived
     @property
+    def fused_step(self) -> bool:
+        """Whether the engine trains this run with the fused sparse step (free embeddings,
+        NT-Xent on unit rows, cosine CLOP, plain SGD): there a zero CLOP weight adds exact
+        zeros, so runs with and without CLOP may share a chunk and keep their numbers."""
+        return (self.model == "free" and self.loss == "ntxent" and self.update_mode in ("free", "sphere")
+                and self.distance == "cosine" and self.optimizer == "sgd" and self.momentum == 0
+                and self.weight_decay == 0)
+
+    @property
     def embedding_dim(self) -> int:
         """Width of the rows the loss sees (the projection's, with a projector)."""
         if self.model == "free":
@@ -306,9 +315,10 @@ class RunConfig:
         d = self.to_dict()
         for f in PER_RUN_FIELDS + ("name",):
             d.pop(f)
-        d["clop_on"] = self.clop_weight > 0
         if self.model == "free":
             d["dense_step"] = self.momentum > 0 or self.weight_decay > 0 or self.optimizer != "sgd"
+        if not self.fused_step:
+            d["clop_on"] = self.clop_weight > 0
         return tuple(sorted(d.items()))
 
 

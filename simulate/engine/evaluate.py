@@ -88,8 +88,8 @@ def evaluate(state: ChunkState, final: bool, spectra: bool = True) -> dict:
         "min_class_angle": M.min_class_angle(e64, y, state.runs[0].k),
     }
     nan = torch.full_like(out["mean_norm"], math.nan)
-    # prototypes exist only in chunks whose runs use CLOP (part of the chunk key)
-    out["proto_cos"] = nan if state.prototypes is None else M.prototype_cosine(u64, y, state.prototypes, unit=True)
+    out["proto_cos"] = nan if state.prototypes is None else torch.where(  # NaN for runs without CLOP
+        state.clop_weight > 0, M.prototype_cosine(u64, y, state.prototypes, unit=True), nan)
     out["std_l2_normalized"] = M.std_of_l2_normalized(e64)
     out["collapse_level"] = M.collapse_level(e64)
     out["spectrum"] = M.singular_value_spectrum(e64) if spectra else None

@@ -21,9 +21,9 @@ from ..losses.ntxent import ntxent_direction, ntxent_value, project_rows, softma
 
 
 def supported(run, dtype: torch.dtype) -> bool:
-    """Whether a chunk of free-embedding runs like ``run`` may take the fused path."""
-    return (run.model == "free" and run.loss == "ntxent" and run.update_mode in ("free", "sphere")
-            and run.distance == "cosine" and dtype in (torch.float32, torch.float64))
+    """Whether a chunk of runs like ``run`` takes the fused path (see
+    :attr:`simulate.config.RunConfig.fused_step`) in ``dtype``."""
+    return run.fused_step and dtype in (torch.float32, torch.float64)
 
 
 def ntxent_clop_value_and_grad(z: torch.Tensor, tau: float, clop: tuple | None = None, value: bool = True):

@@ -105,7 +105,7 @@ def build_state(runs: list[RunConfig], device: torch.device, dtype=torch.float32
     stream = StackedStream([BatchStream(bs, n, r0.batch_size, views_shape, r)
                             for (_, bs), r in zip(seeds, runs)], labels, device, dtype)
     prototypes = None
-    if r0.clop_weight > 0:  # CLOP on or off is part of the chunk key
+    if any(r.clop_weight > 0 for r in runs):  # (all or none, except on the fused step)
         prototypes = make_prototypes(r0.k, r0.embedding_dim, r0.prototypes).to(device=device, dtype=dtype)
     f = lambda name: _per_run([getattr(r, name) for r in runs], device, dtype)  # noqa: E731
     return ChunkState(runs, model, x_train, y_train, x_test, y_test, stream, prototypes,
