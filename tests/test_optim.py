@@ -87,6 +87,15 @@ def _stacked(runs, steps=STEPS, poison=None):
     return {n: torch.stack(v) for n, v in history.items()}, torch.stack(masks)
 
 
+def _torch_optimizer(run, params):
+    """torch.optim's optimizer for ``run`` (sgd, adam or adamw) over ``params``."""
+    if run.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay,
+                               nesterov=run.nesterov)
+    cls = torch.optim.Adam if run.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=run.lr, betas=(run.beta1, run.beta2), eps=run.eps, weight_decay=run.weight_decay)
+
+
 def _torch_scheduler(opt, run):
     """The reference schedule: LinearLR warmup then CosineAnnealingLR (SequentialLR)."""
     S = torch.optim.lr_scheduler
@@ -139,12 +148,7 @@ def _reference(run, init, steps=STEPS):
                 history[n].append(params[n][0].clone())
         return {n: torch.stack(v) for n, v in history.items()}
     plist = list(params.values())
-    if run.optimizer == "sgd":
-        opt = torch.optim.SGD(plist, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay,
-                              nesterov=run.nesterov)
-    else:
-        cls = torch.optim.Adam if run.optimizer == "adam" else torch.optim.AdamW
-        opt = cls(plist, lr=run.lr, betas=(run.beta1, run.beta2), eps=run.eps, weight_decay=run.weight_decay)
+    opt = _torch_optimizer(run, plist)
     sched = _torch_scheduler(opt, run)
     for _ in range(steps):
         opt.zero_grad()
@@ -249,12 +253,7 @@ def _engine_reference(run):
                     p.copy_(params[n])
         return {n: p.detach()[0] for n, p in named}
     plist = [p for _, p in named]
-    if run.optimizer == "sgd":
-        opt = torch.optim.SGD(plist, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay,
-                              nesterov=run.nesterov)
-    else:
-        cls = torch.optim.Adam if run.optimizer == "adam" else torch.optim.AdamW
-        opt = cls(plist, lr=run.lr, betas=(run.beta1, run.beta2), eps=run.eps, weight_decay=run.weight_decay)
+    opt = _torch_optimizer(run, plist)
     sched = _torch_scheduler(opt, run)
     for _ in range(run.steps):
         idx, labels, v1, v2 = draw_batch(chunk)
