@@ -463,24 +463,30 @@ def attraction_edge(run: RunConfig, lo: float | None = None, hi: float | None = 
     return math.sqrt(a * b) * nu2
 
 
-def isotropic_statistics(run: RunConfig, grid: int = 4001) -> dict:
-    """Softmax statistics an anchor sees in an isotropic healthy state: its positive aligned
-    (cosine 1), the 2B - 2 other rows spread uniformly on the sphere of dimension D (cosine
-    density proportional to sin^(D-2) of the angle). Returns ``p`` (the positive's weight; 0
-    for DCL, whose denominator leaves it out) and ``s`` (the softmax-weighted tangent second
-    moment along one tangent direction, ``sum_k q_k (1 - c_k^2) / (D - 1)``)."""
+def isotropic_statistics(run: RunConfig, grid: int = 4001, cos_pair: float = 1.0) -> dict:
+    """Softmax statistics an anchor sees in an isotropic healthy state: its positive at
+    cosine ``cos_pair`` (1: aligned), the 2B - 2 other rows spread uniformly on the sphere of
+    dimension D (cosine density proportional to sin^(D-2) of the angle). Returns ``p`` (the
+    positive's weight; 0 for DCL, whose denominator leaves it out), ``qc`` (the
+    softmax-weighted sum of the other rows' cosines, ``sum_k q_k c_k``) and ``s`` (the
+    softmax-weighted tangent second moment along one tangent direction,
+    ``sum_k q_k (1 - c_k^2) / (D - 1)``). On the sphere ``qc = s / tau`` (integration by parts
+    of ``e^{c/tau}`` against the density; a check of the quadrature)."""
     d, b = run.embedding_dim, run.batch_size
     tau = run.temperature
+    if not (-1.0 <= cos_pair <= 1.0):
+        raise ValueError(f"cos_pair must lie in [-1, 1], got {cos_pair!r}")
     theta = np.linspace(0.0, math.pi, grid)
     c = np.cos(theta)
     dens = np.sin(theta) ** (d - 2) if d > 2 else np.ones_like(theta)
     dens /= np.trapezoid(dens, theta)
     shift = 1.0 / tau
     e_neg = np.trapezoid(dens * np.exp(c / tau - shift), theta)  # E[e^{c/tau}] e^{-1/tau}
+    e_cos = np.trapezoid(dens * np.exp(c / tau - shift) * c, theta)
     e_tan = np.trapezoid(dens * np.exp(c / tau - shift) * (1 - c**2), theta)
-    pos = 0.0 if run.loss == "dcl" else 1.0
+    pos = 0.0 if run.loss == "dcl" else math.exp((cos_pair - 1.0) / tau)
     z = pos + (2 * b - 2) * e_neg
-    return {"p": pos / z, "s": (2 * b - 2) * e_tan / ((d - 1) * z)}
+    return {"p": pos / z, "qc": (2 * b - 2) * e_cos / z, "s": (2 * b - 2) * e_tan / ((d - 1) * z)}
 
 
 def collective_edge(run: RunConfig) -> float:
@@ -489,39 +495,168 @@ def collective_edge(run: RunConfig) -> float:
     curvature of the other anchors' softmax, ``2 s / tau^2`` with every point moving (the
     positive's attraction does not act on a pair moving rigidly), in the engine's units
     ``eta = 2B * 2 / (2 s / tau^2) = 2B tau^2 / s`` (:func:`isotropic_statistics`); times the
-    initial squared norm in the free mode (effective rate). Temperature losses only."""
+    initial squared norm in the free mode (effective rate). Temperature losses only. A
+    diagnostic: :func:`predict_onset` does not use it (the raw step's pair-splitting edge,
+    :func:`splitting_edge`, lies at half of it)."""
     if run.loss not in ("ntxent", "supcon", "dcl"):
         return math.nan
     st = isotropic_statistics(run)
     return 2 * run.batch_size * run.temperature**2 / st["s"] * initial_sq_norm(run)
 
 
+def training_points(run: RunConfig) -> int:
+    """Number of training points N (the minibatches draw B of them per step)."""
+    data = run.data_config()
+    if run.data == "digits":
+        return int(data.n_train)
+    n = data.per_class * data.k
+    return int(n - round(data.holdout_fraction * n))
+
+
+def updates_per_point(run: RunConfig) -> float:
+    """How often a point (both its views) takes a step in a run: ``steps * B / N``."""
+    return run.steps * run.batch_size / training_points(run)
+
+
+def initial_pair_cosine(run: RunConfig) -> float:
+    """Cosine between a point's two views at the start, from the data model: views
+    ``x + aug_sigma * n1`` and ``x + aug_sigma * n2`` of a point ``x`` with
+    ``|x|^2 ~ mean_scale^2 + noise_dims sigma^2``, so ``cos ~ |x|^2 / (|x|^2 + d aug_sigma^2)``
+    (the ratio of the expected dot product to the expected squared norm). ``init_norm``
+    rescales rows and leaves it unchanged."""
+    noise_dims = run.d if run.noise_rank is None else run.noise_rank
+    sig = run.mean_scale**2 + noise_dims * run.sigma**2
+    return sig / (sig + run.d * run.aug_sigma**2)
+
+
+def pair_split_ratio(run: RunConfig, beta: float, cos_pair: float) -> float:
+    """One update of an aligned-then-split pair under the raw step, mean field.
+
+    A point's two views ``z_i, z_p`` at angle theta (``cos_pair``), the other 2B - 2 rows
+    isotropic. The raw step of NT-Xent (mean over the 2B anchors) moves ``z_i`` to
+    ``z_i + beta [(2 - q_ip - q_pi) z_p - sum_k (q_ik + q_ki) z_k]`` with
+    ``beta = lr / (2 B tau)``; for isotropic others the softmax-weighted sum is, on average,
+    ``2 qc z_i`` (:func:`isotropic_statistics` at this ``cos_pair``), so
+    ``z_i' ~ (1 - 2 beta qc) z_i + 2 beta (1 - p) z_p`` and after renormalisation
+    ``tan(theta'/2) = r tan(theta/2)`` with
+    ``r = |1 - 2 beta (qc + 1 - p)| / (1 + 2 beta (1 - p - qc))``. Returns r: the pair
+    re-aligns for r < 1 and splits for r > 1, which happens for ``beta > 1 / (2 qc)``
+    (p cancels). Linearised at theta = 0 it is the splitting mode's multiplier
+    ``1 - eta lambda / (1 - eta gamma)`` of the raw step (claim ``ntxent_batch``'s splitting
+    eigenvalue lambda, the normal gradient gamma renormalising it)."""
+    st = isotropic_statistics(run, cos_pair=cos_pair)
+    p, qc = st["p"], st["qc"]
+    return abs(1 - 2 * beta * (qc + 1 - p)) / (1 + 2 * beta * (1 - p - qc))
+
+
+def _raw_temperature_run(run: RunConfig) -> bool:
+    return run.update_mode == "sphere_raw" and run.loss in ("ntxent", "supcon", "dcl")
+
+
+def splitting_edge(run: RunConfig, cos_pair: float | None = None) -> float:
+    """Learning rate above which a pair at cosine ``cos_pair`` (default
+    :func:`initial_pair_cosine`) splits under the raw step: ``lr = 2B tau / (2 qc)``
+    (:func:`pair_split_ratio` = 1). At ``cos_pair = 1`` it is ``2B tau^2 / (2 s)``, half the
+    isotropic :func:`collective_edge`. The initial pairs are not aligned (the views differ by
+    the augmentation), which lowers the positive's softmax weight and raises ``qc``; at small
+    tau this moves the edge by a large factor (tau = 0.1, B = 32, d = 16: 5.5 instead of 25
+    times 2B tau). NaN unless the update mode is ``sphere_raw`` with a temperature loss."""
+    if not _raw_temperature_run(run):
+        return math.nan
+    c = initial_pair_cosine(run) if cos_pair is None else float(cos_pair)
+    qc = isotropic_statistics(run, cos_pair=c)["qc"]
+    return 2 * run.batch_size * run.temperature / (2 * qc)
+
+
+#: the pair angle at which a split pair counts as having left the healthy state: its views
+#: orthogonal, halfway to the antipodal (+-u*) pairing
+ESCAPE_ANGLE = math.pi / 2
+
+
+def _pair_weights(run: RunConfig):
+    """``cos_pair -> (p, qc)`` of :func:`isotropic_statistics`, its integrals done once."""
+    st = isotropic_statistics(run)  # at cos_pair = 1: recover the integrals from p and qc
+    tau, b = run.temperature, run.batch_size
+    if run.loss == "dcl":
+        return lambda c: (0.0, st["qc"])
+    neg = (1.0 / st["p"] - 1.0)  # (2B - 2) E[e^{(c - 1)/tau}] with the positive's term 1
+    cos_sum = st["qc"] / st["p"]  # (2B - 2) E[e^{(c - 1)/tau} c]
+
+    def weights(c):
+        pos = math.exp((c - 1.0) / tau)
+        z = pos + neg
+        return pos / z, cos_sum / z
+
+    return weights
+
+
+def _escapes(beta: float, theta0: float, updates: int, weights) -> bool:
+    t = math.tan(theta0 / 2)
+    target = math.tan(ESCAPE_ANGLE / 2)
+    for _ in range(updates):
+        th = 2 * math.atan(t)
+        p, qc = weights(math.cos(th))
+        t *= abs(1 - 2 * beta * (qc + 1 - p)) / (1 + 2 * beta * (1 - p - qc))
+        if t >= target:
+            return True
+    return False
+
+
+def escape_edge(run: RunConfig, rel_tol: float = 1e-4) -> float:
+    """Smallest learning rate at which the run's pairs leave the healthy state within its
+    steps: the pair angle, iterated by :func:`pair_split_ratio` (its statistics updated with
+    the angle) from :func:`initial_pair_cosine`, reaches :data:`ESCAPE_ANGLE` within the
+    ``floor(updates_per_point(run))`` updates a point takes. The ratio grows with the rate
+    (its derivative in beta has the sign of 1 - p), so a bisection on the rate finds it.
+    ``math.inf`` when even the largest rates (the ratio's limit
+    ``(qc + 1 - p) / (1 - p - qc)``) do not split the pairs in time (few updates per point);
+    NaN unless the update mode is ``sphere_raw`` with a temperature loss. Rates in the
+    engine's units, ``lr = beta * 2 B tau``."""
+    if not _raw_temperature_run(run):
+        return math.nan
+    theta0 = math.acos(min(1.0, max(-1.0, initial_pair_cosine(run))))
+    updates = int(math.floor(updates_per_point(run)))
+    weights = _pair_weights(run)
+    big = 1e12
+    if updates < 1 or theta0 <= 0 or not _escapes(big, theta0, updates, weights):
+        return math.inf
+    lo, hi = 1e-6, big
+    while hi / lo - 1 > rel_tol:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if _escapes(mid, theta0, updates, weights) else (mid, hi)
+    return hi * 2 * run.batch_size * run.temperature
+
+
 def predict_onset(run: RunConfig) -> float:
     """Predicted learning rate above which training ``run`` ends collapsed
     (:data:`COLLAPSED_RANK`), from the stability analysis alone (no training).
 
-    Collapse needs two things: the collapsed configuration must attract
+    Collapse needs two things. The collapsed configuration must attract
     (:func:`attraction_edge`; never under the projected steps of the sphere and free modes,
-    never with CLOP, which makes it non-stationary) and the run must leave the healthy state,
-    whose collective modes lose stability at :func:`collective_edge`. The prediction is the
-    larger of the two. In the free mode the direction takes the projected step at the
-    effective rate ``lr / |z|^2`` and norms only grow (claim ``norm_growth``), so an edge at
-    effective rate ``e`` is at ``lr = e * |z|^2`` with the initial squared norm; the growth
-    only pushes it higher. ``math.inf``: no collapse predicted.
+    never with CLOP, which makes it non-stationary). And the run must leave the healthy state
+    within its steps: in the runs the healthy state is left through its pairs, whose two
+    views split apart (then anti-align, the +-u* pairing, and gather on one line); the
+    collective modes of the spread state do not bind. :func:`escape_edge` is the smallest
+    rate at which a pair, starting at the views' initial angle (:func:`initial_pair_cosine`)
+    and moved by the raw step's mean-field pair map (:func:`pair_split_ratio`, isotropic
+    other rows), reaches :data:`ESCAPE_ANGLE` within the updates a point takes
+    (:func:`updates_per_point`). The prediction is the larger of the two edges;
+    ``math.inf``: no collapse predicted. (In the free mode the edges would be at
+    ``lr = e * |z|^2``, the effective rate times the initial squared norm, and norm growth
+    only raises them; the projected step never makes +-u* attract, so the prediction there
+    is ``math.inf``.) Losses without a temperature, and update modes other than
+    ``sphere_raw``, get the attraction edge alone.
 
-    Accuracy (``python -m figures onset --grid full``, 1000 steps, 18 rows, 3 seeds): within
-    2x of the measured onset in 14 rows, median ``|pred / meas - 1|`` 0.86 (the target 0.15 is
-    not reached). Misses: tau <= 0.2 (2.9x to 9.4x too high), batch 8 (no run collapses
-    within its steps: no escape time is modelled), SupCon (class collapse, not +-u*). The
-    no-collapse rows (sphere and free modes, CLOP) agree. No constant here was fitted to the
-    grid.
+    Accuracy: see the module's ONSET_ACCURACY notes; no constant here was fitted to a grid
+    (the escape angle pi/2 is the views' orthogonality, the initial angle comes from the
+    data model, the statistics from an isotropic sphere).
     """
     run = _check_run(run)
     a = attraction_edge(run)
     if not math.isfinite(a):
         return math.inf
-    c = collective_edge(run)
-    return a if not math.isfinite(c) else max(a, c)
+    e = escape_edge(run)
+    return a if math.isnan(e) else max(a, e)
 
 
 def _train_final_ranks(runs: list[RunConfig], device: str = "cpu") -> list[float]:
@@ -661,18 +796,30 @@ ONSET_GRIDS = {
         "sphere": {"update_mode": "sphere"}, "free": {"update_mode": "free"},
         "free, init_norm=0.3": {"update_mode": "free", "init_norm": 0.3},
     }, (0, 1, 2), 9, 4),
+    # values the full grid does not use, checked separately (the predictor was built
+    # against the full grid's measurements; this grid was not looked at while building it)
+    "heldout": ({
+        "tau=0.15": {"temperature": 0.15}, "tau=0.3": {"temperature": 0.3},
+        "tau=0.7": {"temperature": 0.7},
+        "B=16": {"batch_size": 16}, "B=128": {"batch_size": 128},
+        "d=8": {"d": 8}, "d=32": {"d": 32}, "k=8": {"k": 8, "per_class": 64},
+        "aug=0.3": {"aug_sigma": 0.3}, "aug=0.8": {"aug_sigma": 0.8},
+        "tau=0.2, d=8": {"temperature": 0.2, "d": 8},
+        "dcl, tau=0.2": {"loss": "dcl", "temperature": 0.2},
+        "dcl, clop=1": {"loss": "dcl", "clop_weight": 1.0},
+    }, (0, 1, 2), 9, 4),
 }
 
 
 def onset_grid(name: str, steps: int | None = None) -> list[tuple[str, RunConfig]]:
-    """``(label, run)`` rows of a named grid (``tiny``, ``quick``, ``full``)."""
+    """``(label, run)`` rows of a named grid (``tiny``, ``quick``, ``full``, ``heldout``)."""
     if name not in ONSET_GRIDS:
         raise ValueError(f"grid must be one of {', '.join(ONSET_GRIDS)}, got {name!r}")
     rows, *_ = ONSET_GRIDS[name]
     base = dict(ONSET_BASE)
     if name == "tiny":
         base.update(per_class=16, batch_size=8, d=4, steps=60, log_every=60)
-    if name == "full":
+    if name in ("full", "heldout"):
         base.update(steps=FULL_GRID_STEPS, log_every=FULL_GRID_STEPS)
     if steps is not None:
         base.update(steps=steps, log_every=steps)
@@ -696,42 +843,56 @@ def onset_table(name: str, device: str = "cpu", steps: int | None = None,
     _, seeds, points, rounds = ONSET_GRIDS[name]
     preds = []
     for label, run in grid:
-        a, c = attraction_edge(run), collective_edge(run)
-        preds.append((predict_onset(run), a, c))
+        a, e = attraction_edge(run), escape_edge(run)
+        preds.append((predict_onset(run), a, e, splitting_edge(run), collective_edge(run)))
         if progress:
             progress(f"predicted {label}")
     measured = measure_onsets([r for _, r in grid], seeds, points=points, rounds=rounds, device=device)
     out = []
-    for (label, run), (pred, a, c), m in zip(grid, preds, measured):
+    for (label, run), (pred, a, e, split, c), m in zip(grid, preds, measured):
         ratio = onset_ratio(pred, m["onset"])
         out.append({
             "config": label, "loss": run.loss, "update_mode": run.update_mode,
             "temperature": run.temperature, "batch_size": run.batch_size, "d": run.d, "k": run.k,
-            "clop_weight": run.clop_weight, "init_norm": run.init_norm, "steps": run.steps,
-            "predicted": pred, "attraction_edge": a, "collective_edge": c,
+            "clop_weight": run.clop_weight, "init_norm": run.init_norm, "aug_sigma": run.aug_sigma,
+            "steps": run.steps, "updates_per_point": updates_per_point(run),
+            "predicted": pred, "attraction_edge": a, "escape_edge": e, "splitting_edge": split,
+            "collective_edge": c,
             "measured": m["onset"], "per_seed": m["per_seed"], "spread": m["spread"],
             "ratio": ratio, "within_2x": bool(0.5 <= ratio <= 2.0),
-            "note": _miss_note(pred, m["onset"], a, c, run),
+            "note": _miss_note(pred, m["onset"], a, e, run),
         })
     return out
 
 
-def _miss_note(pred: float, meas: float, attract: float, collective: float, run: RunConfig) -> str:
+def _miss_note(pred: float, meas: float, attract: float, escape: float, run: RunConfig) -> str:
     """Why a row agrees or misses, from which edge binds and which side is infinite."""
     if not math.isfinite(pred) and not math.isfinite(meas):
         why = ("CLOP makes +-u* non-stationary" if run.clop_weight > 0 else
                "the projected step never makes +-u* attract" if run.update_mode != "sphere_raw" else
-               "+-u* is not a fixed point of this loss's step")
+               "+-u* is not a fixed point of this loss's step" if not math.isfinite(attract) else
+               "the pairs do not split within the run's updates")
         return f"agree: no collapse ({why})"
     if math.isfinite(pred) and not math.isfinite(meas):
+        if run.loss == "supcon":
+            return (f"miss: collapse predicted above {pred:.3g} (the +-u* attraction edge) but no "
+                    f"run collapsed within {run.steps} steps up to 3000 x 2B tau: SupCon's class "
+                    f"positives hold the classes apart (its runs end in class collapse, rank "
+                    f"k - 1, not on +-u*); the pair map ignores the class positives")
         return (f"miss: collapse predicted above {pred:.3g} but no run collapsed within "
-                f"{run.steps} steps up to 3000 x 2B tau: the prediction has no escape time (runs "
-                f"leave the spread state slowly; the edges are necessary, not sufficient)")
+                f"{run.steps} steps up to 3000 x 2B tau: the pairs split in time "
+                f"({updates_per_point(run):.3g} updates per point), but the gathering onto one "
+                f"line that follows the split is not modelled and takes longer than the run")
     if not math.isfinite(pred):
         return "miss: collapse measured although +-u* does not attract under this step"
     r = pred / meas
-    edge = "collective" if math.isfinite(collective) and collective >= attract else "attraction"
-    if 0.5 <= r <= 2:
-        return f"within 2x ({edge} edge binds)"
-    side = "above" if r > 2 else "below"
-    return f"miss: prediction {side} the measured onset by {max(r, 1 / r):.2g}x ({edge} edge binds)"
+    edge = "escape" if math.isfinite(escape) and escape >= attract else "attraction"
+    if 0.85 <= r <= 1.15:
+        return f"within 15% ({edge} edge binds)"
+    side = "above" if r > 1 else "below"
+    why = ""
+    if r < 1 and edge == "escape":
+        why = ("; the time the split pairs take to gather onto one line is not modelled, and "
+               "the mean-field pair map's growth is slow here (large d or tau)")
+    within = "within 2x" if 0.5 <= r <= 2 else "miss"
+    return f"{within}: prediction {side} the measured onset by {max(r, 1 / r):.2g}x ({edge} edge binds{why})"
