@@ -258,12 +258,26 @@ class RunConfig:
     # ------------------------------------------------------------------ derived
     @property
     def fused_step(self) -> bool:
-        """Whether the engine trains this run with the fused sparse step (free embeddings,
-        NT-Xent on unit rows, cosine CLOP, plain SGD): there a zero CLOP weight adds exact
-        zeros, so runs with and without CLOP may share a chunk and keep their numbers."""
+        """Whether the engine takes this run's gradient from the fused NT-Xent + CLOP pass
+        (free embeddings, NT-Xent on unit rows, cosine CLOP; any optimizer): there a zero CLOP
+        weight adds exact zeros, so runs with and without CLOP may share a chunk and keep
+        their numbers."""
         return (self.model == "free" and self.loss == "ntxent" and self.update_mode in ("free", "sphere")
-                and self.distance == "cosine" and self.optimizer == "sgd" and self.momentum == 0
-                and self.weight_decay == 0)
+                and self.distance == "cosine")
+
+    @property
+    def table_rule(self) -> str:
+        """How the engine updates free embeddings (:class:`simulate.engine.update.TableStep`):
+        ``sparse`` (plain SGD: only the batch's rows move), ``lazy`` (SGD with momentum or
+        weight decay, LARS, and Adam or AdamW with both betas > 0 and no L2 weight decay for
+        Adam: every row moves, geometric decays kept as per-run scales) or ``padded`` (the
+        rest: the batch's gradient padded with zeros, then the dense rule)."""
+        if self.optimizer == "sgd" and self.momentum == 0 and self.weight_decay == 0:
+            return "sparse"
+        if self.optimizer in ("adam", "adamw") and (
+                self.beta1 == 0 or self.beta2 == 0 or (self.optimizer == "adam" and self.weight_decay > 0)):
+            return "padded"
+        return "lazy"
 
     @property
     def embedding_dim(self) -> int:
@@ -311,12 +325,12 @@ class RunConfig:
 
         A run's numbers must not depend on which runs share its chunk, so the key also holds
         what picks the program: whether CLOP is on (a CLOP term or none) and, for free
-        embeddings, whether momentum or weight decay is on (a dense step or the sparse one)."""
+        embeddings, the rule of the table step (:attr:`table_rule`) and whether momentum is on."""
         d = self.to_dict()
         for f in PER_RUN_FIELDS + ("name",):
             d.pop(f)
-        if self.model == "free":
-            d["dense_step"] = self.momentum > 0 or self.weight_decay > 0 or self.optimizer != "sgd"
+        if self.model == "free":  # the table step's rule, and whether it keeps a momentum buffer
+            d["table_rule"] = (self.table_rule, self.momentum > 0)
         if not self.fused_step:
             d["clop_on"] = self.clop_weight > 0
         return tuple(sorted(d.items()))

@@ -140,30 +140,37 @@ def test_epoch_table_gather_write_and_sync(n, b):
     assert torch.equal(weight, want)
 
 
-def test_fused_sparse_step_freezes_a_non_finite_run():
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_fused_table_step_freezes_a_non_finite_run(optimizer):
     """A NaN row reaches the fused gradient of its run only: the step skips the loss value
-    (value=False), yet that run is not updated and is reported; its chunk-mate moves on."""
-    from simulate.engine.update import SparseStep
+    (value=False), yet that run is not updated and is reported; its chunk-mate moves on.
+    Plain SGD (the sparse step) finds the NaN when the row enters a batch; Adam moves every
+    row, so it finds it at the first update."""
+    from simulate.engine.update import TableStep
 
     runs = expand({**SMALL, "model": "free", "loss": "ntxent", "clop_weight": 0.5, "label_fraction": 0.5,
-                   "lr": [0.1, 0.2]})
+                   "lr": [0.1, 0.2], "optimizer": optimizer})
     chunk = build_state(runs, torch.device("cpu"))
-    assert chunk.fused and chunk.sparse
+    assert chunk.fused and chunk.sparse == (optimizer == "sgd")
     w = chunk.model.weight.detach()
     w[1, 5, 0] = float("nan")  # point 5, view 1, of run 1
-    step = SparseStep(chunk, None, False)
+    step = TableStep(chunk, None, False)
+    assert (step.optimizer is None) == (optimizer == "sgd")
     alive = torch.ones(2, dtype=torch.bool)
     seen = False
-    for _ in range(chunk.stream.n // chunk.stream.b):
+    for t in range(1, chunk.stream.n // chunk.stream.b + 1):
         idx, labels, _, _ = draw_batch(chunk)
         step.sync()
         before = w.clone()
-        loss, ok = step(labels, alive, value=False)
+        loss, ok = step(labels, alive, t, value=False)
         step.sync()
         assert loss is None and bool(ok[0])
         hit = bool((idx[1] == 5).any())
         seen |= hit
-        assert bool(ok[1]) == (not hit and not seen)
+        if optimizer == "sgd":
+            assert bool(ok[1]) == (not hit and not seen)
+        else:
+            assert not ok[1]
         if not ok[1]:
             assert torch.equal(w[1].nan_to_num(7.0), before[1].nan_to_num(7.0))
         assert not torch.equal(w[0], before[0])
@@ -325,14 +332,15 @@ def test_digits_views_come_from_each_runs_own_stream():
 
 def test_runs_of_every_optimizer_are_the_same_in_any_chunk():
     """Runs with different hyper-parameters in one chunk give exactly the rows they give alone
-    (the optimizer is part of the chunk key; everything else per run)."""
+    (the optimizer is part of the chunk key, and for free embeddings whether momentum is on;
+    everything else per run)."""
     runs = []
     for opt, extra in (("lars", {"momentum": [0.0, 0.9], "lars_trust": 1e-2}),
                        ("adam", {"beta1": [0.5, 0.9], "warmup_steps": 4, "schedule": "cosine"}),
                        ("adamw", {"weight_decay": [0.0, 0.1], "eps": 1e-3})):
         runs += expand({**SMALL, "model": ["mlp", "free"], "optimizer": opt, "lr": 0.05,
                         "clop_weight": 0.5, "label_fraction": 0.5, **extra})
-    assert len({r.chunk_key() for r in runs}) == 6
+    assert len({r.chunk_key() for r in runs}) == 7
     together = _frame([row for group in _groups(runs) for row in train_chunk(group).rows])
     alone = _frame([row for r in runs for row in train_chunk([r]).rows])
     pd.testing.assert_frame_equal(together, alone, check_exact=True)

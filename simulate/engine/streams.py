@@ -153,9 +153,15 @@ class EpochTable:
             return points + views * self.n
         return torch.take(self.slots, self.position.gather(1, points) + views * self.n)
 
-    def _gather(self, rows: torch.Tensor) -> torch.Tensor:
+    def _gather(self, rows: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        source = self.table if source is None else source
         flat = (rows + self._base).reshape(-1)
-        return self.table.view(-1, self.dim).index_select(0, flat).view(self.runs, -1, self.dim)
+        return source.reshape(-1, self.dim).index_select(0, flat).view(self.runs, -1, self.dim)
+
+    def reorder(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (R, 2N, D), laid out like the table before the last :meth:`open`, in the
+        table's new order (an optimizer's state follows its rows)."""
+        return self._gather(self._order, x)
 
     def open(self, perm: torch.Tensor) -> None:
         """Lay the rows out for the epoch ``perm`` (R, N): position q holds point perm[:, q]."""
@@ -163,7 +169,8 @@ class EpochTable:
         f = self.full
         batches = perm[:, :f].view(self.runs, -1, 1, self.b).expand(-1, -1, 2, -1).reshape(self.runs, 2 * f)
         points = torch.cat([batches, perm[:, f:], perm[:, f:]], 1)
-        self.table = self._gather(self._rows_of(points, self.row_view))
+        self._order = self._rows_of(points, self.row_view)
+        self.table = self._gather(self._order)
         self.position = torch.empty_like(perm).scatter_(
             1, perm, torch.arange(self.n, device=perm.device).expand(self.runs, -1))
 

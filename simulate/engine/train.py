@@ -2,9 +2,10 @@
 program (parameters carry a leading run dimension; one update serves all runs with per-run
 learning rate and schedule, optimizer hyper-parameters and CLOP weight).
 
-Free embeddings trained by plain SGD (no momentum, no weight decay) take the sparse step
-(:class:`simulate.engine.update.SparseStep`); the others a dense step of the chunk's optimizer
-(:class:`simulate.engine.update.StackedOptimizer`) through autograd.
+Free embeddings take the table step (:class:`simulate.engine.update.TableStep`: the gradient
+of the batch's rows only; plain SGD moves those rows, any other optimizer every row); encoders
+a dense step of the chunk's optimizer (:class:`simulate.engine.update.StackedOptimizer`)
+through autograd.
 
 A run whose loss or parameters become non-finite is marked diverged at that step and frozen;
 its later rows carry ``state = "diverged"`` and NaN metrics. The others go on.
@@ -20,10 +21,11 @@ import torch
 from .. import metrics as M
 from ..cli import check_device_here, parse_device
 from ..config import RunConfig, is_logged
+from ..models import FreeEmbeddings
 from .evaluate import METRIC_COLUMNS, SPECTRUM_COLUMNS, evaluate, final_embeddings, spectrum_logged
 from .objective import base_loss_fn, objective
 from .state import ChunkState, build_state, draw_batch, forward_views
-from .update import SparseStep, StackedOptimizer, relative_change
+from .update import StackedOptimizer, TableStep, relative_change
 
 DIVERGED = "diverged"
 #: changes whenever one configuration would train along a different trajectory (minibatch
@@ -74,7 +76,9 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
     r0, R = runs[0], len(runs)
     loss_fn = base_loss_fn(r0)
     params = list(state.model.parameters())
-    optimizer = StackedOptimizer(state, list(state.model.named_parameters()))
+    table = TableStep(state, loss_fn, r0.update_mode != "free") if isinstance(state.model, FreeEmbeddings) else None
+    optimizer = (table.optimizer if table is not None and table.optimizer is not None
+                 else StackedOptimizer(state, list(state.model.named_parameters())))
     alive = torch.ones(R, dtype=torch.bool, device=device)
     diverged_step = torch.full((R,), -1, dtype=torch.int64, device=device)
     last_loss = torch.full((R,), math.nan, dtype=torch.float64, device=device)
@@ -109,14 +113,13 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
             rows.append(row)
 
     log(0, True)
-    sparse = SparseStep(state, loss_fn, sphere) if state.sparse else None
     for step in range(1, r0.steps + 1):
         idx, labels, v1, v2 = draw_batch(state)
         logged = is_logged(step, r0.steps, r0.log_every)
-        if sparse is not None:
-            loss, ok = sparse(labels, alive, value=logged, lr=optimizer.lr_at(step))
+        if table is not None:
+            loss, ok = table(labels, alive, step, lr=optimizer.lr_at(step), value=logged)
             if logged:
-                sparse.sync()  # the metrics read the weight
+                table.sync()  # the metrics read the weight
         else:
             z1, z2 = forward_views(state, idx, v1, v2)
             loss = objective(state, loss_fn, torch.cat([z1, z2], 1), labels)

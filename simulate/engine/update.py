@@ -133,10 +133,17 @@ class StackedOptimizer:
         self.params = [p for _, p in named_params]
         self.adapt = ["bias" not in n for n in self.names]
         zeros = lambda: [torch.zeros_like(p) for p in self.params]  # noqa: E731
-        self.bufs = zeros()
-        if self.kind in ("adam", "adamw"):
+        adam = self.kind in ("adam", "adamw")
+        self.bufs = zeros() if state.use_momentum and not adam else [None] * len(self.params)
+        if adam:
             self.exp_avg, self.exp_avg_sq = zeros(), zeros()
         self.lr_table = lr_table(state.runs, state.lr.device)
+
+    def state_lists(self) -> list[list[torch.Tensor]]:
+        """The optimizer's state, as lists of tensors shaped like the parameters."""
+        if self.kind in ("adam", "adamw"):
+            return [self.exp_avg, self.exp_avg_sq]
+        return [self.bufs] if self.state.use_momentum else []
 
     def lr_at(self, t: int) -> torch.Tensor:
         """Learning rate (R,) of update ``t`` (1-based), in the parameters' dtype."""
@@ -171,7 +178,7 @@ class StackedOptimizer:
                     d_p.mul_(_col(trust, p))
                 else:
                     d_p = g * _col(trust, p)
-            b = d_p if t == 1 else torch.addcmul(d_p, buf, _col(s.momentum, p))
+            b = d_p if (t == 1 or not s.use_momentum) else torch.addcmul(d_p, buf, _col(s.momentum, p))
             step = b
             if s.use_nesterov:
                 step = torch.where(_col(s.nesterov, p), torch.addcmul(d_p, b, _col(s.momentum, p)), b)
@@ -202,6 +209,169 @@ class StackedOptimizer:
         return _commit(self.params, new_p, [(self.exp_avg, new_m), (self.exp_avg_sq, new_v)], alive, R)
 
 
+#: a run's lazily kept scale (momentum buffer, Adam's moments) is folded into its rows once
+#: it falls below this value, so that the stored rows stay within a few decades of the true
+#: ones
+RESCALE_BELOW = 1e-4
+
+
+class TableOptimizer:
+    """The chunk's optimizer over free embeddings (R, M, D) whose gradient at each update
+    lives on the batch's rows only: the rules of :class:`StackedOptimizer` (see the module
+    docstring), with the zero gradient of the other rows left implicit. Every row still
+    moves (momentum, weight decay, Adam's moments); only the batch's rows take the gradient.
+
+    The state that decays geometrically on rows without gradient is kept as rows times a
+    per-run scale, so that a decay is one multiplication of the scale instead of a pass over
+    the table: the momentum buffer is ``b = mu B`` (``mu`` times ``momentum`` per update);
+    Adam's moments are ``m = mu M`` (``mu`` times ``beta1``) and ``sqrt(v) = sigma S``
+    (``sigma`` times ``sqrt(beta2)``). A scale is folded into its run's rows once it falls
+    below :data:`RESCALE_BELOW` (a run's own schedule: the rows of a run do not depend on its
+    chunk-mates). An update then takes one pass over the table for SGD with momentum, two with
+    weight decay, one more for LARS's norm, and for Adam one pass for the denominator and one
+    for the step, written as ``p - M / (a S + c)`` with ``a = sigma / (k mu)``,
+    ``c = eps c2 / (k mu)``, ``k = lr_t c2 / (1 - beta1^t)``, ``c2 = sqrt(1 - beta2^t)``: the
+    same update as ``p - lr_t / (1 - beta1^t) m / (sqrt(v) / c2 + eps)``. The per-run
+    scalars are computed in float64 on the host.
+
+    :attr:`simulate.config.RunConfig.table_rule` picks the rule (part of the chunk key):
+    ``lazy`` for SGD and LARS (with or without momentum) and for Adam and AdamW with both
+    betas > 0 and without Adam's L2 weight decay; ``padded`` otherwise (the gradient padded
+    with zeros to the whole table, then :class:`StackedOptimizer`).
+    """
+
+    def __init__(self, state: ChunkState, weight: torch.Tensor):
+        self.state = state
+        runs = state.runs
+        self.kind = runs[0].optimizer
+        self.rule = runs[0].table_rule
+        self.dtype, self.device = weight.dtype, weight.device
+        self.lr_at = StackedOptimizer.lr_at.__get__(self)  # the schedule, as a device tensor
+        self.lr_table = lr_table(runs, weight.device)
+        if self.rule == "padded":
+            self.dense = StackedOptimizer(state, [("weight", weight)])
+            return
+        f64 = lambda name: np.array([float(getattr(r, name)) for r in runs])  # noqa: E731
+        steps = runs[0].steps
+        self.host_lr = f64("lr")[None, :] * np.stack(
+            [schedule_factors(steps, r.warmup_steps, r.schedule) for r in runs], 1)  # (steps, R)
+        self.wd, self.eps, self.trust = f64("weight_decay"), f64("eps"), f64("lars_trust")
+        self.nesterov = np.array([bool(r.nesterov) for r in runs])
+        R = len(runs)
+        if self.kind in ("adam", "adamw"):
+            self.b1, self.b2 = f64("beta1"), f64("beta2")
+            self.M, self.S = torch.zeros_like(weight), torch.zeros_like(weight)
+            self.mu, self.sigma = np.ones(R), np.ones(R)
+        else:
+            self.momentum = f64("momentum")
+            self.B = torch.zeros_like(weight) if state.use_momentum else None
+            self.mu = np.ones(R)
+
+    def _t(self, x) -> torch.Tensor:
+        """Per-run host values (R,) as a (R, 1, 1) tensor of the table's dtype and device."""
+        return torch.as_tensor(np.asarray(x, dtype=np.float64), device=self.device).to(self.dtype).view(-1, 1, 1)
+
+    @staticmethod
+    def _fold(rows: torch.Tensor, scale: np.ndarray, col) -> None:
+        """Fold the scales below :data:`RESCALE_BELOW` into their runs' rows (in place)."""
+        due = scale < RESCALE_BELOW
+        if due.any():
+            rows.mul_(col(np.where(due, scale, 1.0)))
+            scale[due] = 1.0
+
+    @torch.no_grad()
+    def reorder(self, order) -> None:
+        """Lay the state out like the rows after ``order`` (:meth:`EpochTable.reorder`)."""
+        if self.rule == "padded":
+            for lst in self.dense.state_lists():
+                lst[:] = [order(x) for x in lst]
+            return
+        for name in ("M", "S", "B"):
+            if getattr(self, name, None) is not None:
+                setattr(self, name, order(getattr(self, name)))
+
+    def step(self, p: torch.Tensor, g: torch.Tensor, block: slice, alive: torch.Tensor, t: int):
+        """Update ``t`` (1-based) of the rows ``p`` (R, M, D) with the gradient ``g`` (R, n, D)
+        of the rows ``block`` (zero elsewhere). Returns
+        the new rows (a new tensor; ``p`` is left as it was) and the per-run mask of the runs
+        updated (alive, with finite new rows); the other runs keep their rows (their optimizer
+        state is not used again once they stop)."""
+        R = p.shape[0]
+        if self.rule == "padded":
+            full = torch.zeros_like(p)
+            full[:, block] = g
+            new_p = p.clone()
+            self.dense.params = [new_p]
+            ok = self.dense.step([full], alive, t)
+            return new_p, ok
+        if self.kind in ("adam", "adamw"):
+            new_p = self._adam(p, g, block, t)
+        else:
+            new_p = self._momentum(p, g, block, t)
+        ok = alive & finite_per_run([new_p], R)
+        if p.device.type == "cpu" and bool(ok.all()):  # (a device would wait for this test)
+            return new_p, ok
+        return torch.where(_col(ok, p), new_p, p), ok
+
+    def _momentum(self, p, g, block, t):
+        """``sgd`` and ``lars``: ``d = trust (g + wd p)`` (trust 1 for sgd), ``b = d`` at the
+        first update, else ``momentum b + d``; ``p -= lr_t (d + momentum b)`` with Nesterov,
+        else ``p -= lr_t b``."""
+        R = p.shape[0]
+        host = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float64), device=self.device)  # noqa: E731
+        col = lambda x: x.to(self.dtype).view(-1, 1, 1)  # noqa: E731
+        lr = host(self.host_lr[t - 1])
+        wd = host(self.wd)
+        if self.kind == "lars":  # on the device: no wait for the norms
+            w_norm = p.reshape(R, -1).norm(dim=1).double()
+            g_norm = g.reshape(R, -1).norm(dim=1).double()
+            use = (w_norm > 0) & (g_norm > 0)  # else: no adaptation, no decay
+            trust = torch.where(use, host(self.trust) * w_norm / (g_norm + wd * w_norm + host(self.eps)),
+                                torch.ones_like(w_norm))
+            wd = torch.where(use, wd, torch.zeros_like(wd)) * trust
+            g = g * col(trust)
+        use_wd = self.state.use_weight_decay
+        if self.B is None:  # no momentum: p (1 - lr wd) - lr trust g
+            new_p = p * col(1.0 - lr * wd) if use_wd else p.clone()
+            new_p[:, block] += g * col(-lr)
+            return new_p
+        self._fold(self.B, self.mu, self._t)
+        if t > 1:
+            self.mu = self.mu * self.momentum
+        mu = host(self.mu)
+        if use_wd:
+            self.B.addcmul_(p, col(wd / mu))
+        self.B[:, block] += g * col(1.0 / mu)
+        nest = host(self.nesterov & (self.momentum > 0)) > 0
+        new_p = torch.addcmul(p, col(torch.where(nest, -lr * host(self.momentum) * mu, -lr * mu)), self.B)
+        if bool(self.nesterov.any()):  # the d term of Nesterov's step
+            zero = torch.zeros_like(lr)
+            if use_wd:
+                new_p.addcmul_(p, col(torch.where(nest, -lr * wd, zero)))
+            new_p[:, block] += g * col(torch.where(nest, -lr, zero))
+        return new_p
+
+    def _adam(self, p, g, block, t):
+        lr = self.host_lr[t - 1]
+        b1, b2 = self.b1, self.b2
+        self._fold(self.M, self.mu, self._t)
+        self._fold(self.S, self.sigma, self._t)
+        sigma_prev = self.sigma
+        self.mu = self.mu * b1
+        self.sigma = sigma_prev * np.sqrt(b2)
+        # M += (1 - b1) g / mu; S = sqrt(b2 (sigma_prev S)^2 + (1 - b2) g^2) / sigma, on the batch's rows
+        self.M[:, block] += g * self._t((1 - b1) / self.mu)
+        old = self.S[:, block] * self._t(sigma_prev * np.sqrt(b2))
+        self.S[:, block] = torch.addcmul(old * old, g * self._t(1 - b2), g).sqrt_().mul_(self._t(1.0 / self.sigma))
+        c2 = np.sqrt(1 - b2 ** t)
+        k = lr / (1 - b1 ** t) * c2
+        denom = torch.addcmul(self._t(self.eps * c2 / (k * self.mu)), self.S, self._t(self.sigma / (k * self.mu)))
+        base = p
+        if self.kind == "adamw" and self.state.use_weight_decay:
+            base = p * self._t(1.0 - lr * self.wd)
+        return torch.addcdiv(base, self.M, denom, value=-1.0)
+
+
 def relative_change(params, previous) -> torch.Tensor:
     """Per-run ``||theta - theta_prev|| / ||theta_prev||`` over all parameters (R,), float64.
     Exactly 0 when no parameter moved: a stationary point, or updates below the dtype's
@@ -222,16 +392,25 @@ def finite_per_run(tensors, runs: int) -> torch.Tensor:
 
 
 
-class SparseStep:
-    """Plain SGD (no momentum, no weight decay; any schedule) on free embeddings, touching only the rows of
-    the batch: the same update as the dense step, whose gradient is zero on every other row.
-    The rows live in an :class:`EpochTable` (the model's weight is brought up to date by
-    :meth:`sync`); NT-Xent with or without cosine CLOP takes the fused value and gradient,
-    every other objective autograd on the batch's rows."""
+class TableStep:
+    """A step of free embeddings, whose gradient lives on the batch's rows only.
+    NT-Xent with or without cosine CLOP on unit rows takes the fused value and gradient
+    (:func:`simulate.engine.fused.ntxent_clop_value_and_grad`), every other objective autograd
+    on the batch's rows.
+
+    Plain SGD (no momentum, no weight decay; any schedule) moves only the batch's rows: the
+    same update as the dense step, whose gradient is zero on every other row (the *sparse*
+    step). Any other optimizer (momentum, weight decay, LARS, Adam) moves every row: the
+    chunk's :class:`TableOptimizer` updates them from the batch's gradient. LARS's layer is
+    the run's whole table, as it is the run's whole weight in the dense step. The rows live
+    in an :class:`EpochTable`, laid out so that each batch is one block (an optimizer's state
+    follows the same order); :meth:`sync` brings the model's weight up to date.
+    """
 
     def __init__(self, state: ChunkState, loss_fn, sphere: bool):
         self.state, self.loss_fn, self.sphere = state, loss_fn, sphere
         self.table = EpochTable(state.model.weight, state.runs[0].batch_size)
+        self.optimizer = None if state.sparse else TableOptimizer(state, self.table.table)
         # this epoch's CLOP targets and row weights (fused path): each batch's weights depend
         # on its own number of labelled points
         self.clop_targets: torch.Tensor | None = None  # (R, N', D)
@@ -240,18 +419,12 @@ class SparseStep:
     def sync(self) -> None:
         self.table.sync()
 
-    def __call__(self, labels, alive, value: bool = True, lr: torch.Tensor | None = None):
-        """One step at the learning rate ``lr`` (R,) (None: ``state.lr``). Returns (per-run loss, or None when ``value`` is False and the fused
-        path can skip it; per-run mask of the runs updated). A non-finite loss always shows
-        in the gradient (through ``log zsum``, ``P = e / zsum`` or the rows), so the update
-        check finds it."""
+    def _gradient(self, z, labels, alive, value: bool):
+        """(per-run loss or None, gradient (R, 2B, D) of the batch's rows, per-run finite
+        mask of the loss)."""
         state, stream = self.state, self.state.stream
-        if stream.new_epoch:
-            self.table.open(stream.perm)
-        z = self.table.batch(stream.j - 1)  # a view: updated in place
-        R = z.shape[0]
         if state.fused:
-            # every run's gradient is its own; the runs that are dead or not finite are masked below
+            # every run's gradient is its own; the runs that are dead or not finite are masked later
             clop = None
             if state.prototypes is not None:
                 if stream.new_epoch:
@@ -261,13 +434,38 @@ class SparseStep:
                 batch = stream.batch_slice()
                 clop = (self.clop_targets[:, batch], self.clop_row_weights[:, batch], state.clop_weight)
             loss, g = ntxent_clop_value_and_grad(z, state.runs[0].temperature, clop, value=value)
-            finite = alive if loss is None else torch.isfinite(loss)
-        else:
-            leaf = z.detach().requires_grad_(True)
-            loss = objective(state, self.loss_fn, leaf, labels)
-            finite = torch.isfinite(loss)
-            total = torch.where(alive & finite, loss, torch.zeros_like(loss)).sum()
-            (g,) = torch.autograd.grad(total, [leaf])
+            return loss, g, (alive if loss is None else torch.isfinite(loss))
+        leaf = z.detach().requires_grad_(True)
+        loss = objective(state, self.loss_fn, leaf, labels)
+        finite = torch.isfinite(loss)
+        total = torch.where(alive & finite, loss, torch.zeros_like(loss)).sum()
+        (g,) = torch.autograd.grad(total, [leaf])
+        return loss, g, finite
+
+    def __call__(self, labels, alive, t: int, lr: torch.Tensor | None = None, value: bool = True):
+        """Update ``t`` (1-based) at the learning rate ``lr`` (R,) (None: ``state.lr``; the
+        sparse step's; an optimizer takes its own schedule). Returns (per-run loss, or None
+        when ``value`` is False and the fused path can skip it; per-run mask of the runs
+        updated). A non-finite loss always shows in the gradient (through ``log zsum``,
+        ``P = e / zsum`` or the rows), so the update check finds it."""
+        state, stream = self.state, self.state.stream
+        if stream.new_epoch:
+            self.table.open(stream.perm)
+            if self.optimizer is not None:
+                self.optimizer.reorder(self.table.reorder)
+        if self.optimizer is not None:  # every row moves
+            j = stream.j - 1
+            block = slice(2 * j * stream.b, 2 * (j + 1) * stream.b)
+            loss, g, finite = self._gradient(self.table.table[:, block], labels, alive, value)
+            with torch.no_grad():
+                rows, ok = self.optimizer.step(self.table.table, g, block, alive & finite, t)
+                if self.sphere:
+                    rows = torch.nn.functional.normalize(rows, dim=-1)
+                self.table.table = rows
+            return loss, ok
+        z = self.table.batch(stream.j - 1)  # a view: updated in place
+        R = z.shape[0]
+        loss, g, finite = self._gradient(z, labels, alive, value)
         with torch.no_grad():
             upd = torch.addcmul(z, (state.lr if lr is None else lr).view(-1, 1, 1), g, value=-1.0)
             if self.sphere:
