@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
 
     be = sub.add_parser("bench", help="batched engine against a per-configuration loop")
     be.add_argument("--optimizer", default="sgd",
-                    help="sgd | lars | adam | adamw, or several comma-separated, each timed and "
-                         "compared with its per-configuration torch.optim loop (default: sgd)")
+                    help="sgd | sgd-momentum | lars | adam | adamw, or several comma-separated, "
+                         "each timed and compared with its per-configuration torch.optim loop "
+                         "(default: sgd)")
     be.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     be.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
     be.add_argument("--repeats", type=int, default=3,

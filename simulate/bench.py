@@ -3,9 +3,11 @@
 One fixed grid of 64 configurations shaped like the default figure sweeps (NT-Xent with and
 without CLOP, 8 learning rates from 0.01 to 10, 4 seeds; free embeddings from an 8-class
 mixture, 512 points, d = 16, batch 64, 300 steps) is trained two ways in one process, for
-each optimizer asked for (``optimizers``; ``sgd`` by default: plain SGD, the sparse step;
-``lars`` with momentum 0.9 and weight decay 1e-6, the paper's recipe; ``adam`` and ``adamw``
-with their torch defaults; the three take the dense step):
+each optimizer asked for (``optimizers``; ``sgd`` by default: plain SGD, which moves only
+the batch's rows; ``sgd-momentum``: SGD with momentum 0.9; ``lars`` with momentum 0.9 and
+weight decay 1e-6, the paper's recipe; ``adam`` and ``adamw`` with their torch defaults
+(AdamW's weight decay 0.01); the last four move every row each step, see
+:class:`simulate.engine.update.TableOptimizer`):
 
 * ``loop_s``: one configuration at a time, each with its own ``torch.optim`` optimizer
   (``SGD``, ``Adam``, ``AdamW``, or :class:`LoopLARS` for ``lars``) and the same loss
@@ -55,6 +57,7 @@ from .plan import plan_chunks
 #: each optimizer's settings on the bench grid (the rest are the RunConfig defaults)
 OPTIMIZER_SETTINGS = {
     "sgd": {},
+    "sgd-momentum": {"momentum": 0.9},
     "lars": {"momentum": 0.9, "weight_decay": 1e-6},
     "adam": {},
     "adamw": {"weight_decay": 0.01},
@@ -69,7 +72,7 @@ def bench_grid(steps: int = 300, optimizer: str = "sgd") -> list[RunConfig]:
         "lr": [float(x) for x in np.geomspace(0.01, 10.0, 8)], "seed": [0, 1, 2, 3],
         "model": "free", "k": 8, "d": 16, "per_class": 64, "holdout_fraction": 0.0,
         "label_fraction": 0.5, "batch_size": 64, "steps": steps, "log_every": steps,
-        "optimizer": optimizer, **OPTIMIZER_SETTINGS[optimizer],
+        "optimizer": optimizer.split("-")[0], **OPTIMIZER_SETTINGS[optimizer],
     })
 
 
@@ -178,7 +181,7 @@ def matmul_peak_flops_per_s(runs: int, rows: int, dim: int, device, repeats: int
     return 2.0 * runs * rows * rows * dim * repeats / best
 
 
-def _time_engine(runs, dev, steps, repeats, say):
+def _time_engine(runs, dev, steps, repeats, say, name):
     """Engine times over ``repeats`` runs of the grid (each after its matmul floor and peak
     measurements), the floors and peaks, and the last results."""
     sync = _synchronizer(dev)
@@ -194,7 +197,7 @@ def _time_engine(runs, dev, steps, repeats, say):
         sync()
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-        say(f"batched ({r0.optimizer}): {len(runs)} configurations as {len(results)} stack(s) in "
+        say(f"batched ({name}): {len(runs)} configurations as {len(results)} stack(s) in "
             f"{times[-1]:.2f} s (their matmuls alone: {floors[-1]:.2f} s)")
     return times, cpu, floors, peaks, results
 
@@ -205,7 +208,7 @@ def run_bench(device: str = "auto", steps: int = 300, repeats: int = 3, loop: bo
         raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
     optimizers = list(dict.fromkeys(optimizers))
     if not optimizers:
-        raise SpecError("--optimizer must name at least one of sgd, lars, adam, adamw")
+        raise SpecError(f"--optimizer must name at least one of {', '.join(OPTIMIZER_SETTINGS)}")
     grids = {name: bench_grid(steps, name) for name in optimizers}  # validates the names
     dev = resolve_device(device)
     say = print if verbose else (lambda *a, **k: None)
@@ -228,7 +231,7 @@ def run_bench(device: str = "auto", steps: int = 300, repeats: int = 3, loop: bo
             rec["loop_s"] = round(time.perf_counter() - t, 4)
             rec["loop_cpu_s"] = round(time.process_time() - c, 4)
             say(f"loop ({name}): {len(runs)} configurations one at a time in {rec['loop_s']:.2f} s")
-        times, cpu, floors, peaks, results = _time_engine(runs, dev, steps, repeats, say)
+        times, cpu, floors, peaks, results = _time_engine(runs, dev, steps, repeats, say, name)
         rec["batched_s"] = round(float(np.median(times)), 4)
         rec["batched_s_all"] = [round(x, 4) for x in times]
         rec["batched_cpu_s"] = round(float(np.median(cpu)), 4)
@@ -264,7 +267,7 @@ def run_bench(device: str = "auto", steps: int = 300, repeats: int = 3, loop: bo
 
 
 def parse_optimizers(text: str) -> list[str]:
-    """``sgd,lars,adam`` -> the names (each one of sgd, lars, adam, adamw)."""
+    """``sgd,lars,adam`` -> the names (each a key of :data:`OPTIMIZER_SETTINGS`)."""
     names = [t.strip().lower() for t in str(text).split(",") if t.strip()]
     for n in names or [""]:
         if n not in OPTIMIZER_SETTINGS:

@@ -23,6 +23,9 @@ _UNITS = {"TB": 1024**4, "GB": 1024**3, "MB": 1024**2, "KB": 1024, "B": 1}
 PARAM_COPIES = 4
 #: Adam and AdamW keep two moment buffers besides the momentum-sized one
 ADAM_EXTRA_COPIES = 2
+#: free embeddings: the epoch-ordered table beside the weight, and the update's denominator
+#: (or, in the sphere modes, the renormalised copy)
+FREE_TABLE_COPIES = 2
 #: activations of each layer: forward output, its gradient, the views and a temporary
 ACTIVATION_COPIES = 4
 #: (2B x 2B) similarity matrices: logits, exponentials, softmax, its gradient and masks
@@ -79,6 +82,8 @@ def run_bytes(run: RunConfig, itemsize: int = 4) -> int:
     data = n_train * run.d * DATA_COPIES
     evaluation = eval_rows * width * EVAL_EMBEDDING_COPIES + int(eval_rows * eval_rows * EVAL_GRAM_FRACTION)
     copies = PARAM_COPIES + (ADAM_EXTRA_COPIES if run.optimizer in ("adam", "adamw") else 0)
+    if run.model == "free":
+        copies += FREE_TABLE_COPIES
     return itemsize * (copies * params + acts + sims + data + evaluation) + RUN_OVERHEAD_BYTES
 
 

@@ -4,7 +4,7 @@
     state.py     the chunk's stacked state, built from its runs; minibatches and views
     objective.py each run's base loss plus its CLOP term
     fused.py     NT-Xent + cosine CLOP value and gradient in one pass
-    update.py    the update rules (SGD, the sparse step of free embeddings)
+    update.py    the update rules (the optimizers, the table step of free embeddings)
     evaluate.py  metrics at logged steps, the final embeddings
     train.py     the loop: :func:`train_chunk` -> :class:`TrainResult`
 """

@@ -53,7 +53,7 @@ class ChunkState:
         self.use_momentum = bool((self.momentum != 0).any())
         self.use_weight_decay = bool((self.weight_decay != 0).any())
         self.use_nesterov = bool(self.nesterov.any())
-        #: free embeddings with plain SGD (no momentum, no weight decay) take the sparse step
+        #: free embeddings with plain SGD (no momentum, no weight decay): only the batch's rows move
         self.sparse = (isinstance(self.model, FreeEmbeddings) and self.runs[0].optimizer == "sgd"
                        and not (self.use_momentum or self.use_weight_decay))
         #: NT-Xent (+ cosine CLOP) on unit rows: value and gradient in one pass (fused)

@@ -2,7 +2,7 @@
 
 Every run draws its minibatches (shuffled epochs) and view noise from its own generator,
 seeded from its own seed (:func:`run_seeds`), so a run's trajectory does not depend on which
-chunk it lands in. Free embeddings trained by the sparse step keep their rows in an
+chunk it lands in. Free embeddings trained by the table step keep their rows in an
 :class:`EpochTable`, laid out in the epoch's order so that every batch is one block.
 """
 

@@ -1,7 +1,8 @@
 """Update rules over stacked parameters: the optimizers (``sgd``, ``lars``, ``adam``,
 ``adamw``; one update for all runs of a chunk, with per-run hyper-parameters), the per-run
-learning-rate schedule, and the sparse step of free embeddings, which moves only the batch's
-rows.
+learning-rate schedule, and the table step of free embeddings (:class:`TableStep`), whose
+gradient lives on the batch's rows: plain SGD moves only those rows, the other optimizers
+every row (:class:`TableOptimizer`).
 
 Every rule acts on parameters with a leading run dimension ``(R, ...)``; the runs of a chunk
 share one optimizer (it is part of the chunk key) but each has its own learning rate, schedule,

@@ -1,0 +1,39 @@
+"""The bench command's grid and report: every optimizer's engine run agrees with its
+per-configuration torch.optim loop (timings are reported, never asserted)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulate.bench import OPTIMIZER_SETTINGS, bench_grid, parse_optimizers, run_bench
+from simulate.config import SpecError
+
+
+def test_bench_engine_equals_the_loop_for_every_optimizer():
+    names = list(OPTIMIZER_SETTINGS)
+    out = run_bench("cpu", steps=4, repeats=1, loop=True, verbose=False, optimizers=names)
+    assert list(out["optimizers"]) == names and set(out["time_vs_sgd"]) == set(names)
+    for name, rec in out["optimizers"].items():
+        assert rec["runs_compared"] == 64, name
+        # float32, 4 steps at learning rates up to 10. The engine's gradient (the fused pass)
+        # and the loop's (autograd) round differently; Adam divides each coordinate by its own
+        # gradient scale, so a coordinate whose NT-Xent and CLOP parts nearly cancel moves by
+        # up to lr (1 - beta1) / sqrt(1 - beta2) whatever its size, and rounding shows there
+        # (float64 agreement to 1e-6 is tests/test_optim.py's)
+        tol = 5e-2 if name in ("adam", "adamw") else 1e-4
+        assert rec["max_abs_diff"] < tol, (name, rec["max_abs_diff"])
+        assert rec["loop_s"] > 0 and rec["batched_s"] > 0 and rec["speedup"] > 0
+    grid = bench_grid(4, "sgd-momentum")
+    assert {r.optimizer for r in grid} == {"sgd"} and {r.momentum for r in grid} == {0.9}
+    assert {r.clop_weight for r in grid} == {0.0, 1.0} and len({r.chunk_key() for r in grid}) == 1
+
+
+def test_bench_refuses_unknown_optimizers_by_name():
+    with pytest.raises(SpecError, match="--optimizer"):
+        parse_optimizers("sgd,rmsprop")
+    env_root = Path(__file__).resolve().parents[1]
+    bad = subprocess.run([sys.executable, "-m", "simulate", "bench", "--optimizer", "rmsprop"],
+                         capture_output=True, text=True, cwd=env_root, timeout=120)
+    assert bad.returncode == 2 and "--optimizer" in bad.stderr and "Traceback" not in bad.stderr
