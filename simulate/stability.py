@@ -523,7 +523,8 @@ def initial_pair_cosine(run: RunConfig) -> float:
     ``x + aug_sigma * n1`` and ``x + aug_sigma * n2`` of a point ``x`` with
     ``|x|^2 ~ mean_scale^2 + noise_dims sigma^2``, so ``cos ~ |x|^2 / (|x|^2 + d aug_sigma^2)``
     (the ratio of the expected dot product to the expected squared norm). ``init_norm``
-    rescales rows and leaves it unchanged."""
+    rescales rows and leaves it unchanged. Gaussian-mixture data without ``sign_flip`` only
+    (the edges below are NaN otherwise)."""
     noise_dims = run.d if run.noise_rank is None else run.noise_rank
     sig = run.mean_scale**2 + noise_dims * run.sigma**2
     return sig / (sig + run.d * run.aug_sigma**2)
@@ -564,7 +565,10 @@ def _split_ratio(beta: float, p: float, qc: float, w: float = 0.0) -> float:
 
 
 def _raw_temperature_run(run: RunConfig) -> bool:
-    return run.update_mode == "sphere_raw" and run.loss in ("ntxent", "supcon", "dcl")
+    """Whether the pair map applies: raw steps, a temperature loss, mixture data whose views
+    start on the same side (:func:`initial_pair_cosine` models exactly that)."""
+    return (run.update_mode == "sphere_raw" and run.loss in ("ntxent", "supcon", "dcl")
+            and run.data == "mixture" and not run.sign_flip)
 
 
 def splitting_edge(run: RunConfig, cos_pair: float | None = None) -> float:
@@ -574,7 +578,8 @@ def splitting_edge(run: RunConfig, cos_pair: float | None = None) -> float:
     isotropic :func:`collective_edge`. The initial pairs are not aligned (the views differ by
     the augmentation), which lowers the positive's softmax weight and raises ``qc``; at small
     tau this moves the edge by a large factor (tau = 0.1, B = 32, d = 16: 5.5 instead of 25
-    times 2B tau). NaN unless the update mode is ``sphere_raw`` with a temperature loss."""
+    times 2B tau). NaN unless the update mode is ``sphere_raw`` with a temperature loss on
+    mixture data without ``sign_flip``."""
     if not _raw_temperature_run(run):
         return math.nan
     c = initial_pair_cosine(run) if cos_pair is None else float(cos_pair)
@@ -624,8 +629,8 @@ def escape_edge(run: RunConfig, rel_tol: float = 1e-4) -> float:
     (its derivative in beta has the sign of 1 - p), so a bisection on the rate finds it.
     ``math.inf`` when even the largest rates (the ratio's limit
     ``(qc + 1 - p) / (1 - p - qc)``) do not split the pairs in time (few updates per point);
-    NaN unless the update mode is ``sphere_raw`` with a temperature loss. Rates in the
-    engine's units, ``lr = beta * 2 B tau``."""
+    NaN unless the update mode is ``sphere_raw`` with a temperature loss on mixture data
+    without ``sign_flip``. Rates in the engine's units, ``lr = beta * 2 B tau``."""
     if not _raw_temperature_run(run):
         return math.nan
     theta0 = math.acos(min(1.0, max(-1.0, initial_pair_cosine(run))))
@@ -659,8 +664,8 @@ def predict_onset(run: RunConfig) -> float:
     ``math.inf``: no collapse predicted. (In the free mode the edges would be at
     ``lr = e * |z|^2``, the effective rate times the initial squared norm, and norm growth
     only raises them; the projected step never makes +-u* attract, so the prediction there
-    is ``math.inf``.) Losses without a temperature, and update modes other than
-    ``sphere_raw``, get the attraction edge alone.
+    is ``math.inf``.) Losses without a temperature, update modes other than ``sphere_raw``,
+    the digits data and sign-flipped views get the attraction edge alone.
 
     Accuracy (``python -m figures onset``, 1000 steps, 3 seeds; measured brackets are about
     +-5% wide). ``--grid full`` (18 rows): median ``|pred / meas - 1|`` 0.053 (target 0.15),

@@ -187,6 +187,8 @@ def test_predict_onset_is_the_larger_edge():
     assert math.isfinite(a) and math.isfinite(e)
     assert S.predict_onset(run) == max(a, e)
     assert math.isnan(S.escape_edge(RunConfig(**{**RAW, "update_mode": "sphere"})))
+    # views flipped to opposite sides: the initial pair angle is not the data model's
+    assert math.isnan(S.escape_edge(RunConfig(**{**RAW, "sign_flip": True})))
 
 
 def test_heldout_grid_shares_no_configuration_with_the_full_grid():
