@@ -366,7 +366,7 @@ class TableOptimizer:
         self.S[:, block] = torch.addcmul(old * old, g * self._t(1 - b2), g).sqrt_().mul_(self._t(1.0 / self.sigma))
         c2 = np.sqrt(1 - b2 ** t)
         k = lr / (1 - b1 ** t) * c2
-        denom = torch.addcmul(self._t(self.eps * c2 / (k * self.mu)), self.S, self._t(self.sigma / (k * self.mu)))
+        denom = torch.mul(self.S, self._t(self.sigma / (k * self.mu))).add_(self._t(self.eps * c2 / (k * self.mu)))
         base = p
         if self.kind == "adamw" and self.state.use_weight_decay:
             base = p * self._t(1.0 - lr * self.wd)
