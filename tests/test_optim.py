@@ -308,6 +308,31 @@ def test_training_loop_equals_per_configuration_script(optimizer, model, extra):
         assert not any(r["diverged"] for r in result.rows)
 
 
+@pytest.mark.parametrize("optimizer, extra", [
+    ("adam", dict(lr=[1e-2, 0.1], beta1=[0.5, 0.9], beta2=[0.9, 0.999])),
+    ("sgd", dict(lr=[0.1, 0.5], momentum=[0.5, 0.9], weight_decay=1e-3)),
+    ("lars", dict(lr=[0.3, 3.0], momentum=0.9, nesterov=[False, True], weight_decay=1e-3)),
+])
+def test_table_rule_folds_its_scales_without_changing_the_update(optimizer, extra, monkeypatch):
+    """With the fold threshold raised to 0.95 every scale (Adam's sqrt(beta2) ones included)
+    is folded into its rows every few updates; the runs still equal the reference optimizer
+    (float64, 1e-6), and the runs in one chunk equal the runs alone."""
+    from simulate.engine import update
+
+    monkeypatch.setattr(update, "RESCALE_BELOW", 0.95)
+    spec = {**NET, "model": "free", "d": 6, "k": 3, "per_class": 8, "batch_size": 6, "steps": 25,
+            "log_every": 25, "loss": "ntxent", "clop_weight": 0.5, "label_fraction": 0.5,
+            "optimizer": optimizer, **extra}
+    runs = expand(spec)
+    assert {r.table_rule for r in runs} == {"lazy"}
+    result = train_chunk(runs, dtype=torch.float64)
+    for i, run in enumerate(runs):
+        want = _engine_reference(run)["weight"]
+        assert float((result.model.weight[i] - want).abs().max()) <= 1e-6, run
+        alone = train_chunk([run], dtype=torch.float64).model.weight[0]
+        assert torch.equal(alone, result.model.weight[i])
+
+
 @pytest.mark.parametrize("bad, field", [
     ({"optimizer": "rmsprop"}, "optimizer"), ({"nesterov": True}, "nesterov"),
     ({"optimizer": "adam", "momentum": 0.9}, "momentum"), ({"beta1": 1.0}, "beta1"),

@@ -293,10 +293,10 @@ class TableOptimizer:
 
     def step(self, p: torch.Tensor, g: torch.Tensor, block: slice, alive: torch.Tensor, t: int):
         """Update ``t`` (1-based) of the rows ``p`` (R, M, D) with the gradient ``g`` (R, n, D)
-        of the rows ``block`` (zero elsewhere). Returns
-        the new rows (a new tensor; ``p`` is left as it was) and the per-run mask of the runs
-        updated (alive, with finite new rows); the other runs keep their rows (their optimizer
-        state is not used again once they stop)."""
+        of the rows ``block`` (zero elsewhere). Returns the new rows (a new tensor; ``p`` is
+        left as it was) and the per-run mask of the runs updated (alive, with finite new
+        rows); the other runs keep their rows (their optimizer state is not used again once
+        they stop)."""
         R = p.shape[0]
         if self.rule == "padded":
             full = torch.zeros_like(p)
