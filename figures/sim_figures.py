@@ -276,7 +276,7 @@ def build_phase_diagram(data):
     rows += [("predicted_onset_lambda", float(v), float(e), math.nan) for v, e in zip(piv2.index, onset2)]
     if any(np.isfinite(onset2)):
         a2.plot(np.where(np.isfinite(onset2), onset2, np.nan), np.arange(len(onset2)), "r-", lw=1.8,
-                label="predicted onset of collapse")
+                marker="o", ms=5, label="predicted onset of collapse (none predicted with CLOP)")
     a2.legend(fontsize=7, loc="lower left")
     a2.set_xlabel(r"learning rate $\eta$"), a2.set_ylabel(r"CLOP weight $\lambda$")
     a2.set_title(r"NT-Xent + CLOP, $\tau$ = %.2g" % lam_df["temperature"].iloc[0], fontsize=9)
