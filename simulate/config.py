@@ -268,14 +268,19 @@ class RunConfig:
     @property
     def table_rule(self) -> str:
         """How the engine updates free embeddings (:class:`simulate.engine.update.TableStep`):
-        ``sparse`` (plain SGD: only the batch's rows move), ``lazy`` (SGD with momentum or
-        weight decay, LARS, and Adam or AdamW with both betas > 0 and no L2 weight decay for
-        Adam: every row moves, geometric decays kept as per-run scales) or ``padded`` (the
-        rest: the batch's gradient padded with zeros, then the dense rule)."""
+        ``sparse`` (plain SGD: only the batch's rows move), ``lazy`` (every row moves, the
+        geometric decays kept as per-run scales: SGD and LARS with momentum 0 or at least
+        :data:`LAZY_MIN_DECAY`; Adam and AdamW with ``beta1`` and ``sqrt(beta2)`` at least
+        that, and no L2 weight decay for Adam) or ``padded`` (the rest: the batch's gradient
+        padded with zeros, then the dense rule; a decay below the bound would push a per-run
+        scale out of float32's range within one update)."""
         if self.optimizer == "sgd" and self.momentum == 0 and self.weight_decay == 0:
             return "sparse"
-        if self.optimizer in ("adam", "adamw") and (
-                self.beta1 == 0 or self.beta2 == 0 or (self.optimizer == "adam" and self.weight_decay > 0)):
+        if self.optimizer in ("adam", "adamw"):
+            if (min(self.beta1, math.sqrt(self.beta2)) < LAZY_MIN_DECAY
+                    or (self.optimizer == "adam" and self.weight_decay > 0)):
+                return "padded"
+        elif 0 < self.momentum < LAZY_MIN_DECAY:
             return "padded"
         return "lazy"
 
@@ -345,6 +350,10 @@ def logged_count(steps: int, log_every: int) -> int:
     """How many steps :func:`is_logged` picks."""
     return 1 + steps // log_every + (steps % log_every != 0)
 
+
+#: the smallest momentum (or Adam beta1, sqrt(beta2)) the table step keeps as a per-run scale
+#: (:attr:`RunConfig.table_rule`)
+LAZY_MIN_DECAY = 1e-3
 
 #: fields that may differ between the runs of one chunk (they are per-run tensors or data)
 PER_RUN_FIELDS = (

@@ -23,9 +23,10 @@ _UNITS = {"TB": 1024**4, "GB": 1024**3, "MB": 1024**2, "KB": 1024, "B": 1}
 PARAM_COPIES = 4
 #: Adam and AdamW keep two moment buffers besides the momentum-sized one
 ADAM_EXTRA_COPIES = 2
-#: free embeddings: the epoch-ordered table beside the weight, and the update's denominator
-#: (or, in the sphere modes, the renormalised copy)
-FREE_TABLE_COPIES = 2
+#: free embeddings: the epoch-ordered table beside the weight, the padded gradient (or
+#: Adam's denominator), the renormalised copy of the sphere modes and the masked copy of a
+#: chunk with stopped runs
+FREE_TABLE_COPIES = 5
 #: activations of each layer: forward output, its gradient, the views and a temporary
 ACTIVATION_COPIES = 4
 #: (2B x 2B) similarity matrices: logits, exponentials, softmax, its gradient and masks

@@ -595,7 +595,7 @@ ESCAPE_ANGLE = math.pi / 2
 def _pair_weights(run: RunConfig):
     """``cos_pair -> (p, qc)`` of :func:`isotropic_statistics`, its integrals done once."""
     st = isotropic_statistics(run)  # at cos_pair = 1: recover the integrals from p and qc
-    tau, b = run.temperature, run.batch_size
+    tau = run.temperature
     if run.loss == "dcl":
         return lambda c: (0.0, st["qc"])
     neg = (1.0 / st["p"] - 1.0)  # (2B - 2) E[e^{(c - 1)/tau}] with the positive's term 1

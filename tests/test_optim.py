@@ -233,10 +233,10 @@ def test_schedule_equals_torch_lr_scheduler(steps, warmup, schedule):
                                    r.lr * schedule_factors(steps, r.warmup_steps, r.schedule), rtol=1e-15)
 
 
-def _engine_reference(run):
+def _engine_reference(run, dtype=torch.float64):
     """One configuration through the engine's own minibatches and loss, with torch.optim (and
     for LARS the slow reference) and the torch schedulers: the per-configuration script."""
-    chunk = build_state([run], torch.device("cpu"), torch.float64)
+    chunk = build_state([run], torch.device("cpu"), dtype)
     named = list(chunk.model.named_parameters())
     loss_fn = base_loss_fn(run)
     if run.optimizer == "lars":
@@ -331,6 +331,53 @@ def test_table_rule_folds_its_scales_without_changing_the_update(optimizer, extr
         assert float((result.model.weight[i] - want).abs().max()) <= 1e-6, run
         alone = train_chunk([run], dtype=torch.float64).model.weight[0]
         assert torch.equal(alone, result.model.weight[i])
+
+
+@pytest.mark.parametrize("optimizer, extra", [
+    ("sgd", dict(momentum=1e-39)), ("lars", dict(momentum=1e-39)),
+    ("adam", dict(beta1=1e-39)), ("adam", dict(beta2=1e-80)),
+])
+def test_decays_too_small_for_a_scale_take_the_padded_rule(optimizer, extra):
+    """A momentum or beta so small that its per-run scale would leave float32's range within
+    one update takes the padded rule: float32 runs stay finite (not diverged), and float64
+    runs equal torch.optim's to 1e-6. (In float32 Adam with a tiny beta2 steps by about
+    +-lr on every coordinate, so the two sides' rounding of near-zero gradient components
+    shows at the lr scale: only float64 is compared.)"""
+    spec = {**NET, "model": "free", "d": 6, "k": 3, "per_class": 8, "batch_size": 6, "steps": 12,
+            "log_every": 12, "loss": "ntxent", "clop_weight": 0.5, "label_fraction": 0.5,
+            "optimizer": optimizer, "lr": 0.05, **extra}
+    run = expand(spec)[0]
+    assert run.table_rule == "padded"
+    for dtype in (torch.float32, torch.float64):
+        result = train_chunk([run], dtype=dtype)
+        assert not any(r["diverged"] for r in result.rows)
+        assert bool(torch.isfinite(result.model.weight).all())
+    want = _engine_reference(run)["weight"]
+    assert float((result.model.weight[0] - want).abs().max()) <= 1e-6, run
+
+
+@pytest.mark.parametrize("extra", [dict(eps=1e-45, lr=1.0), dict(eps=1e-12, lr=1e33)])
+def test_adam_rows_without_gradient_yet_stay_put_when_eps_underflows(extra):
+    """float32 Adam where ``eps c2 / (k mu)`` underflows: the rows not yet in a batch (M = S = 0)
+    step by exactly 0, as torch.optim's do, instead of 0 / 0, and the run is not marked
+    diverged."""
+    spec = {**NET, "model": "free", "d": 6, "k": 3, "per_class": 8, "batch_size": 6, "steps": 3,
+            "log_every": 3, "loss": "ntxent", "clop_weight": 0.5, "label_fraction": 0.5,
+            "optimizer": "adam", **extra}
+    run = expand(spec)[0]
+    assert run.table_rule == "lazy"
+    chunk = build_state([run], torch.device("cpu"), torch.float32)
+    start = chunk.model.weight.detach().clone()
+    seen = torch.cat([draw_batch(chunk)[0][0] for _ in range(run.steps)])
+    n = start.shape[1] // 2
+    untouched = sorted(set(range(n)) - set(seen.tolist()))
+    assert untouched  # 3 batches of 6 out of 24 points
+    result = train_chunk([run], dtype=torch.float32)
+    assert not any(r["diverged"] for r in result.rows)
+    w = result.model.weight.detach()[0]
+    rows = untouched + [i + n for i in untouched]
+    assert torch.equal(w[rows], start[0, rows])
+    assert bool(torch.isfinite(w).all()) and not torch.equal(w, start[0])
 
 
 @pytest.mark.parametrize("bad, field", [

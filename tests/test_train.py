@@ -140,21 +140,25 @@ def test_epoch_table_gather_write_and_sync(n, b):
     assert torch.equal(weight, want)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_fused_table_step_freezes_a_non_finite_run(optimizer):
+@pytest.mark.parametrize("optimizer, extra", [("sgd", {}), ("adam", {}), ("sgd", {"momentum": 0.9}),
+                                             ("adam", {"beta1": 0.0})])  # sparse, lazy, lazy, padded
+@pytest.mark.parametrize("mode", ["free", "sphere"])
+def test_fused_table_step_freezes_a_non_finite_run(optimizer, extra, mode):
     """A NaN row reaches the fused gradient of its run only: the step skips the loss value
-    (value=False), yet that run is not updated and is reported; its chunk-mate moves on.
-    Plain SGD (the sparse step) finds the NaN when the row enters a batch; Adam moves every
-    row, so it finds it at the first update."""
+    (value=False), yet that run is not updated (its rows stay exactly as they were, in the
+    sphere mode too) and is reported; its chunk-mate moves on. Plain SGD (the sparse step)
+    finds the NaN when the row enters a batch; the rules that move every row find it at the
+    first update."""
     from simulate.engine.update import TableStep
 
     runs = expand({**SMALL, "model": "free", "loss": "ntxent", "clop_weight": 0.5, "label_fraction": 0.5,
-                   "lr": [0.1, 0.2], "optimizer": optimizer})
+                   "lr": [0.1, 0.2], "optimizer": optimizer, "update_mode": mode, **extra})
+    optimizer = "sgd" if runs[0].table_rule == "sparse" else "every row"
     chunk = build_state(runs, torch.device("cpu"))
     assert chunk.fused and chunk.sparse == (optimizer == "sgd")
     w = chunk.model.weight.detach()
     w[1, 5, 0] = float("nan")  # point 5, view 1, of run 1
-    step = TableStep(chunk, None, False)
+    step = TableStep(chunk, None, mode != "free")
     assert (step.optimizer is None) == (optimizer == "sgd")
     alive = torch.ones(2, dtype=torch.bool)
     seen = False

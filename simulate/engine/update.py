@@ -268,16 +268,27 @@ class TableOptimizer:
             self.B = torch.zeros_like(weight) if state.use_momentum else None
             self.mu = np.ones(R)
 
-    def _t(self, x) -> torch.Tensor:
-        """Per-run host values (R,) as a (R, 1, 1) tensor of the table's dtype and device."""
-        return torch.as_tensor(np.asarray(x, dtype=np.float64), device=self.device).to(self.dtype).view(-1, 1, 1)
+    def _upload(self, **values) -> dict[str, torch.Tensor]:
+        """Per-run host values (each (R,), float64) as float64 tensors on the device, in one
+        transfer (pinned and asynchronous on CUDA: the step never waits on the device)."""
+        names = list(values)
+        host = torch.from_numpy(np.stack([np.broadcast_to(np.asarray(values[n], dtype=np.float64),
+                                                          (len(self.state.runs),)) for n in names]))
+        if self.device.type == "cuda":
+            dev = host.pin_memory().to(self.device, non_blocking=True)
+        else:
+            dev = host.to(self.device)
+        return dict(zip(names, dev))
 
-    @staticmethod
-    def _fold(rows: torch.Tensor, scale: np.ndarray, col) -> None:
+    def _col(self, x: torch.Tensor) -> torch.Tensor:
+        """A per-run float64 device tensor (R,) in the table's dtype, shaped (R, 1, 1)."""
+        return x.to(self.dtype).view(-1, 1, 1)
+
+    def _fold(self, rows: torch.Tensor, scale: np.ndarray) -> None:
         """Fold the scales below :data:`RESCALE_BELOW` into their runs' rows (in place)."""
         due = scale < RESCALE_BELOW
         if due.any():
-            rows.mul_(col(np.where(due, scale, 1.0)))
+            rows.mul_(self._col(self._upload(f=np.where(due, scale, 1.0))["f"]))
             scale[due] = 1.0
 
     @torch.no_grad()
@@ -291,24 +302,30 @@ class TableOptimizer:
             if getattr(self, name, None) is not None:
                 setattr(self, name, order(getattr(self, name)))
 
-    def step(self, p: torch.Tensor, g: torch.Tensor, block: slice, alive: torch.Tensor, t: int):
+    @torch.no_grad()
+    def step(self, p: torch.Tensor, g: torch.Tensor, block: slice, alive: torch.Tensor, t: int,
+             sphere: bool = False):
         """Update ``t`` (1-based) of the rows ``p`` (R, M, D) with the gradient ``g`` (R, n, D)
-        of the rows ``block`` (zero elsewhere). Returns the new rows (a new tensor; ``p`` is
-        left as it was) and the per-run mask of the runs updated (alive, with finite new
-        rows); the other runs keep their rows (their optimizer state is not used again once
-        they stop)."""
+        of the rows ``block`` (zero elsewhere), then, with ``sphere``, every row back to unit
+        norm. Returns the new rows (a new tensor; ``p`` is left as it was) and the per-run
+        mask of the runs updated (alive, with finite new rows); the other runs keep their
+        rows exactly (their optimizer state is not used again once they stop)."""
         R = p.shape[0]
         if self.rule == "padded":
             full = torch.zeros_like(p)
             full[:, block] = g
             new_p = p.clone()
             self.dense.params = [new_p]
-            ok = self.dense.step([full], alive, t)
+            ok = self.dense.step([full], alive, t)  # the runs not updated keep p in new_p
+            if sphere:
+                new_p = torch.where(_col(ok, p), torch.nn.functional.normalize(new_p, dim=-1), new_p)
             return new_p, ok
         if self.kind in ("adam", "adamw"):
             new_p = self._adam(p, g, block, t)
         else:
             new_p = self._momentum(p, g, block, t)
+        if sphere:
+            new_p = torch.nn.functional.normalize(new_p, dim=-1)
         ok = alive & finite_per_run([new_p], R)
         if p.device.type == "cpu" and bool(ok.all()):  # (a device would wait for this test)
             return new_p, ok
@@ -319,57 +336,69 @@ class TableOptimizer:
         first update, else ``momentum b + d``; ``p -= lr_t (d + momentum b)`` with Nesterov,
         else ``p -= lr_t b``."""
         R = p.shape[0]
-        host = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float64), device=self.device)  # noqa: E731
-        col = lambda x: x.to(self.dtype).view(-1, 1, 1)  # noqa: E731
-        lr = host(self.host_lr[t - 1])
-        wd = host(self.wd)
+        col = self._col
+        lr = self.host_lr[t - 1]
+        if self.B is not None:
+            self._fold(self.B, self.mu)
+            if t > 1:
+                self.mu = self.mu * self.momentum
+        mu = self.mu
+        nest = self.nesterov & (self.momentum > 0)
+        h = self._upload(lr=lr, wd=self.wd, trust=self.trust, eps=self.eps, inv_mu=1.0 / mu,
+                         coef_b=np.where(nest, -lr * self.momentum * mu, -lr * mu), nest=nest)
+        lr_d, wd = h["lr"], h["wd"]
         if self.kind == "lars":  # on the device: no wait for the norms
             w_norm = p.reshape(R, -1).norm(dim=1).double()
             g_norm = g.reshape(R, -1).norm(dim=1).double()
             use = (w_norm > 0) & (g_norm > 0)  # else: no adaptation, no decay
-            trust = torch.where(use, host(self.trust) * w_norm / (g_norm + wd * w_norm + host(self.eps)),
+            trust = torch.where(use, h["trust"] * w_norm / (g_norm + wd * w_norm + h["eps"]),
                                 torch.ones_like(w_norm))
             wd = torch.where(use, wd, torch.zeros_like(wd)) * trust
             g = g * col(trust)
         use_wd = self.state.use_weight_decay
         if self.B is None:  # no momentum: p (1 - lr wd) - lr trust g
-            new_p = p * col(1.0 - lr * wd) if use_wd else p.clone()
-            new_p[:, block] += g * col(-lr)
+            new_p = p * col(1.0 - lr_d * wd) if use_wd else p.clone()
+            new_p[:, block] += g * col(-lr_d)
             return new_p
-        self._fold(self.B, self.mu, self._t)
-        if t > 1:
-            self.mu = self.mu * self.momentum
-        mu = host(self.mu)
         if use_wd:
-            self.B.addcmul_(p, col(wd / mu))
-        self.B[:, block] += g * col(1.0 / mu)
-        nest = host(self.nesterov & (self.momentum > 0)) > 0
-        new_p = torch.addcmul(p, col(torch.where(nest, -lr * host(self.momentum) * mu, -lr * mu)), self.B)
-        if bool(self.nesterov.any()):  # the d term of Nesterov's step
-            zero = torch.zeros_like(lr)
+            self.B.addcmul_(p, col(wd * h["inv_mu"]))
+        self.B[:, block] += g * col(h["inv_mu"])
+        new_p = torch.addcmul(p, col(h["coef_b"]), self.B)
+        if bool(nest.any()):  # the d term of Nesterov's step
+            on = h["nest"] > 0
+            zero = torch.zeros_like(lr_d)
             if use_wd:
-                new_p.addcmul_(p, col(torch.where(nest, -lr * wd, zero)))
-            new_p[:, block] += g * col(torch.where(nest, -lr, zero))
+                new_p.addcmul_(p, col(torch.where(on, -lr_d * wd, zero)))
+            new_p[:, block] += g * col(torch.where(on, -lr_d, zero))
         return new_p
 
     def _adam(self, p, g, block, t):
         lr = self.host_lr[t - 1]
         b1, b2 = self.b1, self.b2
-        self._fold(self.M, self.mu, self._t)
-        self._fold(self.S, self.sigma, self._t)
+        self._fold(self.M, self.mu)
+        self._fold(self.S, self.sigma)
         sigma_prev = self.sigma
         self.mu = self.mu * b1
         self.sigma = sigma_prev * np.sqrt(b2)
-        # M += (1 - b1) g / mu; S = sqrt(b2 (sigma_prev S)^2 + (1 - b2) g^2) / sigma, on the batch's rows
-        self.M[:, block] += g * self._t((1 - b1) / self.mu)
-        old = self.S[:, block] * self._t(sigma_prev * np.sqrt(b2))
-        self.S[:, block] = torch.addcmul(old * old, g * self._t(1 - b2), g).sqrt_().mul_(self._t(1.0 / self.sigma))
         c2 = np.sqrt(1 - b2 ** t)
         k = lr / (1 - b1 ** t) * c2
-        denom = torch.mul(self.S, self._t(self.sigma / (k * self.mu))).add_(self._t(self.eps * c2 / (k * self.mu)))
+        # a and c within the dtype's range: a row without gradient yet (M = S = 0) then steps
+        # by 0 / c = 0 even where eps c2 / (k mu) underflows, as torch.optim's does
+        info = torch.finfo(self.dtype)
+        with np.errstate(over="ignore", divide="ignore"):
+            a = np.minimum(self.sigma / (k * self.mu), info.max)
+            c = np.clip(self.eps * c2 / (k * self.mu), info.tiny, info.max)
+        h = self._upload(m_coef=(1 - b1) / self.mu, s_old=sigma_prev * np.sqrt(b2), v_coef=1 - b2,
+                         s_new=1.0 / self.sigma, a=a, c=c, decay=1.0 - lr * self.wd)
+        col = self._col
+        # M += (1 - b1) g / mu; S = sqrt(b2 (sigma_prev S)^2 + (1 - b2) g^2) / sigma, on the batch's rows
+        self.M[:, block] += g * col(h["m_coef"])
+        old = self.S[:, block] * col(h["s_old"])
+        self.S[:, block] = torch.addcmul(old * old, g * col(h["v_coef"]), g).sqrt_().mul_(col(h["s_new"]))
+        denom = torch.mul(self.S, col(h["a"])).add_(col(h["c"]))
         base = p
         if self.kind == "adamw" and self.state.use_weight_decay:
-            base = p * self._t(1.0 - lr * self.wd)
+            base = p * col(h["decay"])
         return torch.addcdiv(base, self.M, denom, value=-1.0)
 
 
@@ -458,11 +487,8 @@ class TableStep:
             j = stream.j - 1
             block = slice(2 * j * stream.b, 2 * (j + 1) * stream.b)
             loss, g, finite = self._gradient(self.table.table[:, block], labels, alive, value)
-            with torch.no_grad():
-                rows, ok = self.optimizer.step(self.table.table, g, block, alive & finite, t)
-                if self.sphere:
-                    rows = torch.nn.functional.normalize(rows, dim=-1)
-                self.table.table = rows
+            rows, ok = self.optimizer.step(self.table.table, g, block, alive & finite, t, sphere=self.sphere)
+            self.table.table = rows
             return loss, ok
         z = self.table.batch(stream.j - 1)  # a view: updated in place
         R = z.shape[0]
