@@ -474,8 +474,14 @@ def test_chunks_waiting_for_gpus_the_cluster_lost_fail(monkeypatch):
 # -- stop a Ray sweep, finish it locally ------------------------------------------------------------
 
 STOPPER = """
-import os, sys, time
+import faulthandler, os, signal, sys, time
 from pathlib import Path
+
+# SIGUSR1 dumps every thread's stack to stack.txt (the test asks for it if the driver hangs)
+_stack = open(Path(sys.argv[1]).parent / "stack.txt", "w")
+_stack.write("SIGINT disposition at start: %r\\n" % (signal.getsignal(signal.SIGINT),))
+_stack.flush()
+faulthandler.register(signal.SIGUSR1, file=_stack, all_threads=True)
 
 import simulate.executors as executors
 from simulate.__main__ import main
@@ -516,7 +522,13 @@ def test_stop_ray_sweep_then_finish_locally(cluster, tmp_path):
                   "the first chunk to be written")
         assert proc.poll() is None, (tmp_path / "driver.err").read_text()[-3000:]
         proc.send_signal(signal.SIGINT)  # the other chunks are waiting: none can finish now
-        proc.wait(timeout=DEADLINE)
+        try:
+            proc.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:  # show where the driver hangs
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            pytest.fail("the driver did not stop after SIGINT; its threads:\n"
+                        + (tmp_path / "stack.txt").read_text()[-8000:])
     finally:
         (gate / "release").touch()
         if proc.poll() is None:
