@@ -482,6 +482,11 @@ _stack = open(Path(sys.argv[1]).parent / "stack.txt", "w")
 _stack.write("SIGINT disposition at start: %r\\n" % (signal.getsignal(signal.SIGINT),))
 _stack.flush()
 faulthandler.register(signal.SIGUSR1, file=_stack, all_threads=True)
+# Ctrl-C in a terminal reaches a process that handles SIGINT. A process started in the
+# background by a shell without job control (``make test &`` in a script, as some CI runners
+# do) inherits SIGINT ignored, and Python keeps an inherited SIG_IGN: the driver would never
+# see the test's SIGINT.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import simulate.executors as executors
 from simulate.__main__ import main
