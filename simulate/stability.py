@@ -810,9 +810,9 @@ def measure_onset(run: RunConfig, seeds=(0, 1, 2), **kw) -> dict:
 ONSET_BASE = dict(model="free", update_mode="sphere_raw", loss="ntxent", temperature=0.5,
                   batch_size=32, k=4, d=16, per_class=128, mean_scale=2.0, sigma=1.0,
                   aug_sigma=0.5, label_fraction=0.5, steps=300, log_every=300)
-#: steps of the full grid's runs: collapse is a slow escape from the healthy state (at
-#: tau = 0.5, lr = 540 a run is still spread at step 300 and on one line at step 500), so
-#: 300 steps would mostly measure how long the escape takes
+#: steps of the quick, full and held-out grids' runs: collapse is a slow escape from the
+#: healthy state (at tau = 0.5, lr = 540 a run is still spread at step 300 and on one line at
+#: step 500), so 300 steps would mostly measure how long the escape takes
 FULL_GRID_STEPS = 1000
 #: grid name -> (rows: label -> changes to ONSET_BASE, seeds, scan points, bisection rounds)
 ONSET_GRIDS = {
@@ -855,7 +855,7 @@ def onset_grid(name: str, steps: int | None = None) -> list[tuple[str, RunConfig
     base = dict(ONSET_BASE)
     if name == "tiny":
         base.update(per_class=16, batch_size=8, d=4, steps=60, log_every=60)
-    if name in ("full", "heldout"):
+    if name in ("quick", "full", "heldout"):
         base.update(steps=FULL_GRID_STEPS, log_every=FULL_GRID_STEPS)
     if steps is not None:
         base.update(steps=steps, log_every=steps)
