@@ -77,7 +77,8 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
     loss_fn = base_loss_fn(r0)
     params = list(state.model.parameters())
     table = TableStep(state, loss_fn, r0.update_mode != "free") if isinstance(state.model, FreeEmbeddings) else None
-    optimizer = (table.optimizer if table is not None and table.optimizer is not None
+    # the table step's optimizer takes its own schedule; the sparse step and encoders read it here
+    optimizer = (None if table is not None and table.optimizer is not None
                  else StackedOptimizer(state, list(state.model.named_parameters())))
     alive = torch.ones(R, dtype=torch.bool, device=device)
     diverged_step = torch.full((R,), -1, dtype=torch.int64, device=device)
@@ -117,7 +118,8 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
         idx, labels, v1, v2 = draw_batch(state)
         logged = is_logged(step, r0.steps, r0.log_every)
         if table is not None:
-            loss, ok = table(labels, alive, step, lr=optimizer.lr_at(step), value=logged)
+            loss, ok = table(labels, alive, step, lr=None if optimizer is None else optimizer.lr_at(step),
+                             value=logged)
             if logged:
                 table.sync()  # the metrics read the weight
         else:

@@ -62,14 +62,17 @@ def schedule_factors(steps: int, warmup_steps: int = 0, schedule: str = "constan
     return f
 
 
+def factor_table(runs) -> np.ndarray:
+    """Per-run learning-rate factors (steps, R), float64 (:func:`schedule_factors`)."""
+    return np.stack([schedule_factors(runs[0].steps, r.warmup_steps, r.schedule) for r in runs], 1)
+
+
 def lr_table(runs, device) -> torch.Tensor | None:
     """Per-run learning-rate factors (steps, R) float64 on ``device``, or None when every run
     keeps its learning rate constant (no warmup, constant schedule)."""
     if all(r.warmup_steps == 0 and r.schedule == "constant" for r in runs):
         return None
-    steps = runs[0].steps
-    f = np.stack([schedule_factors(steps, r.warmup_steps, r.schedule) for r in runs], 1)
-    return torch.as_tensor(f, device=device)
+    return torch.as_tensor(factor_table(runs), device=device)
 
 
 def _col(v: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -236,9 +239,10 @@ class TableOptimizer:
     scalars are computed in float64 on the host.
 
     :attr:`simulate.config.RunConfig.table_rule` picks the rule (part of the chunk key):
-    ``lazy`` for SGD and LARS (with or without momentum) and for Adam and AdamW with both
-    betas > 0 and without Adam's L2 weight decay; ``padded`` otherwise (the gradient padded
-    with zeros to the whole table, then :class:`StackedOptimizer`).
+    ``lazy`` for SGD and LARS and for Adam and AdamW, with decays of at least
+    :data:`simulate.config.LAZY_MIN_DECAY` and without Adam's L2 weight decay; ``padded``
+    otherwise (the gradient padded with zeros to the whole table, then
+    :class:`StackedOptimizer`).
     """
 
     def __init__(self, state: ChunkState, weight: torch.Tensor):
@@ -247,15 +251,11 @@ class TableOptimizer:
         self.kind = runs[0].optimizer
         self.rule = runs[0].table_rule
         self.dtype, self.device = weight.dtype, weight.device
-        self.lr_at = StackedOptimizer.lr_at.__get__(self)  # the schedule, as a device tensor
-        self.lr_table = lr_table(runs, weight.device)
         if self.rule == "padded":
             self.dense = StackedOptimizer(state, [("weight", weight)])
             return
         f64 = lambda name: np.array([float(getattr(r, name)) for r in runs])  # noqa: E731
-        steps = runs[0].steps
-        self.host_lr = f64("lr")[None, :] * np.stack(
-            [schedule_factors(steps, r.warmup_steps, r.schedule) for r in runs], 1)  # (steps, R)
+        self.host_lr = f64("lr")[None, :] * factor_table(runs)  # (steps, R)
         self.wd, self.eps, self.trust = f64("weight_decay"), f64("eps"), f64("lars_trust")
         self.nesterov = np.array([bool(r.nesterov) for r in runs])
         R = len(runs)
