@@ -75,6 +75,13 @@ def lr_table(runs, device) -> torch.Tensor | None:
     return torch.as_tensor(factor_table(runs), device=device)
 
 
+def lars_ratio(w_norm, g_norm, trust, weight_decay, eps):
+    """LARS's per-run factor ``trust |w| / (|g| + weight_decay |w| + eps)`` (1 where ``|w|`` or
+    ``|g|`` is 0) and the mask of the runs it adapts (the others get no weight decay either)."""
+    use = (w_norm > 0) & (g_norm > 0)
+    return torch.where(use, trust * w_norm / (g_norm + weight_decay * w_norm + eps), torch.ones_like(w_norm)), use
+
+
 def _col(v: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """A per-run tensor (R,) shaped to broadcast over ``p`` (R, ...)."""
     return v.view((-1,) + (1,) * (p.dim() - 1))
@@ -174,9 +181,8 @@ class StackedOptimizer:
             if adapt:
                 w_norm = p.reshape(R, -1).norm(dim=1)
                 g_norm = g.reshape(R, -1).norm(dim=1)
-                use = (w_norm > 0) & (g_norm > 0)  # else: no adaptation, no decay
+                trust, use = lars_ratio(w_norm, g_norm, s.lars_trust, s.weight_decay, s.eps)
                 one = torch.ones_like(w_norm)
-                trust = torch.where(use, s.lars_trust * w_norm / (g_norm + s.weight_decay * w_norm + s.eps), one)
                 if s.use_weight_decay:
                     d_p = torch.addcmul(g, p, _col(torch.where(use, s.weight_decay, 0 * one), p))
                     d_p.mul_(_col(trust, p))
@@ -350,9 +356,7 @@ class TableOptimizer:
         if self.kind == "lars":  # on the device: no wait for the norms
             w_norm = p.reshape(R, -1).norm(dim=1).double()
             g_norm = g.reshape(R, -1).norm(dim=1).double()
-            use = (w_norm > 0) & (g_norm > 0)  # else: no adaptation, no decay
-            trust = torch.where(use, h["trust"] * w_norm / (g_norm + wd * w_norm + h["eps"]),
-                                torch.ones_like(w_norm))
+            trust, use = lars_ratio(w_norm, g_norm, h["trust"], wd, h["eps"])
             wd = torch.where(use, wd, torch.zeros_like(wd)) * trust
             g = g * col(trust)
         use_wd = self.state.use_weight_decay
