@@ -140,6 +140,21 @@ def test_epoch_table_gather_write_and_sync(n, b):
     assert torch.equal(weight, want)
 
 
+@pytest.mark.parametrize("block_bytes", [1, 200, 10**9])
+def test_gather_rows_in_blocks_equals_a_row_loop(monkeypatch, block_bytes):
+    """gather_rows against a loop over runs and rows, with blocks of one run, of a few runs
+    (the last block short), and one block for all."""
+    from simulate.engine import streams
+
+    monkeypatch.setattr(streams, "GATHER_BLOCK_BYTES", block_bytes)
+    g = torch.Generator().manual_seed(block_bytes)
+    source = torch.randn(7, 6, 3, generator=g, dtype=torch.float64)
+    rows = torch.randint(0, 6, (7, 9), generator=g)
+    got = streams.gather_rows(source, rows)
+    want = torch.stack([torch.stack([source[r, i] for i in rows[r].tolist()]) for r in range(7)])
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("optimizer, extra", [("sgd", {}), ("adam", {}), ("sgd", {"momentum": 0.9}),
                                              ("adam", {"beta1": 0.0})])  # sparse, lazy, lazy, padded
 @pytest.mark.parametrize("mode", ["free", "sphere"])

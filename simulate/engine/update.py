@@ -219,6 +219,22 @@ class StackedOptimizer:
         return _commit(self.params, new_p, [(self.exp_avg, new_m), (self.exp_avg_sq, new_v)], alive, R)
 
 
+class _Uploaded:
+    """Per-run values on the device: ``h[name]`` (R,) in float64 and ``h.col(name)``
+    (R, 1, 1) in the table's dtype (all converted at once)."""
+
+    def __init__(self, names, values: torch.Tensor, dtype):
+        self.index = {n: i for i, n in enumerate(names)}
+        self.values = values
+        self.low = values.to(dtype).view(len(names), -1, 1, 1)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.values[self.index[name]]
+
+    def col(self, name: str) -> torch.Tensor:
+        return self.low[self.index[name]]
+
+
 #: a run's lazily kept scale (momentum buffer, Adam's moments) is folded into its rows once
 #: it falls below this value, so that the stored rows stay within a few decades of the true
 #: ones
@@ -265,6 +281,7 @@ class TableOptimizer:
         self.wd, self.eps, self.trust = f64("weight_decay"), f64("eps"), f64("lars_trust")
         self.nesterov = np.array([bool(r.nesterov) for r in runs])
         R = len(runs)
+        self._spares: list[torch.Tensor] = []
         if self.kind in ("adam", "adamw"):
             self.b1, self.b2 = f64("beta1"), f64("beta2")
             self.M, self.S = torch.zeros_like(weight), torch.zeros_like(weight)
@@ -274,9 +291,23 @@ class TableOptimizer:
             self.B = torch.zeros_like(weight) if state.use_momentum else None
             self.mu = np.ones(R)
 
-    def _upload(self, **values) -> dict[str, torch.Tensor]:
-        """Per-run host values (each (R,), float64) as float64 tensors on the device, in one
-        transfer (pinned and asynchronous on CUDA: the step never waits on the device)."""
+    def _spare(self, p: torch.Tensor) -> torch.Tensor:
+        """A buffer shaped like ``p`` for the new rows: one of two that this optimizer owns and
+        hands out in turn, never ``p`` itself (the rows a step returns are the next step's
+        ``p``; the buffer returned the step before is free again once the table holds newer
+        rows)."""
+        spares = self._spares
+        for i, buf in enumerate(spares):
+            if buf.data_ptr() != p.data_ptr() and buf.shape == p.shape:
+                spares.append(spares.pop(i))
+                return buf
+        spares.append(torch.empty_like(p))
+        del spares[:-2]
+        return spares[-1]
+
+    def _upload(self, **values) -> "_Uploaded":
+        """Per-run host values (each (R,), float64) on the device, in one transfer (pinned and
+        asynchronous on CUDA: the step never waits on the device)."""
         names = list(values)
         host = torch.from_numpy(np.stack([np.broadcast_to(np.asarray(values[n], dtype=np.float64),
                                                           (len(self.state.runs),)) for n in names]))
@@ -284,7 +315,7 @@ class TableOptimizer:
             dev = host.pin_memory().to(self.device, non_blocking=True)
         else:
             dev = host.to(self.device)
-        return dict(zip(names, dev))
+        return _Uploaded(names, dev, self.dtype)
 
     def _col(self, x: torch.Tensor) -> torch.Tensor:
         """A per-run float64 device tensor (R,) in the table's dtype, shaped (R, 1, 1)."""
@@ -294,7 +325,7 @@ class TableOptimizer:
         """Fold the scales below :data:`RESCALE_BELOW` into their runs' rows (in place)."""
         due = scale < RESCALE_BELOW
         if due.any():
-            rows.mul_(self._col(self._upload(f=np.where(due, scale, 1.0))["f"]))
+            rows.mul_(self._upload(f=np.where(due, scale, 1.0)).col("f"))
             scale[due] = 1.0
 
     @torch.no_grad()
@@ -313,9 +344,12 @@ class TableOptimizer:
              sphere: bool = False):
         """Update ``t`` (1-based) of the rows ``p`` (R, M, D) with the gradient ``g`` (R, n, D)
         of the rows ``block`` (zero elsewhere), then, with ``sphere``, every row back to unit
-        norm. Returns the new rows (a new tensor; ``p`` is left as it was) and the per-run
-        mask of the runs updated (alive, with finite new rows); the other runs keep their
-        rows exactly (their optimizer state is not used again once they stop)."""
+        norm. Returns the new rows and the per-run mask of the runs updated (alive, with
+        finite new rows); the other runs keep their rows exactly (their optimizer state is not
+        used again once they stop). ``p`` is left as it was; the new rows are written into one
+        of two buffers that the optimizer owns and hands out in turn (never ``p``), so they
+        stay valid until the second update after this one (the table step passes them back
+        as the next update's ``p``)."""
         R = p.shape[0]
         if self.rule == "padded":
             full = torch.zeros_like(p)
@@ -330,8 +364,8 @@ class TableOptimizer:
             new_p = self._adam(p, g, block, t)
         else:
             new_p = self._momentum(p, g, block, t)
-        if sphere:
-            new_p = torch.nn.functional.normalize(new_p, dim=-1)
+        if sphere:  # in place (the rows are this optimizer's buffer): torch's normalize
+            new_p.div_(new_p.norm(2, -1, keepdim=True).clamp_min_(1e-12))
         ok = alive & finite_per_run([new_p], R)
         if p.device.type == "cpu" and bool(ok.all()):  # (a device would wait for this test)
             return new_p, ok
@@ -360,20 +394,24 @@ class TableOptimizer:
             wd = torch.where(use, wd, torch.zeros_like(wd)) * trust
             g = g * col(trust)
         use_wd = self.state.use_weight_decay
+        new_p = self._spare(p)
         if self.B is None:  # no momentum: p (1 - lr wd) - lr trust g
-            new_p = p * col(1.0 - lr_d * wd) if use_wd else p.clone()
-            new_p[:, block] += g * col(-lr_d)
+            if use_wd:
+                torch.mul(p, col(1.0 - lr_d * wd), out=new_p)
+            else:
+                new_p.copy_(p)
+            new_p[:, block].addcmul_(g, col(-lr_d))
             return new_p
         if use_wd:
             self.B.addcmul_(p, col(wd * h["inv_mu"]))
-        self.B[:, block] += g * col(h["inv_mu"])
-        new_p = torch.addcmul(p, col(h["coef_b"]), self.B)
+        self.B[:, block].addcmul_(g, h.col("inv_mu"))
+        torch.addcmul(p, h.col("coef_b"), self.B, out=new_p)
         if bool(nest.any()):  # the d term of Nesterov's step
             on = h["nest"] > 0
             zero = torch.zeros_like(lr_d)
             if use_wd:
                 new_p.addcmul_(p, col(torch.where(on, -lr_d * wd, zero)))
-            new_p[:, block] += g * col(torch.where(on, -lr_d, zero))
+            new_p[:, block].addcmul_(g, col(torch.where(on, -lr_d, zero)))
         return new_p
 
     def _adam(self, p, g, block, t):
@@ -392,18 +430,22 @@ class TableOptimizer:
         with np.errstate(over="ignore", divide="ignore"):
             a = np.minimum(self.sigma / (k * self.mu), info.max)
             c = np.clip(self.eps * c2 / (k * self.mu), info.tiny, info.max)
-        h = self._upload(m_coef=(1 - b1) / self.mu, s_old=sigma_prev * np.sqrt(b2), v_coef=1 - b2,
-                         s_new=1.0 / self.sigma, a=a, c=c, decay=1.0 - lr * self.wd)
-        col = self._col
-        # M += (1 - b1) g / mu; S = sqrt(b2 (sigma_prev S)^2 + (1 - b2) g^2) / sigma, on the batch's rows
-        self.M[:, block] += g * col(h["m_coef"])
-        old = self.S[:, block] * col(h["s_old"])
-        self.S[:, block] = torch.addcmul(old * old, g * col(h["v_coef"]), g).sqrt_().mul_(col(h["s_new"]))
-        denom = torch.mul(self.S, col(h["a"])).add_(col(h["c"]))
-        base = p
-        if self.kind == "adamw" and self.state.use_weight_decay:
-            base = p * col(h["decay"])
-        return torch.addcdiv(base, self.M, denom, value=-1.0)
+        adamw = self.kind == "adamw" and self.state.use_weight_decay
+        h = self._upload(m_coef=(1 - b1) / self.mu, g_coef=np.sqrt(1 - b2) / self.sigma,
+                         a=-a if adamw else a, c=-c if adamw else c, decay=1.0 - lr * self.wd)
+        col = h.col
+        # on the batch's rows, M += (1 - b1) g / mu and (b2 v + (1 - b2) g^2 = (sigma S')^2 with
+        # sigma = sigma_prev sqrt(b2)) S' = sqrt(S^2 + (1 - b2) g^2 / sigma^2)
+        self.M[:, block].addcmul_(g, col("m_coef"))
+        s_rows = self.S[:, block]
+        g_scaled = g * col("g_coef")
+        s_rows.mul_(s_rows).addcmul_(g_scaled, g_scaled).sqrt_()
+        out = self._spare(p)
+        torch.mul(self.S, col("a"), out=out).add_(col("c"))  # a S + c, or -(a S + c) for adamw
+        if adamw:  # decay p - M / (a S + c)
+            torch.div(self.M, out, out=out)
+            return torch.addcmul(out, p, col("decay"), out=out)
+        return torch.addcdiv(p, self.M, out, value=-1.0, out=out)
 
 
 def relative_change(params, previous) -> torch.Tensor:
