@@ -271,7 +271,9 @@ class RunConfig:
         ``sparse`` (plain SGD: only the batch's rows move), ``lazy`` (every row moves, the
         geometric decays kept as per-run scales: SGD and LARS with momentum 0 or at least
         :data:`LAZY_MIN_DECAY`; Adam and AdamW with ``beta1`` and ``sqrt(beta2)`` at least
-        that, and no L2 weight decay for Adam) or ``padded`` (the rest: the batch's gradient
+        that, and no L2 weight decay for Adam; on the CPU, SGD and LARS with momentum on free
+        rows keep the moves of the rows outside the batch as one linear map per run,
+        :class:`simulate.engine.update.LinearMomentum`) or ``padded`` (the rest: the batch's gradient
         padded with zeros, then the dense rule; a decay below the bound would push a per-run
         scale out of float32's range within one update)."""
         if self.optimizer == "sgd" and self.momentum == 0 and self.weight_decay == 0:

@@ -272,6 +272,16 @@ def _engine_reference(run, dtype=torch.float64):
     return {n: p.detach()[0] for n, p in named}
 
 
+@pytest.fixture(params=["linear", "lazy"])
+def momentum_rule(request, monkeypatch):
+    """SGD and LARS with momentum on free embeddings take the linear rule on the CPU and the
+    lazy rule on a device: both are tested here on the CPU."""
+    from simulate.engine import update
+
+    monkeypatch.setattr(update, "LINEAR_ON_CPU", request.param == "linear")
+    return request.param
+
+
 @pytest.mark.parametrize("optimizer, model, extra", [
     ("lars", "mlp", dict(momentum=0.9, lr=[0.3, 3.0], weight_decay=1e-6, warmup_steps=4, schedule="cosine",
                          projector_dims="6,4")),
@@ -291,9 +301,12 @@ def _engine_reference(run, dtype=torch.float64):
     ("adam", "free", dict(lr=[1e-2, 0.1], weight_decay=0.01, steps=20)),  # padded: Adam's L2 term
     ("adam", "free", dict(lr=[1e-2, 0.1], beta1=0.0, steps=20, update_mode="sphere")),  # padded: beta1 0
 ])
-def test_training_loop_equals_per_configuration_script(optimizer, model, extra):
+def test_training_loop_equals_per_configuration_script(optimizer, model, extra, momentum_rule):
     """train_chunk with an optimizer and a schedule equals each configuration trained alone by
-    the reference optimizer on the engine's minibatches (float64, NT-Xent + CLOP)."""
+    the reference optimizer on the engine's minibatches (float64, NT-Xent + CLOP), with SGD and
+    LARS with momentum on free embeddings by the linear and by the lazy rule."""
+    if momentum_rule == "lazy" and not (model == "free" and optimizer in ("sgd", "lars")):
+        pytest.skip("the rule only matters for SGD and LARS on free embeddings")
     spec = {**NET, "model": model, "d": 6, "k": 3, "per_class": 8, "hidden": 8, "out_dim": 6,
             "batch_size": 6, "steps": 15, "log_every": 5, "loss": "ntxent", "clop_weight": 0.5,
             "label_fraction": 0.5, "optimizer": optimizer, **extra}
@@ -313,13 +326,17 @@ def test_training_loop_equals_per_configuration_script(optimizer, model, extra):
     ("sgd", dict(lr=[0.1, 0.5], momentum=[0.5, 0.9], weight_decay=1e-3)),
     ("lars", dict(lr=[0.3, 3.0], momentum=0.9, nesterov=[False, True], weight_decay=1e-3)),
 ])
-def test_table_rule_folds_its_scales_without_changing_the_update(optimizer, extra, monkeypatch):
-    """With the fold threshold raised to 0.95 every scale (Adam's sqrt(beta2) ones included)
-    is folded into its rows every few updates; the runs still equal the reference optimizer
-    (float64, 1e-6), and the runs in one chunk equal the runs alone."""
+def test_table_rule_folds_its_scales_without_changing_the_update(optimizer, extra, monkeypatch, momentum_rule):
+    """With the fold thresholds raised to 0.95 every scale (Adam's sqrt(beta2) ones included)
+    and the linear rule's matrix are folded into their rows every few updates; the runs still
+    equal the reference optimizer (float64, 1e-6), and the runs in one chunk equal the runs
+    alone."""
     from simulate.engine import update
 
+    if momentum_rule == "lazy" and optimizer == "adam":
+        pytest.skip("the rule only matters for SGD and LARS on free embeddings")
     monkeypatch.setattr(update, "RESCALE_BELOW", 0.95)
+    monkeypatch.setattr(update, "FOLD_DET", 0.95)
     spec = {**NET, "model": "free", "d": 6, "k": 3, "per_class": 8, "batch_size": 6, "steps": 25,
             "log_every": 25, "loss": "ntxent", "clop_weight": 0.5, "label_fraction": 0.5,
             "optimizer": optimizer, **extra}
@@ -331,6 +348,47 @@ def test_table_rule_folds_its_scales_without_changing_the_update(optimizer, extr
         assert float((result.model.weight[i] - want).abs().max()) <= 1e-6, run
         alone = train_chunk([run], dtype=torch.float64).model.weight[0]
         assert torch.equal(alone, result.model.weight[i])
+
+
+def test_linear_rule_keeps_the_norm_of_the_rows_and_stops_an_overflowing_run():
+    """The linear rule (SGD and LARS with momentum on free rows): the |p| it keeps from its Gram
+    matrix equals the norm of the rows written out, after updates with and without folds; a
+    run whose learning rate overflows the rows stops with finite rows, and its chunk-mate
+    equals itself trained alone, bit for bit."""
+    from simulate.engine.state import build_state as build
+    from simulate.engine.update import TableStep
+
+    spec = {**NET, "model": "free", "d": 6, "k": 3, "per_class": 8, "batch_size": 6, "steps": 40,
+            "log_every": 40, "loss": "ntxent", "clop_weight": 0.5, "label_fraction": 0.5,
+            "optimizer": "lars", "momentum": 0.9, "nesterov": [False, True], "weight_decay": 1e-2,
+            "lr": [0.5, 3.0]}
+    runs = expand(spec)
+    chunk = build(runs, torch.device("cpu"), torch.float64)
+    step = TableStep(chunk, None, False)
+    lin = step.optimizer.linear
+    alive = torch.ones(len(runs), dtype=torch.bool)
+    folds = 0
+    for t in range(1, 41):
+        draw_batch(chunk)
+        before = lin.phi.copy()
+        _, ok = step(None, alive, t)
+        assert bool(ok.all())
+        folds += int(((lin.phi == np.eye(2)).all((1, 2)) & ~(before == np.eye(2)).all((1, 2))).sum())
+        P = step.table.table
+        phi = torch.from_numpy(lin.phi)
+        p = phi[:, 0, 0, None, None] * P + phi[:, 0, 1, None, None] * lin.Q
+        np.testing.assert_allclose(np.sqrt(lin.w2), p.reshape(len(runs), -1).norm(dim=1).numpy(), rtol=1e-10)
+    assert folds >= len(runs)  # momentum 0.9: a fold about every 26 updates
+
+    for opt in ("sgd", "lars"):
+        runs = expand({**spec, "optimizer": opt, "nesterov": False, "lr": [0.5, 1e150], "steps": 12,
+                       "log_every": 4})
+        result = train_chunk(runs, dtype=torch.float32)
+        assert result.state.sparse is False
+        assert [r["diverged"] for r in result.rows if r["step"] == 12] == [False, True]
+        assert bool(torch.isfinite(result.model.weight).all())
+        alone = train_chunk([runs[0]], dtype=torch.float32).model.weight[0]
+        assert torch.equal(alone, result.model.weight[0])
 
 
 @pytest.mark.parametrize("optimizer, extra", [

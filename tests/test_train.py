@@ -140,32 +140,23 @@ def test_epoch_table_gather_write_and_sync(n, b):
     assert torch.equal(weight, want)
 
 
-@pytest.mark.parametrize("block_bytes", [1, 200, 10**9])
-def test_gather_rows_in_blocks_equals_a_row_loop(monkeypatch, block_bytes):
-    """gather_rows against a loop over runs and rows, with blocks of one run, of a few runs
-    (the last block short), and one block for all."""
-    from simulate.engine import streams
-
-    monkeypatch.setattr(streams, "GATHER_BLOCK_BYTES", block_bytes)
-    g = torch.Generator().manual_seed(block_bytes)
-    source = torch.randn(7, 6, 3, generator=g, dtype=torch.float64)
-    rows = torch.randint(0, 6, (7, 9), generator=g)
-    got = streams.gather_rows(source, rows)
-    want = torch.stack([torch.stack([source[r, i] for i in rows[r].tolist()]) for r in range(7)])
-    assert torch.equal(got, want)
-
-
-@pytest.mark.parametrize("optimizer, extra", [("sgd", {}), ("adam", {}), ("sgd", {"momentum": 0.9}),
-                                             ("adam", {"beta1": 0.0})])  # sparse, lazy, lazy, padded
+@pytest.mark.parametrize("optimizer, extra, linear", [
+    ("sgd", {}, False), ("adam", {}, False), ("sgd", {"momentum": 0.9}, False),  # sparse, lazy, lazy
+    ("adam", {"beta1": 0.0}, False),  # padded
+    ("sgd", {"momentum": 0.9}, True), ("lars", {"momentum": 0.9, "weight_decay": 1e-3}, True)])  # linear
 @pytest.mark.parametrize("mode", ["free", "sphere"])
-def test_fused_table_step_freezes_a_non_finite_run(optimizer, extra, mode):
+def test_fused_table_step_freezes_a_non_finite_run(optimizer, extra, linear, mode, monkeypatch):
     """A NaN row reaches the fused gradient of its run only: the step skips the loss value
     (value=False), yet that run is not updated (its rows stay exactly as they were, in the
     sphere mode too) and is reported; its chunk-mate moves on. Plain SGD (the sparse step)
     finds the NaN when the row enters a batch; the rules that move every row find it at the
     first update."""
+    from simulate.engine import update
     from simulate.engine.update import TableStep
 
+    if linear and mode == "sphere":
+        pytest.skip("the linear rule is for free rows")
+    monkeypatch.setattr(update, "LINEAR_ON_CPU", linear)
     runs = expand({**SMALL, "model": "free", "loss": "ntxent", "clop_weight": 0.5, "label_fraction": 0.5,
                    "lr": [0.1, 0.2], "optimizer": optimizer, "update_mode": mode, **extra})
     optimizer = "sgd" if runs[0].table_rule == "sparse" else "every row"
@@ -175,6 +166,7 @@ def test_fused_table_step_freezes_a_non_finite_run(optimizer, extra, mode):
     w[1, 5, 0] = float("nan")  # point 5, view 1, of run 1
     step = TableStep(chunk, None, mode != "free")
     assert (step.optimizer is None) == (optimizer == "sgd")
+    assert (step.optimizer is not None and step.optimizer.linear is not None) == linear
     alive = torch.ones(2, dtype=torch.bool)
     seen = False
     for t in range(1, chunk.stream.n // chunk.stream.b + 1):

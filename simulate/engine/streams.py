@@ -112,38 +112,6 @@ class StackedStream:
         return slice((self.j - 1) * self.b, self.j * self.b)
 
 
-#: bytes of source rows per thread that :func:`gather_rows` reads in one pass before gathering
-#: from them (within a core's L2 cache)
-GATHER_BLOCK_BYTES = 512 * 1024
-
-
-def gather_rows(source: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``source[r, rows[r]]`` for every run r: ``source`` (R, M, D), ``rows`` (R, K) indices
-    into each run's own M rows; returns a new tensor (R, K, D).
-
-    On the CPU the runs are taken in blocks of about :data:`GATHER_BLOCK_BYTES`: each block of
-    the source is read once in order (a sum, which the hardware prefetches) and then gathered
-    from the cache. A gather in random row order straight from memory waits on every row
-    (a row of 16 float32 is one cache line): the block-wise gather of the bench grid's tables
-    takes less than half the time."""
-    R, M, D = source.shape
-    K = rows.shape[1]
-    src = source.reshape(R * M, D)
-    if source.device.type != "cpu":
-        flat = (rows + M * torch.arange(R, device=rows.device)[:, None]).reshape(-1)
-        return src.index_select(0, flat).view(R, K, D)
-    out = torch.empty((R, K, D), dtype=source.dtype)
-    # each of torch's threads reads its share of a block into its own core's cache
-    per = max(1, GATHER_BLOCK_BYTES * torch.get_num_threads() // max(1, M * D * source.element_size()))
-    for r0 in range(0, R, per):
-        r1 = min(R, r0 + per)
-        block = src[r0 * M: r1 * M]
-        block.sum()  # bring the block into the cache, in order
-        flat = (rows[r0:r1] + M * torch.arange(r1 - r0)[:, None]).reshape(-1)
-        torch.index_select(block, 0, flat, out=out[r0:r1].view(-1, D))
-    return out
-
-
 class EpochTable:
     """The free-embedding rows laid out in the order of the current epoch, so that every
     minibatch is a view of one block: one gather when an epoch opens instead of a gather and
@@ -174,6 +142,7 @@ class EpochTable:
             self.row_view[self.slots[v]] = v
         self._points = torch.cat([q, q]).expand(self.runs, -1)  # weight row -> point
         self._views = torch.cat([torch.zeros_like(q), torch.ones_like(q)])  # weight row -> view
+        self._base = 2 * n * torch.arange(self.runs, device=dev)[:, None]
         self.b, self.full = batch, full
         self.table = self.weight.clone()
         self.position = None  # (R, N): epoch position of each point; None: weight order
@@ -186,7 +155,8 @@ class EpochTable:
 
     def _gather(self, rows: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
         source = self.table if source is None else source
-        return gather_rows(source, rows)
+        flat = (rows + self._base).reshape(-1)
+        return source.reshape(-1, self.dim).index_select(0, flat).view(self.runs, -1, self.dim)
 
     def reorder(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (R, 2N, D), laid out like the table before the last :meth:`open`, in the

@@ -2,7 +2,8 @@
 ``adamw``; one update for all runs of a chunk, with per-run hyper-parameters), the per-run
 learning-rate schedule, and the table step of free embeddings (:class:`TableStep`), whose
 gradient lives on the batch's rows: plain SGD moves only those rows, the other optimizers
-every row (:class:`TableOptimizer`).
+every row (:class:`TableOptimizer`; on the CPU SGD and LARS with momentum keep the moves of
+the rows outside the batch implicit, :class:`LinearMomentum`).
 
 Every rule acts on parameters with a leading run dimension ``(R, ...)``; the runs of a chunk
 share one optimizer (it is part of the chunk key) but each has its own learning rate, schedule,
@@ -77,9 +78,14 @@ def lr_table(runs, device) -> torch.Tensor | None:
 
 def lars_ratio(w_norm, g_norm, trust, weight_decay, eps):
     """LARS's per-run factor ``trust |w| / (|g| + weight_decay |w| + eps)`` (1 where ``|w|`` or
-    ``|g|`` is 0) and the mask of the runs it adapts (the others get no weight decay either)."""
+    ``|g|`` is 0) and the mask of the runs it adapts (the others get no weight decay either);
+    torch tensors or numpy arrays."""
     use = (w_norm > 0) & (g_norm > 0)
-    return torch.where(use, trust * w_norm / (g_norm + weight_decay * w_norm + eps), torch.ones_like(w_norm)), use
+    with np.errstate(all="ignore"):
+        ratio = trust * w_norm / (g_norm + weight_decay * w_norm + eps)
+    if isinstance(ratio, np.ndarray):
+        return np.where(use, ratio, 1.0), use
+    return torch.where(use, ratio, torch.ones_like(w_norm)), use
 
 
 def _col(v: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -260,6 +266,11 @@ class TableOptimizer:
     same update as ``p - lr_t / (1 - beta1^t) m / (sqrt(v) / c2 + eps)``. The per-run
     scalars are computed in float64 on the host.
 
+    On the CPU, SGD and LARS with momentum on free rows (not renormalised) take the lazy
+    rule's linear form instead (:class:`LinearMomentum`): a row and its momentum buffer
+    outside the batch follow one linear map per run, kept as a 2x2 matrix, so an update
+    writes only the batch's rows.
+
     :attr:`simulate.config.RunConfig.table_rule` picks the rule (part of the chunk key):
     ``lazy`` for SGD and LARS and for Adam and AdamW, with decays of at least
     :data:`simulate.config.LAZY_MIN_DECAY` and without Adam's L2 weight decay; ``padded``
@@ -267,12 +278,13 @@ class TableOptimizer:
     :class:`StackedOptimizer`).
     """
 
-    def __init__(self, state: ChunkState, weight: torch.Tensor):
+    def __init__(self, state: ChunkState, weight: torch.Tensor, sphere: bool = False):
         self.state = state
         runs = state.runs
         self.kind = runs[0].optimizer
         self.rule = runs[0].table_rule
         self.dtype, self.device = weight.dtype, weight.device
+        self.linear: LinearMomentum | None = None
         if self.rule == "padded":
             self.dense = StackedOptimizer(state, [("weight", weight)])
             return
@@ -290,6 +302,9 @@ class TableOptimizer:
             self.momentum = f64("momentum")
             self.B = torch.zeros_like(weight) if state.use_momentum else None
             self.mu = np.ones(R)
+            if self.B is not None and not sphere and self.device.type == "cpu" and LINEAR_ON_CPU:
+                self.B = None
+                self.linear = LinearMomentum(self, weight)
 
     def _spare(self, p: torch.Tensor) -> torch.Tensor:
         """A buffer shaped like ``p`` for the new rows: one of two that this optimizer owns and
@@ -338,6 +353,22 @@ class TableOptimizer:
         for name in ("M", "S", "B"):
             if getattr(self, name, None) is not None:
                 setattr(self, name, order(getattr(self, name)))
+        if self.linear is not None:
+            self.linear.Q = order(self.linear.Q)
+
+    def batch_rows(self, p: torch.Tensor, block: slice) -> torch.Tensor:
+        """The rows ``block`` of the table ``p`` as they stand (the linear rule keeps them
+        implicit: a new tensor; otherwise a view)."""
+        if self.linear is not None:
+            return self.linear.batch_rows(p, block)
+        return p[:, block]
+
+    @torch.no_grad()
+    def materialize(self, p: torch.Tensor) -> None:
+        """Write every row of the table ``p`` out in full (in place): the linear rule's
+        implicit updates (:meth:`LinearMomentum.fold`); the other rules keep them written."""
+        if self.linear is not None:
+            self.linear.fold(p, np.arange(p.shape[0]))
 
     @torch.no_grad()
     def step(self, p: torch.Tensor, g: torch.Tensor, block: slice, alive: torch.Tensor, t: int,
@@ -360,6 +391,8 @@ class TableOptimizer:
             if sphere:
                 new_p = torch.where(_col(ok, p), torch.nn.functional.normalize(new_p, dim=-1), new_p)
             return new_p, ok
+        if self.linear is not None:
+            return self.linear.step(p, g, block, alive, t)
         if self.kind in ("adam", "adamw"):
             new_p = self._adam(p, g, block, t)
         else:
@@ -448,6 +481,150 @@ class TableOptimizer:
         return torch.addcdiv(p, self.M, out, value=-1.0, out=out)
 
 
+#: the linear rule (:class:`LinearMomentum`) folds a run's state matrix into its rows once the
+#: matrix's determinant (momentum per update) falls below this value: the rows' increments
+#: then stay within a few decades of the moves they stand for
+FOLD_DET = 1 / 16
+#: ... or once an entry of the matrix exceeds this magnitude
+FOLD_ENTRY = 1e3
+#: whether SGD and LARS with momentum on free embeddings on the CPU take the linear rule (a
+#: device takes the lazy rule, which moves every row each update: it reads its norms without
+#: waiting for the device)
+LINEAR_ON_CPU = True
+
+
+class LinearMomentum:
+    """SGD and LARS with momentum on free embeddings (no renormalisation) on the CPU, moving
+    only the batch's rows: the rows outside the batch follow one linear map per run, kept as a
+    2x2 matrix instead of being written.
+
+    With ``d = tau g + omega p`` (``tau`` LARS's trust ratio and ``omega`` = ``tau`` times its
+    weight decay; ``tau = 1`` and ``omega`` = weight decay for sgd), a row and its momentum
+    buffer step to ``b' = mu b + d`` and ``p' = p - lr (kappa d + mu nu b)`` (Nesterov:
+    ``kappa = 1 + mu``, ``nu = mu``; else both 1), i.e.
+    ``[p'; b'] = A [p; b] + [-lr kappa; 1] tau g`` with
+    ``A = [[1 - lr kappa omega, -lr mu nu], [omega, mu]]``, the same for every row of a run.
+    The table holds ``P`` and this rule ``Q`` with ``[p; b] = Phi [P; Q]``: an update sets
+    ``Phi' = A Phi`` and adds ``Phi'^-1 [-lr kappa; 1] tau g`` times the gradient to the
+    batch's ``P`` and ``Q``. LARS's ``|p|`` comes from the per-run Gram matrix of ``P`` and
+    ``Q``, kept up to date from the batch's rows as stored:
+    ``|p|^2 = phi11^2 |P|^2 + 2 phi11 phi12 <P, Q> + phi12^2 |Q|^2``.
+
+    A run's ``Phi`` is folded into its rows (``[P; Q] = Phi [P; Q]``, ``Phi = I``, the Gram
+    matrix summed afresh) once its determinant falls below :data:`FOLD_DET` or an entry
+    exceeds :data:`FOLD_ENTRY` (each run on its own schedule: its rows do not depend on its
+    chunk-mates), and every run's before the table is read whole (:meth:`fold`). The matrices
+    and scalars are float64 on the host. A run is updated only if its batch rows stay finite
+    and ``|p'|^2`` is finite and within the table dtype's range (every row then is).
+    """
+
+    def __init__(self, opt: "TableOptimizer", table: torch.Tensor):
+        self.opt = opt
+        R = table.shape[0]
+        mu = opt.momentum
+        nest = opt.nesterov & (mu > 0)
+        self.kappa = np.where(nest, 1.0 + mu, 1.0)
+        self.nu = np.where(nest, mu, 1.0)
+        self.Q = torch.zeros_like(table)
+        self.phi = np.tile(np.eye(2), (R, 1, 1))
+        self.gram = self._gram(table, self.Q)  # (R, 3): |P|^2, <P, Q>, |Q|^2
+        self.w2 = self.gram[:, 0].copy()  # |p|^2 of the rows as they stand
+        big = torch.finfo(table.dtype).max
+        self.max2 = big * big if big < 1e154 else math.inf  # a row's |p|^2 stays below it
+
+    @staticmethod
+    def _dots(pairs) -> np.ndarray:
+        """Per-run inner products ``<x, y>`` of the tensor pairs (R, ...) as float64 (R, len)."""
+        R = pairs[0][0].shape[0]
+        return torch.stack([torch.linalg.vecdot(x.reshape(R, -1), y.reshape(R, -1)) for x, y in pairs],
+                           1).double().numpy()
+
+    def _gram(self, P: torch.Tensor, Q: torch.Tensor) -> np.ndarray:
+        """Per-run ``|P|^2, <P, Q>, |Q|^2`` (R, 3)."""
+        return self._dots([(P, P), (P, Q), (Q, Q)])
+
+    def _cols(self, *values) -> torch.Tensor:
+        """Per-run host values as (len(values), R, 1, 1) in the table's dtype."""
+        return torch.from_numpy(np.stack(values)).to(self.opt.dtype).view(len(values), -1, 1, 1)
+
+    def batch_rows(self, P: torch.Tensor, block: slice) -> torch.Tensor:
+        """``p = phi11 P + phi12 Q`` on the rows ``block``."""
+        a, b = self._cols(self.phi[:, 0, 0], self.phi[:, 0, 1])
+        return torch.addcmul(P[:, block] * a, b, self.Q[:, block])
+
+    def step(self, P, g, block, alive, t):
+        o = self.opt
+        R = P.shape[0]
+        lr, mu, wd = o.host_lr[t - 1], o.momentum, o.wd
+        Pb, Qb = P[:, block], self.Q[:, block]
+        pg, qg, gg = self._dots([(Pb, g), (Qb, g), (g, g)]).T
+        if o.kind == "lars":
+            tau, use = lars_ratio(np.sqrt(np.maximum(self.w2, 0.0)), np.sqrt(gg), o.trust, wd, o.eps)
+            omega = np.where(use, wd, 0.0) * tau
+        else:
+            tau, omega = np.ones(R), wd
+        A = np.empty((R, 2, 2))
+        A[:, 0, 0] = 1.0 - lr * self.kappa * omega
+        A[:, 0, 1] = -lr * mu * self.nu
+        A[:, 1, 0] = omega
+        A[:, 1, 1] = mu
+        phi = A @ self.phi
+        det = phi[:, 0, 0] * phi[:, 1, 1] - phi[:, 0, 1] * phi[:, 1, 0]
+        f1, f2 = -lr * self.kappa * tau, tau  # Phi'^-1 (f1, f2)
+        with np.errstate(all="ignore"):
+            c1 = (phi[:, 1, 1] * f1 - phi[:, 0, 1] * f2) / det
+            c2 = (phi[:, 0, 0] * f2 - phi[:, 1, 0] * f1) / det
+        with np.errstate(all="ignore"):
+            # the Gram matrix after P += c1 g, Q += c2 g on the batch's rows
+            gram = self.gram + np.stack([2 * c1 * pg + c1 * c1 * gg, c2 * pg + c1 * qg + c1 * c2 * gg,
+                                         2 * c2 * qg + c2 * c2 * gg], 1)
+            w2 = (phi[:, 0, 0] ** 2 * gram[:, 0] + 2 * phi[:, 0, 0] * phi[:, 0, 1] * gram[:, 1]
+                  + phi[:, 0, 1] ** 2 * gram[:, 2])
+            ok = (alive.numpy() & np.isfinite(gram).all(1) & np.isfinite(gg) & np.isfinite(phi).all((1, 2))
+                  & np.isfinite(c1) & np.isfinite(c2) & np.isfinite(w2) & (w2 <= self.max2)
+                  & (gram[:, 0] <= self.max2) & (gram[:, 2] <= self.max2))
+        cp, cq = self._cols(c1, c2)
+        if ok.all():  # (the checks above need only the inner products: the rows are written once)
+            Pb.addcmul_(g, cp)
+            Qb.addcmul_(g, cq)
+            self.phi, self.gram, self.w2 = phi, gram, w2
+        else:
+            keep = torch.from_numpy(ok).view(-1, 1, 1)
+            Pb.copy_(torch.where(keep, torch.addcmul(Pb, g, cp), Pb))
+            Qb.copy_(torch.where(keep, torch.addcmul(Qb, g, cq), Qb))
+            self.phi = np.where(ok[:, None, None], phi, self.phi)
+            self.gram = np.where(ok[:, None], gram, self.gram)
+            self.w2 = np.where(ok, w2, self.w2)
+        det = self.phi[:, 0, 0] * self.phi[:, 1, 1] - self.phi[:, 0, 1] * self.phi[:, 1, 0]
+        due = (np.abs(det) < FOLD_DET) | (np.abs(self.phi).max((1, 2)) > FOLD_ENTRY)
+        if due.any():
+            self.fold(P, np.flatnonzero(due))
+        return P, torch.from_numpy(ok)
+
+    @torch.no_grad()
+    def fold(self, P: torch.Tensor, runs: np.ndarray) -> None:
+        """``[P; Q] = Phi [P; Q]`` and ``Phi = I`` for the runs ``runs`` (in place), their
+        Gram matrices summed afresh."""
+        runs = runs[(self.phi[runs] != np.eye(2)).any((1, 2))]  # (Phi = I: nothing to fold)
+        if len(runs) == 0:
+            return
+        phi = self.phi[runs]
+        a, b, c, d = self._cols(*(phi[:, i, j] for i in (0, 1) for j in (0, 1)))
+        if len(runs) == P.shape[0]:  # every run: in place, without copies of the rows
+            new_q = torch.addcmul(P * c, d, self.Q)
+            new_p = P.mul_(a).addcmul_(b, self.Q)
+            self.Q = new_q
+        else:
+            idx = torch.from_numpy(runs)
+            Pi, Qi = P[idx], self.Q[idx]
+            new_p, new_q = torch.addcmul(Pi * a, b, Qi), torch.addcmul(Pi * c, d, Qi)
+            P[idx], self.Q[idx] = new_p, new_q
+        self.phi[runs] = np.eye(2)
+        gram = self._gram(new_p, new_q)
+        self.gram[runs] = gram
+        self.w2[runs] = gram[:, 0]
+
+
 def relative_change(params, previous) -> torch.Tensor:
     """Per-run ``||theta - theta_prev|| / ||theta_prev||`` over all parameters (R,), float64.
     Exactly 0 when no parameter moved: a stationary point, or updates below the dtype's
@@ -486,13 +663,15 @@ class TableStep:
     def __init__(self, state: ChunkState, loss_fn, sphere: bool):
         self.state, self.loss_fn, self.sphere = state, loss_fn, sphere
         self.table = EpochTable(state.model.weight, state.runs[0].batch_size)
-        self.optimizer = None if state.sparse else TableOptimizer(state, self.table.table)
+        self.optimizer = None if state.sparse else TableOptimizer(state, self.table.table, sphere)
         # this epoch's CLOP targets and row weights (fused path): each batch's weights depend
         # on its own number of labelled points
         self.clop_targets: torch.Tensor | None = None  # (R, N', D)
         self.clop_row_weights: torch.Tensor | None = None  # (R, N')
 
     def sync(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.materialize(self.table.table)
         self.table.sync()
 
     def _gradient(self, z, labels, alive, value: bool):
@@ -532,7 +711,8 @@ class TableStep:
         if self.optimizer is not None:  # every row moves
             j = stream.j - 1
             block = slice(2 * j * stream.b, 2 * (j + 1) * stream.b)
-            loss, g, finite = self._gradient(self.table.table[:, block], labels, alive, value)
+            loss, g, finite = self._gradient(self.optimizer.batch_rows(self.table.table, block), labels,
+                                             alive, value)
             rows, ok = self.optimizer.step(self.table.table, g, block, alive & finite, t, sphere=self.sphere)
             self.table.table = rows
             return loss, ok
