@@ -268,23 +268,32 @@ class RunConfig:
     @property
     def table_rule(self) -> str:
         """How the engine updates free embeddings (:class:`simulate.engine.update.TableStep`):
-        ``sparse`` (plain SGD: only the batch's rows move), ``lazy`` (every row moves, the
-        geometric decays kept as per-run scales: SGD and LARS with momentum 0 or at least
-        :data:`LAZY_MIN_DECAY`; Adam and AdamW with ``beta1`` and ``sqrt(beta2)`` at least
-        that, and no L2 weight decay for Adam; on the CPU, SGD and LARS with momentum on free
-        rows keep the moves of the rows outside the batch as one linear map per run,
-        :class:`simulate.engine.update.LinearMomentum`) or ``padded`` (the rest: the batch's gradient
-        padded with zeros, then the dense rule; a decay below the bound would push a per-run
-        scale out of float32's range within one update)."""
+        ``sparse`` (plain SGD: only the batch's rows move); ``linear`` (SGD and LARS with
+        momentum of at least :data:`LAZY_MIN_DECAY` on rows that are not renormalised, and with
+        Nesterov only where ``lr omega <= 1/2``, ``omega`` the weight decay for sgd and
+        ``lars_trust`` for LARS with weight decay: on the CPU the rows outside the batch follow
+        one linear map per run, kept as a 2x2 matrix, :class:`simulate.engine.update.LinearMomentum`;
+        on a device as ``lazy``); ``lazy`` (every row moves, the geometric decays kept as
+        per-run scales: SGD and LARS with momentum 0 or at least :data:`LAZY_MIN_DECAY`; Adam
+        and AdamW with ``beta1`` and ``sqrt(beta2)`` at least that, and no L2 weight decay for
+        Adam) or ``padded`` (the rest: the batch's gradient padded with zeros, then the dense
+        rule; a decay below the bound would push a per-run scale out of float32's range within
+        one update)."""
         if self.optimizer == "sgd" and self.momentum == 0 and self.weight_decay == 0:
             return "sparse"
         if self.optimizer in ("adam", "adamw"):
             if (min(self.beta1, math.sqrt(self.beta2)) < LAZY_MIN_DECAY
                     or (self.optimizer == "adam" and self.weight_decay > 0)):
                 return "padded"
-        elif 0 < self.momentum < LAZY_MIN_DECAY:
+            return "lazy"
+        if 0 < self.momentum < LAZY_MIN_DECAY:
             return "padded"
-        return "lazy"
+        if self.momentum == 0 or self.update_mode != "free":
+            return "lazy"
+        omega = self.weight_decay if self.optimizer == "sgd" else (self.lars_trust if self.weight_decay > 0 else 0.0)
+        if self.nesterov and self.lr * omega > 0.5:  # (det A = momentum (1 - lr omega))
+            return "lazy"
+        return "linear"
 
     @property
     def embedding_dim(self) -> int:

@@ -341,7 +341,7 @@ def test_table_rule_folds_its_scales_without_changing_the_update(optimizer, extr
             "log_every": 25, "loss": "ntxent", "clop_weight": 0.5, "label_fraction": 0.5,
             "optimizer": optimizer, **extra}
     runs = expand(spec)
-    assert {r.table_rule for r in runs} == {"lazy"}
+    assert {r.table_rule for r in runs} == {"lazy" if optimizer == "adam" else "linear"}
     result = train_chunk(runs, dtype=torch.float64)
     for i, run in enumerate(runs):
         want = _engine_reference(run)["weight"]
@@ -389,6 +389,73 @@ def test_linear_rule_keeps_the_norm_of_the_rows_and_stops_an_overflowing_run():
         assert bool(torch.isfinite(result.model.weight).all())
         alone = train_chunk([runs[0]], dtype=torch.float32).model.weight[0]
         assert torch.equal(alone, result.model.weight[0])
+
+
+def _free(**extra):
+    return {**NET, "model": "free", "d": 6, "k": 3, "per_class": 8, "batch_size": 6, "loss": "ntxent",
+            "clop_weight": 0.5, "label_fraction": 0.5, **extra}
+
+
+def test_nesterov_near_a_singular_step_takes_the_lazy_rule():
+    """With Nesterov the linear rule's step matrix has determinant momentum (1 - lr omega): a
+    run with lr omega above 1/2 (here lr weight_decay = 1, a singular step) takes the lazy
+    rule and trains as torch.optim does (for 2 steps: the run blows up after them); at
+    lr omega = 1/2 the linear rule still equals it."""
+    for lr, rule, steps in ((1.0, "lazy", 2), (0.5, "linear", 12)):
+        run = expand(_free(optimizer="sgd", lr=lr, momentum=0.5, nesterov=True, weight_decay=1.0,
+                           steps=steps, log_every=steps))[0]
+        assert run.table_rule == rule
+        result = train_chunk([run], dtype=torch.float64)
+        assert not any(r["diverged"] for r in result.rows)
+        want = _engine_reference(run)["weight"]
+        assert float((result.model.weight[0] - want).abs().max()) <= 1e-6
+    lars = expand(_free(optimizer="lars", lr=[100.0, 1000.0], momentum=0.9, nesterov=True, weight_decay=1e-6))
+    assert [r.table_rule for r in lars] == ["linear", "lazy"]  # lars_trust 1e-3
+
+
+def test_linear_rule_rows_do_not_depend_on_chunk_mates_threads_or_logging():
+    """LARS on a table of 2 x 1,200 x 16 numbers per run (torch splits a sum that long across
+    threads): each run equals itself trained alone, and the rows do not depend on how often
+    the metrics read them (float32, two threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        spec = dict(loss="ntxent", temperature=0.5, clop_weight=0.0, lr=[0.1, 3.0], seed=[0, 1], model="free",
+                    k=8, d=16, per_class=150, holdout_fraction=0.0, label_fraction=0.5, batch_size=64,
+                    steps=60, log_every=60, optimizer="lars", momentum=0.9, weight_decay=1e-6, lars_trust=0.1)
+        runs = expand(spec)
+        assert {r.table_rule for r in runs} == {"linear"}
+        together = train_chunk(runs).model.weight
+        for i, run in enumerate(runs):
+            assert torch.equal(train_chunk([run]).model.weight[0], together[i]), run
+        often = train_chunk(expand({**spec, "log_every": 7})).model.weight
+        assert torch.equal(often, together)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_linear_rule_keeps_finite_rows_at_huge_rates_and_trains_huge_rows():
+    """float32, the linear rule: a learning rate near float32's largest number stops the run
+    with finite rows (no write-out overflows); rows of norm 1e18, whose squares overflow
+    float32, train on as the lazy rule trains them."""
+    from simulate.engine import update
+
+    for momentum in (0.9, 0.999):
+        runs = expand(_free(optimizer="lars", lr=[0.1, 1e39], momentum=momentum, weight_decay=1e-2,
+                            steps=6, log_every=3))
+        result = train_chunk(runs)
+        assert [r["diverged"] for r in result.rows if r["step"] == 6] == [False, True]
+        assert bool(torch.isfinite(result.model.weight).all())
+    run = expand(_free(optimizer="sgd", lr=0.1, momentum=0.9, init_norm=1e18, steps=10, log_every=10))[0]
+    assert run.table_rule == "linear"
+    linear = train_chunk([run])
+    assert not any(r["diverged"] for r in linear.rows)
+    try:
+        update.LINEAR_ON_CPU = False
+        lazy = train_chunk([run]).model.weight
+    finally:
+        update.LINEAR_ON_CPU = True
+    torch.testing.assert_close(linear.model.weight, lazy, rtol=1e-5, atol=0.0)
 
 
 @pytest.mark.parametrize("optimizer, extra", [

@@ -174,9 +174,10 @@ class EpochTable:
         self.position = torch.empty_like(perm).scatter_(
             1, perm, torch.arange(self.n, device=perm.device).expand(self.runs, -1))
 
-    def sync(self) -> None:
-        """Copy the rows into the weight, in point order."""
-        self.weight.copy_(self._gather(self._rows_of(self._points, self._views)))
+    def sync(self, rows: torch.Tensor | None = None) -> None:
+        """Copy the rows (``rows``, laid out like the table; None: the table) into the weight,
+        in point order."""
+        self.weight.copy_(self._gather(self._rows_of(self._points, self._views), rows))
 
     def batch(self, j: int) -> torch.Tensor:
         """Rows ``[z1; z2]`` (R, 2B, D) of batch ``j``: a view of the table."""

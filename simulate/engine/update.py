@@ -266,16 +266,14 @@ class TableOptimizer:
     same update as ``p - lr_t / (1 - beta1^t) m / (sqrt(v) / c2 + eps)``. The per-run
     scalars are computed in float64 on the host.
 
-    On the CPU, SGD and LARS with momentum on free rows (not renormalised) take the lazy
-    rule's linear form instead (:class:`LinearMomentum`): a row and its momentum buffer
-    outside the batch follow one linear map per run, kept as a 2x2 matrix, so an update
-    writes only the batch's rows.
-
     :attr:`simulate.config.RunConfig.table_rule` picks the rule (part of the chunk key):
     ``lazy`` for SGD and LARS and for Adam and AdamW, with decays of at least
-    :data:`simulate.config.LAZY_MIN_DECAY` and without Adam's L2 weight decay; ``padded``
-    otherwise (the gradient padded with zeros to the whole table, then
-    :class:`StackedOptimizer`).
+    :data:`simulate.config.LAZY_MIN_DECAY` and without Adam's L2 weight decay; ``linear``
+    for SGD and LARS with momentum on rows that are not renormalised (on the CPU
+    :class:`LinearMomentum`: a row and its momentum buffer outside the batch follow one
+    linear map per run, kept as a 2x2 matrix, so an update writes only the batch's rows; on
+    a device the lazy rule); ``padded`` otherwise (the gradient padded with zeros to the whole
+    table, then :class:`StackedOptimizer`).
     """
 
     def __init__(self, state: ChunkState, weight: torch.Tensor, sphere: bool = False):
@@ -302,7 +300,7 @@ class TableOptimizer:
             self.momentum = f64("momentum")
             self.B = torch.zeros_like(weight) if state.use_momentum else None
             self.mu = np.ones(R)
-            if self.B is not None and not sphere and self.device.type == "cpu" and LINEAR_ON_CPU:
+            if self.rule == "linear" and not sphere and self.device.type == "cpu" and LINEAR_ON_CPU:
                 self.B = None
                 self.linear = LinearMomentum(self, weight)
 
@@ -364,11 +362,10 @@ class TableOptimizer:
         return p[:, block]
 
     @torch.no_grad()
-    def materialize(self, p: torch.Tensor) -> None:
-        """Write every row of the table ``p`` out in full (in place): the linear rule's
-        implicit updates (:meth:`LinearMomentum.fold`); the other rules keep them written."""
-        if self.linear is not None:
-            self.linear.fold(p, np.arange(p.shape[0]))
+    def rows(self, p: torch.Tensor) -> torch.Tensor:
+        """Every row of the table ``p`` as it stands: ``p`` itself, or with the linear rule its
+        rows written out (a new tensor; the state is left as it is)."""
+        return p if self.linear is None else self.linear.rows(p)
 
     @torch.no_grad()
     def step(self, p: torch.Tensor, g: torch.Tensor, block: slice, alive: torch.Tensor, t: int,
@@ -496,26 +493,31 @@ LINEAR_ON_CPU = True
 class LinearMomentum:
     """SGD and LARS with momentum on free embeddings (no renormalisation) on the CPU, moving
     only the batch's rows: the rows outside the batch follow one linear map per run, kept as a
-    2x2 matrix instead of being written.
+    2x2 matrix instead of being written (the ``linear`` table rule).
 
     With ``d = tau g + omega p`` (``tau`` LARS's trust ratio and ``omega`` = ``tau`` times its
     weight decay; ``tau = 1`` and ``omega`` = weight decay for sgd), a row and its momentum
     buffer step to ``b' = mu b + d`` and ``p' = p - lr (kappa d + mu nu b)`` (Nesterov:
     ``kappa = 1 + mu``, ``nu = mu``; else both 1), i.e.
     ``[p'; b'] = A [p; b] + [-lr kappa; 1] tau g`` with
-    ``A = [[1 - lr kappa omega, -lr mu nu], [omega, mu]]``, the same for every row of a run.
+    ``A = [[1 - lr kappa omega, -lr mu nu], [omega, mu]]``, the same for every row of a run
+    (``det A = mu``, and ``mu (1 - lr omega)`` with Nesterov, which the rule's bound on
+    ``lr omega`` keeps at least ``mu / 2``: :attr:`simulate.config.RunConfig.table_rule`).
     The table holds ``P`` and this rule ``Q`` with ``[p; b] = Phi [P; Q]``: an update sets
-    ``Phi' = A Phi`` and adds ``Phi'^-1 [-lr kappa; 1] tau g`` times the gradient to the
+    ``Phi' = A Phi`` and adds ``Phi'^-1 [-lr kappa; 1] tau`` times the gradient to the
     batch's ``P`` and ``Q``. LARS's ``|p|`` comes from the per-run Gram matrix of ``P`` and
-    ``Q``, kept up to date from the batch's rows as stored:
+    ``Q``, kept from inner products with the gradient:
     ``|p|^2 = phi11^2 |P|^2 + 2 phi11 phi12 <P, Q> + phi12^2 |Q|^2``.
 
     A run's ``Phi`` is folded into its rows (``[P; Q] = Phi [P; Q]``, ``Phi = I``, the Gram
     matrix summed afresh) once its determinant falls below :data:`FOLD_DET` or an entry
-    exceeds :data:`FOLD_ENTRY` (each run on its own schedule: its rows do not depend on its
-    chunk-mates), and every run's before the table is read whole (:meth:`fold`). The matrices
-    and scalars are float64 on the host. A run is updated only if its batch rows stay finite
-    and ``|p'|^2`` is finite and within the table dtype's range (every row then is).
+    exceeds :data:`FOLD_ENTRY`, each run on its own schedule, so that its rows do not depend
+    on its chunk-mates (nor on when the metrics read the rows: :meth:`rows` writes them out
+    without folding). Inner products are summed per block of rows in the table's dtype, then
+    in float64 (the same sums whatever the number of runs; a block that overflows float32 is
+    summed again in float64). The matrices and scalars are float64 on the host. A run is
+    updated only if its inner products are finite and ``P``, ``Q``, the rows and the buffers
+    written out stay within half the table dtype's range.
     """
 
     def __init__(self, opt: "TableOptimizer", table: torch.Tensor):
@@ -529,15 +531,26 @@ class LinearMomentum:
         self.phi = np.tile(np.eye(2), (R, 1, 1))
         self.gram = self._gram(table, self.Q)  # (R, 3): |P|^2, <P, Q>, |Q|^2
         self.w2 = self.gram[:, 0].copy()  # |p|^2 of the rows as they stand
-        big = torch.finfo(table.dtype).max
-        self.max2 = big * big if big < 1e154 else math.inf  # a row's |p|^2 stays below it
+        self.half = float(torch.finfo(table.dtype).max) / 2  # a bound on |P|, |Q|, |p|, |b|
 
     @staticmethod
     def _dots(pairs) -> np.ndarray:
-        """Per-run inner products ``<x, y>`` of the tensor pairs (R, ...) as float64 (R, len)."""
-        R = pairs[0][0].shape[0]
-        return torch.stack([torch.linalg.vecdot(x.reshape(R, -1), y.reshape(R, -1)) for x, y in pairs],
-                           1).double().numpy()
+        """Per-run inner products ``<x, y>`` of the tensor pairs (each (R, rows, D)) as float64
+        (R, len(pairs)): sums over blocks of whole rows of at most about 2048 numbers (torch
+        sums a block on one thread, so a run's sums do not depend on the other runs), then
+        over the blocks in float64."""
+        R, rows, D = pairs[0][0].shape
+        per = max(d for d in range(1, min(rows, max(1, 2048 // D)) + 1) if rows % d == 0)
+        parts = torch.stack([torch.linalg.vecdot(x.reshape(R, -1, per * D), y.reshape(R, -1, per * D))
+                             for x, y in pairs], 1).numpy()  # (R, len, blocks)
+        out = parts.sum(2, dtype=np.float64)
+        bad = ~np.isfinite(out)
+        if bad.any():  # the blocks overflowed the table's dtype (or the rows are not finite)
+            for r, i in zip(*np.nonzero(bad)):
+                x, y = (v[r].reshape(-1).numpy() for v in pairs[i])
+                with np.errstate(all="ignore"):
+                    out[r, i] = np.dot(x.astype(np.float64), y.astype(np.float64))
+        return out
 
     def _gram(self, P: torch.Tensor, Q: torch.Tensor) -> np.ndarray:
         """Per-run ``|P|^2, <P, Q>, |Q|^2`` (R, 3)."""
@@ -547,10 +560,24 @@ class LinearMomentum:
         """Per-run host values as (len(values), R, 1, 1) in the table's dtype."""
         return torch.from_numpy(np.stack(values)).to(self.opt.dtype).view(len(values), -1, 1, 1)
 
+    def _within(self, phi: np.ndarray, gram: np.ndarray) -> np.ndarray:
+        """Per run: ``Phi``'s entries, ``|P|``, ``|Q|`` and both terms of each row of
+        ``Phi [P; Q]`` within half the dtype's range (no product of the write-out overflows)."""
+        with np.errstate(all="ignore"):
+            p, q = np.sqrt(np.maximum(gram[:, 0], 0.0)), np.sqrt(np.maximum(gram[:, 2], 0.0))
+            rows = np.abs(phi[:, :, 0]) * p[:, None] + np.abs(phi[:, :, 1]) * q[:, None]
+            return (np.isfinite(gram).all(1) & (np.abs(phi) <= self.half).all((1, 2)) & (p <= self.half)
+                    & (q <= self.half) & (rows <= self.half).all(1))
+
     def batch_rows(self, P: torch.Tensor, block: slice) -> torch.Tensor:
         """``p = phi11 P + phi12 Q`` on the rows ``block``."""
         a, b = self._cols(self.phi[:, 0, 0], self.phi[:, 0, 1])
         return torch.addcmul(P[:, block] * a, b, self.Q[:, block])
+
+    def rows(self, P: torch.Tensor) -> torch.Tensor:
+        """Every row ``p = phi11 P + phi12 Q`` (a new tensor; the state is left as it is)."""
+        a, b = self._cols(self.phi[:, 0, 0], self.phi[:, 0, 1])
+        return torch.addcmul(P * a, b, self.Q)
 
     def step(self, P, g, block, alive, t):
         o = self.opt
@@ -568,22 +595,21 @@ class LinearMomentum:
         A[:, 0, 1] = -lr * mu * self.nu
         A[:, 1, 0] = omega
         A[:, 1, 1] = mu
-        phi = A @ self.phi
-        det = phi[:, 0, 0] * phi[:, 1, 1] - phi[:, 0, 1] * phi[:, 1, 0]
-        f1, f2 = -lr * self.kappa * tau, tau  # Phi'^-1 (f1, f2)
         with np.errstate(all="ignore"):
+            phi = A @ self.phi
+            det = phi[:, 0, 0] * phi[:, 1, 1] - phi[:, 0, 1] * phi[:, 1, 0]
+            f1, f2 = -lr * self.kappa * tau, tau  # Phi'^-1 (f1, f2)
             c1 = (phi[:, 1, 1] * f1 - phi[:, 0, 1] * f2) / det
             c2 = (phi[:, 0, 0] * f2 - phi[:, 1, 0] * f1) / det
-        with np.errstate(all="ignore"):
             # the Gram matrix after P += c1 g, Q += c2 g on the batch's rows
             gram = self.gram + np.stack([2 * c1 * pg + c1 * c1 * gg, c2 * pg + c1 * qg + c1 * c2 * gg,
                                          2 * c2 * qg + c2 * c2 * gg], 1)
             w2 = (phi[:, 0, 0] ** 2 * gram[:, 0] + 2 * phi[:, 0, 0] * phi[:, 0, 1] * gram[:, 1]
                   + phi[:, 0, 1] ** 2 * gram[:, 2])
-            ok = (alive.numpy() & np.isfinite(gram).all(1) & np.isfinite(gg) & np.isfinite(phi).all((1, 2))
-                  & np.isfinite(c1) & np.isfinite(c2) & np.isfinite(w2) & (w2 <= self.max2)
-                  & (gram[:, 0] <= self.max2) & (gram[:, 2] <= self.max2))
-        cp, cq = self._cols(c1, c2)
+            c = np.maximum(np.abs(c1), np.abs(c2))
+            ok = (alive.numpy() & np.isfinite(gg) & np.isfinite(w2) & (c <= self.half)
+                  & (c * np.sqrt(gg) <= self.half) & self._within(phi, gram))
+        cp, cq = self._cols(np.where(ok, c1, 0.0), np.where(ok, c2, 0.0))
         if ok.all():  # (the checks above need only the inner products: the rows are written once)
             Pb.addcmul_(g, cp)
             Qb.addcmul_(g, cq)
@@ -670,9 +696,7 @@ class TableStep:
         self.clop_row_weights: torch.Tensor | None = None  # (R, N')
 
     def sync(self) -> None:
-        if self.optimizer is not None:
-            self.optimizer.materialize(self.table.table)
-        self.table.sync()
+        self.table.sync(None if self.optimizer is None else self.optimizer.rows(self.table.table))
 
     def _gradient(self, z, labels, alive, value: bool):
         """(per-run loss or None, gradient (R, 2B, D) of the batch's rows, per-run finite
