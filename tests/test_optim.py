@@ -272,14 +272,18 @@ def _engine_reference(run, dtype=torch.float64):
     return {n: p.detach()[0] for n, p in named}
 
 
-@pytest.fixture(params=["linear", "lazy"])
-def momentum_rule(request, monkeypatch):
-    """SGD and LARS with momentum on free embeddings take the linear rule on the CPU and the
-    lazy rule on a device: both are tested here on the CPU."""
+#: the table step's linear rule (SGD and LARS with momentum on free rows) takes the lazy
+#: rule's code on a device; ``LAZY`` marks the cases that run that code here on the CPU too
+LAZY = {"lazy_on_cpu": True}
+
+
+def _rule(monkeypatch, extra):
+    """Strip the LAZY marker from ``extra``, setting the module flag it stands for."""
     from simulate.engine import update
 
-    monkeypatch.setattr(update, "LINEAR_ON_CPU", request.param == "linear")
-    return request.param
+    extra = dict(extra)
+    monkeypatch.setattr(update, "LINEAR_ON_CPU", not extra.pop("lazy_on_cpu", False))
+    return extra
 
 
 @pytest.mark.parametrize("optimizer, model, extra", [
@@ -292,6 +296,11 @@ def momentum_rule(request, monkeypatch):
     # the rows every 14 updates
     ("sgd", "free", dict(lr=[0.1, 0.5], momentum=[0.5, 0.9], nesterov=[False, True], weight_decay=1e-3,
                          steps=40, warmup_steps=3, schedule="cosine")),
+    ("sgd", "free", dict(lr=[0.1, 0.5], momentum=[0.5, 0.9], nesterov=[False, True], weight_decay=1e-3,
+                         steps=40, warmup_steps=3, schedule="cosine", **LAZY)),
+    ("lars", "free", dict(lr=[0.3, 3.0], momentum=0.5, nesterov=[False, True], weight_decay=1e-3, steps=40)),
+    ("lars", "free", dict(lr=[0.3, 3.0], momentum=0.5, nesterov=[False, True], weight_decay=1e-3, steps=40,
+                          **LAZY)),
     ("sgd", "free", dict(lr=[0.1, 0.5], weight_decay=[1e-3, 0.1], steps=20)),  # no momentum
     ("lars", "free", dict(lr=[0.3, 3.0], momentum=0.5, nesterov=[False, True], weight_decay=1e-3,
                           steps=40, update_mode="sphere")),
@@ -301,12 +310,11 @@ def momentum_rule(request, monkeypatch):
     ("adam", "free", dict(lr=[1e-2, 0.1], weight_decay=0.01, steps=20)),  # padded: Adam's L2 term
     ("adam", "free", dict(lr=[1e-2, 0.1], beta1=0.0, steps=20, update_mode="sphere")),  # padded: beta1 0
 ])
-def test_training_loop_equals_per_configuration_script(optimizer, model, extra, momentum_rule):
+def test_training_loop_equals_per_configuration_script(optimizer, model, extra, monkeypatch):
     """train_chunk with an optimizer and a schedule equals each configuration trained alone by
     the reference optimizer on the engine's minibatches (float64, NT-Xent + CLOP), with SGD and
     LARS with momentum on free embeddings by the linear and by the lazy rule."""
-    if momentum_rule == "lazy" and not (model == "free" and optimizer in ("sgd", "lars")):
-        pytest.skip("the rule only matters for SGD and LARS on free embeddings")
+    extra = _rule(monkeypatch, extra)
     spec = {**NET, "model": model, "d": 6, "k": 3, "per_class": 8, "hidden": 8, "out_dim": 6,
             "batch_size": 6, "steps": 15, "log_every": 5, "loss": "ntxent", "clop_weight": 0.5,
             "label_fraction": 0.5, "optimizer": optimizer, **extra}
@@ -325,16 +333,17 @@ def test_training_loop_equals_per_configuration_script(optimizer, model, extra, 
     ("adam", dict(lr=[1e-2, 0.1], beta1=[0.5, 0.9], beta2=[0.9, 0.999])),
     ("sgd", dict(lr=[0.1, 0.5], momentum=[0.5, 0.9], weight_decay=1e-3)),
     ("lars", dict(lr=[0.3, 3.0], momentum=0.9, nesterov=[False, True], weight_decay=1e-3)),
+    ("sgd", dict(lr=[0.1, 0.5], momentum=[0.5, 0.9], weight_decay=1e-3, **LAZY)),
+    ("lars", dict(lr=[0.3, 3.0], momentum=0.9, nesterov=[False, True], weight_decay=1e-3, **LAZY)),
 ])
-def test_table_rule_folds_its_scales_without_changing_the_update(optimizer, extra, monkeypatch, momentum_rule):
+def test_table_rule_folds_its_scales_without_changing_the_update(optimizer, extra, monkeypatch):
     """With the fold thresholds raised to 0.95 every scale (Adam's sqrt(beta2) ones included)
     and the linear rule's matrix are folded into their rows every few updates; the runs still
     equal the reference optimizer (float64, 1e-6), and the runs in one chunk equal the runs
     alone."""
     from simulate.engine import update
 
-    if momentum_rule == "lazy" and optimizer == "adam":
-        pytest.skip("the rule only matters for SGD and LARS on free embeddings")
+    extra = _rule(monkeypatch, extra)
     monkeypatch.setattr(update, "RESCALE_BELOW", 0.95)
     monkeypatch.setattr(update, "FOLD_DET", 0.95)
     spec = {**NET, "model": "free", "d": 6, "k": 3, "per_class": 8, "batch_size": 6, "steps": 25,
