@@ -467,6 +467,26 @@ def test_linear_rule_keeps_finite_rows_at_huge_rates_and_trains_huge_rows():
     torch.testing.assert_close(linear.model.weight, lazy, rtol=1e-5, atol=0.0)
 
 
+def test_linear_rule_solves_its_step_without_cancellation():
+    """float64, lr times weight decay up to 1e16 (the rows grow by that factor every update):
+    the linear rule's step solves in closed form, so it equals the lazy rule to rounding and
+    declares no divergence the lazy rule does not."""
+    from simulate.engine import update
+
+    for lr in (1e8, 1e14, 1e16):
+        run = expand(_free(optimizer="sgd", lr=lr, momentum=0.9, weight_decay=1.0, steps=3, log_every=1))[0]
+        assert run.table_rule == "linear"
+        linear = train_chunk([run], dtype=torch.float64)
+        try:
+            update.LINEAR_ON_CPU = False
+            lazy = train_chunk([run], dtype=torch.float64)
+        finally:
+            update.LINEAR_ON_CPU = True
+        assert [r["diverged_step"] for r in linear.rows] == [r["diverged_step"] for r in lazy.rows] == [-1] * 4
+        w, v = linear.model.weight.detach(), lazy.model.weight.detach()
+        assert float((w - v).abs().max() / v.abs().max()) <= 1e-13, lr
+
+
 @pytest.mark.parametrize("optimizer, extra", [
     ("sgd", dict(momentum=1e-39)), ("lars", dict(momentum=1e-39)),
     ("adam", dict(beta1=1e-39)), ("adam", dict(beta2=1e-80)),

@@ -524,11 +524,12 @@ class LinearMomentum:
         self.opt = opt
         R = table.shape[0]
         mu = opt.momentum
-        nest = opt.nesterov & (mu > 0)
-        self.kappa = np.where(nest, 1.0 + mu, 1.0)
-        self.nu = np.where(nest, mu, 1.0)
+        self.nest = opt.nesterov & (mu > 0)
+        self.kappa = np.where(self.nest, 1.0 + mu, 1.0)
+        self.nu = np.where(self.nest, mu, 1.0)
         self.Q = torch.zeros_like(table)
         self.phi = np.tile(np.eye(2), (R, 1, 1))
+        self.det = np.ones(R)  # det Phi, the product of the updates' det A
         self.gram = self._gram(table, self.Q)  # (R, 3): |P|^2, <P, Q>, |Q|^2
         self.w2 = self.gram[:, 0].copy()  # |p|^2 of the rows as they stand
         self.half = float(torch.finfo(table.dtype).max) / 2  # a bound on |P|, |Q|, |p|, |b|
@@ -597,10 +598,16 @@ class LinearMomentum:
         A[:, 1, 1] = mu
         with np.errstate(all="ignore"):
             phi = A @ self.phi
-            det = phi[:, 0, 0] * phi[:, 1, 1] - phi[:, 0, 1] * phi[:, 1, 0]
-            f1, f2 = -lr * self.kappa * tau, tau  # Phi'^-1 (f1, f2)
-            c1 = (phi[:, 1, 1] * f1 - phi[:, 0, 1] * f2) / det
-            c2 = (phi[:, 0, 0] * f2 - phi[:, 1, 0] * f1) / det
+            # Phi'^-1 [-lr kappa; 1] tau = Phi^-1 A^-1 [-lr kappa; 1] tau, with A^-1 in closed
+            # form: det A = mu, or mu (1 - lr omega) with Nesterov, and
+            # A^-1 [-lr kappa; 1] tau = [lr mu (nu - kappa), 1] tau / det A (no difference of
+            # large numbers however large lr omega is)
+            det_a = np.where(self.nest, mu * (1.0 - lr * omega), mu)
+            u1, u2 = lr * mu * (self.nu - self.kappa) * tau / det_a, tau / det_a
+            old = self.phi
+            c1 = (old[:, 1, 1] * u1 - old[:, 0, 1] * u2) / self.det
+            c2 = (old[:, 0, 0] * u2 - old[:, 1, 0] * u1) / self.det
+            det = self.det * det_a
             # the Gram matrix after P += c1 g, Q += c2 g on the batch's rows
             gram = self.gram + np.stack([2 * c1 * pg + c1 * c1 * gg, c2 * pg + c1 * qg + c1 * c2 * gg,
                                          2 * c2 * qg + c2 * c2 * gg], 1)
@@ -613,16 +620,16 @@ class LinearMomentum:
         if ok.all():  # (the checks above need only the inner products: the rows are written once)
             Pb.addcmul_(g, cp)
             Qb.addcmul_(g, cq)
-            self.phi, self.gram, self.w2 = phi, gram, w2
+            self.phi, self.det, self.gram, self.w2 = phi, det, gram, w2
         else:
             keep = torch.from_numpy(ok).view(-1, 1, 1)
             Pb.copy_(torch.where(keep, torch.addcmul(Pb, g, cp), Pb))
             Qb.copy_(torch.where(keep, torch.addcmul(Qb, g, cq), Qb))
             self.phi = np.where(ok[:, None, None], phi, self.phi)
+            self.det = np.where(ok, det, self.det)
             self.gram = np.where(ok[:, None], gram, self.gram)
             self.w2 = np.where(ok, w2, self.w2)
-        det = self.phi[:, 0, 0] * self.phi[:, 1, 1] - self.phi[:, 0, 1] * self.phi[:, 1, 0]
-        due = (np.abs(det) < FOLD_DET) | (np.abs(self.phi).max((1, 2)) > FOLD_ENTRY)
+        due = (np.abs(self.det) < FOLD_DET) | (np.abs(self.phi).max((1, 2)) > FOLD_ENTRY)
         if due.any():
             self.fold(P, np.flatnonzero(due))
         return P, torch.from_numpy(ok)
@@ -646,6 +653,7 @@ class LinearMomentum:
             new_p, new_q = torch.addcmul(Pi * a, b, Qi), torch.addcmul(Pi * c, d, Qi)
             P[idx], self.Q[idx] = new_p, new_q
         self.phi[runs] = np.eye(2)
+        self.det[runs] = 1.0
         gram = self._gram(new_p, new_q)
         self.gram[runs] = gram
         self.w2[runs] = gram[:, 0]
