@@ -517,7 +517,9 @@ class LinearMomentum:
     in float64 (the same sums whatever the number of runs; a block that overflows float32 is
     summed again in float64). The matrices and scalars are float64 on the host. A run is
     updated only if its inner products are finite and ``P``, ``Q``, the rows and the buffers
-    written out stay within half the table dtype's range.
+    written out stay within half the table dtype's range (in float64 the squared norms
+    overflow first: a run stops once its table's norm nears 1e154, where the lazy rule
+    goes on to about 1e308).
     """
 
     def __init__(self, opt: "TableOptimizer", table: torch.Tensor):
