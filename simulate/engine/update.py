@@ -276,7 +276,7 @@ class TableOptimizer:
     table, then :class:`StackedOptimizer`).
     """
 
-    def __init__(self, state: ChunkState, weight: torch.Tensor, sphere: bool = False):
+    def __init__(self, state: ChunkState, weight: torch.Tensor):
         self.state = state
         runs = state.runs
         self.kind = runs[0].optimizer
@@ -300,7 +300,7 @@ class TableOptimizer:
             self.momentum = f64("momentum")
             self.B = torch.zeros_like(weight) if state.use_momentum else None
             self.mu = np.ones(R)
-            if self.rule == "linear" and not sphere and self.device.type == "cpu" and LINEAR_ON_CPU:
+            if self.rule == "linear" and self.device.type == "cpu" and LINEAR_ON_CPU:
                 self.B = None
                 self.linear = LinearMomentum(self, weight)
 
@@ -354,18 +354,11 @@ class TableOptimizer:
         if self.linear is not None:
             self.linear.Q = order(self.linear.Q)
 
-    def batch_rows(self, p: torch.Tensor, block: slice) -> torch.Tensor:
-        """The rows ``block`` of the table ``p`` as they stand (the linear rule keeps them
-        implicit: a new tensor; otherwise a view)."""
-        if self.linear is not None:
-            return self.linear.batch_rows(p, block)
-        return p[:, block]
-
     @torch.no_grad()
-    def rows(self, p: torch.Tensor) -> torch.Tensor:
-        """Every row of the table ``p`` as it stands: ``p`` itself, or with the linear rule its
-        rows written out (a new tensor; the state is left as it is)."""
-        return p if self.linear is None else self.linear.rows(p)
+    def rows(self, p: torch.Tensor, block: slice = slice(None)) -> torch.Tensor:
+        """The rows ``block`` of the table ``p`` as they stand: a view of ``p``, or with the
+        linear rule the rows written out (a new tensor; the state is left as it is)."""
+        return p[:, block] if self.linear is None else self.linear.rows(p, block)
 
     @torch.no_grad()
     def step(self, p: torch.Tensor, g: torch.Tensor, block: slice, alive: torch.Tensor, t: int,
@@ -374,7 +367,8 @@ class TableOptimizer:
         of the rows ``block`` (zero elsewhere), then, with ``sphere``, every row back to unit
         norm. Returns the new rows and the per-run mask of the runs updated (alive, with
         finite new rows); the other runs keep their rows exactly (their optimizer state is not
-        used again once they stop). ``p`` is left as it was; the new rows are written into one
+        used again once they stop). The linear rule updates the batch's rows of ``p`` in place
+        and returns ``p``; the other rules leave ``p`` as it was and write the new rows into one
         of two buffers that the optimizer owns and hands out in turn (never ``p``), so they
         stay valid until the second update after this one (the table step passes them back
         as the next update's ``p``)."""
@@ -572,15 +566,11 @@ class LinearMomentum:
             return (np.isfinite(gram).all(1) & (np.abs(phi) <= self.half).all((1, 2)) & (p <= self.half)
                     & (q <= self.half) & (rows <= self.half).all(1))
 
-    def batch_rows(self, P: torch.Tensor, block: slice) -> torch.Tensor:
-        """``p = phi11 P + phi12 Q`` on the rows ``block``."""
+    def rows(self, P: torch.Tensor, block: slice = slice(None)) -> torch.Tensor:
+        """The rows ``block`` written out, ``p = phi11 P + phi12 Q`` (a new tensor; the state
+        is left as it is)."""
         a, b = self._cols(self.phi[:, 0, 0], self.phi[:, 0, 1])
         return torch.addcmul(P[:, block] * a, b, self.Q[:, block])
-
-    def rows(self, P: torch.Tensor) -> torch.Tensor:
-        """Every row ``p = phi11 P + phi12 Q`` (a new tensor; the state is left as it is)."""
-        a, b = self._cols(self.phi[:, 0, 0], self.phi[:, 0, 1])
-        return torch.addcmul(P * a, b, self.Q)
 
     def step(self, P, g, block, alive, t):
         o = self.opt
@@ -699,7 +689,7 @@ class TableStep:
     def __init__(self, state: ChunkState, loss_fn, sphere: bool):
         self.state, self.loss_fn, self.sphere = state, loss_fn, sphere
         self.table = EpochTable(state.model.weight, state.runs[0].batch_size)
-        self.optimizer = None if state.sparse else TableOptimizer(state, self.table.table, sphere)
+        self.optimizer = None if state.sparse else TableOptimizer(state, self.table.table)
         # this epoch's CLOP targets and row weights (fused path): each batch's weights depend
         # on its own number of labelled points
         self.clop_targets: torch.Tensor | None = None  # (R, N', D)
@@ -745,8 +735,7 @@ class TableStep:
         if self.optimizer is not None:  # every row moves
             j = stream.j - 1
             block = slice(2 * j * stream.b, 2 * (j + 1) * stream.b)
-            loss, g, finite = self._gradient(self.optimizer.batch_rows(self.table.table, block), labels,
-                                             alive, value)
+            loss, g, finite = self._gradient(self.optimizer.rows(self.table.table, block), labels, alive, value)
             rows, ok = self.optimizer.step(self.table.table, g, block, alive & finite, t, sphere=self.sphere)
             self.table.table = rows
             return loss, ok
