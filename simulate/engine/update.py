@@ -527,7 +527,6 @@ class LinearMomentum:
         self.phi = np.tile(np.eye(2), (R, 1, 1))
         self.det = np.ones(R)  # det Phi, the product of the updates' det A
         self.gram = self._gram(table, self.Q)  # (R, 3): |P|^2, <P, Q>, |Q|^2
-        self.w2 = self.gram[:, 0].copy()  # |p|^2 of the rows as they stand
         self.half = float(torch.finfo(table.dtype).max) / 2  # a bound on |P|, |Q|, |p|, |b|
 
     @staticmethod
@@ -556,6 +555,17 @@ class LinearMomentum:
     def _cols(self, *values) -> torch.Tensor:
         """Per-run host values as (len(values), R, 1, 1) in the table's dtype."""
         return torch.from_numpy(np.stack(values)).to(self.opt.dtype).view(len(values), -1, 1, 1)
+
+    @staticmethod
+    def _norm2(phi: np.ndarray, gram: np.ndarray) -> np.ndarray:
+        """Per-run ``|p|^2 = phi11^2 |P|^2 + 2 phi11 phi12 <P, Q> + phi12^2 |Q|^2``."""
+        return (phi[:, 0, 0] ** 2 * gram[:, 0] + 2 * phi[:, 0, 0] * phi[:, 0, 1] * gram[:, 1]
+                + phi[:, 0, 1] ** 2 * gram[:, 2])
+
+    @property
+    def w2(self) -> np.ndarray:
+        """Per-run ``|p|^2`` of the rows as they stand."""
+        return self._norm2(self.phi, self.gram)
 
     def _within(self, phi: np.ndarray, gram: np.ndarray) -> np.ndarray:
         """Per run: ``Phi``'s entries, ``|P|``, ``|Q|`` and both terms of each row of
@@ -603,8 +613,7 @@ class LinearMomentum:
             # the Gram matrix after P += c1 g, Q += c2 g on the batch's rows
             gram = self.gram + np.stack([2 * c1 * pg + c1 * c1 * gg, c2 * pg + c1 * qg + c1 * c2 * gg,
                                          2 * c2 * qg + c2 * c2 * gg], 1)
-            w2 = (phi[:, 0, 0] ** 2 * gram[:, 0] + 2 * phi[:, 0, 0] * phi[:, 0, 1] * gram[:, 1]
-                  + phi[:, 0, 1] ** 2 * gram[:, 2])
+            w2 = self._norm2(phi, gram)
             c = np.maximum(np.abs(c1), np.abs(c2))
             ok = (alive.numpy() & np.isfinite(gg) & np.isfinite(w2) & (c <= self.half)
                   & (c * np.sqrt(gg) <= self.half) & self._within(phi, gram))
@@ -612,7 +621,7 @@ class LinearMomentum:
         if ok.all():  # (the checks above need only the inner products: the rows are written once)
             Pb.addcmul_(g, cp)
             Qb.addcmul_(g, cq)
-            self.phi, self.det, self.gram, self.w2 = phi, det, gram, w2
+            self.phi, self.det, self.gram = phi, det, gram
         else:
             keep = torch.from_numpy(ok).view(-1, 1, 1)
             Pb.copy_(torch.where(keep, torch.addcmul(Pb, g, cp), Pb))
@@ -620,7 +629,6 @@ class LinearMomentum:
             self.phi = np.where(ok[:, None, None], phi, self.phi)
             self.det = np.where(ok, det, self.det)
             self.gram = np.where(ok[:, None], gram, self.gram)
-            self.w2 = np.where(ok, w2, self.w2)
         due = (np.abs(self.det) < FOLD_DET) | (np.abs(self.phi).max((1, 2)) > FOLD_ENTRY)
         if due.any():
             self.fold(P, np.flatnonzero(due))
@@ -648,7 +656,6 @@ class LinearMomentum:
         self.det[runs] = 1.0
         gram = self._gram(new_p, new_q)
         self.gram[runs] = gram
-        self.w2[runs] = gram[:, 0]
 
 
 def relative_change(params, previous) -> torch.Tensor:
