@@ -17,6 +17,7 @@ from reference import DT
 from simulate import stability as S
 from simulate.config import RunConfig
 from simulate.losses import barlow_twins, make_prototypes, vicreg
+from simulate.stability import spectra
 
 B, D = 3, 3
 LABELS = torch.tensor([0, -1, 1])
@@ -136,7 +137,7 @@ def test_arnoldi_matches_dense(monkeypatch):
     """Above DENSE_LIMIT numbers the spectrum comes from Arnoldi iteration on jvp products
     (the limit lowered here so that the dense reference stays small)."""
     b, d = 4, 6
-    monkeypatch.setattr(S, "DENSE_LIMIT", 20)
+    monkeypatch.setattr(spectra, "DENSE_LIMIT", 20)
     run = RunConfig(loss="ntxent", model="free", update_mode="sphere", d=d, k=2, per_class=8,
                     batch_size=b, lr=3.0, temperature=0.5)
     z = torch.randn(2 * b, d, dtype=DT, generator=torch.Generator().manual_seed(1))
