@@ -47,11 +47,8 @@ def load_data(preset: str, sweeps: set[str], results: Path, device: str, quiet: 
     return data, digests
 
 
-def draw(argv: list[str]) -> int:
-    from simulate.cli import CliParser, check_device_here, parse_device
-    from simulate.config import SpecError, resolve_specs
-    from simulate.store import check_out_folder
-    from simulate.sweep import SweepFailed
+def _draw_parser():
+    from simulate.cli import CliParser
 
     ap = CliParser(prog="python -m figures", description=__doc__,
                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,13 +57,22 @@ def draw(argv: list[str]) -> int:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     ap.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="sweep results folder")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="figure output folder")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _check_draw_options(ap, args) -> tuple[list[str], set[str], str]:
+    """The figure ids, the preset sweeps they need and the device; every option is checked
+    before any sweep runs or any figure is drawn (a bad one: ``ap.error``, exit 2)."""
+    from simulate.cli import check_device_here, parse_device
+    from simulate.config import SpecError, resolve_specs
+    from simulate.store import check_out_folder
+
     ids = args.only or list(FIGURES)
     unknown = [i for i in ids if i not in FIGURES]
     if unknown:
         ap.error(f"--only: unknown figure id(s) {', '.join(unknown)}; accepted: {', '.join(FIGURES)}")
     needed = {s for i in ids for s in FIGURES[i].preset_sweeps}
-    try:  # every option is checked before any sweep runs or any figure is drawn
+    try:
         resolve_specs(args.preset)
     except SpecError as exc:
         ap.error(f"--preset: {exc}")
@@ -78,6 +84,29 @@ def draw(argv: list[str]) -> int:
             check_out_folder(args.results, "--results")
     except ValueError as exc:  # SpecError, OutputError
         ap.error(str(exc))
+    return ids, needed, device
+
+
+def _write_figures(ids: list[str], out: Path, data: dict, digests: dict, argv: list[str]) -> None:
+    """Draw and write every figure of ``ids`` into ``out``, then merge them into its index."""
+    records = []
+    for i in ids:
+        fig = FIGURES[i]
+        h = None
+        if fig.preset_sweeps:
+            h = hashlib.sha256("".join(digests[s] for s in fig.preset_sweeps).encode()).hexdigest()[:16]
+        records.append(write(fig, out, data, h))
+        print(f"wrote {out / i}.png/.pdf/.csv")
+    cmd = "python -m figures" + (" " + " ".join(shlex.quote(a) for a in argv) if argv else "")
+    print(f"index: {write_index(records, out, cmd)}")
+
+
+def draw(argv: list[str]) -> int:
+    from simulate.sweep import SweepFailed
+
+    ap = _draw_parser()
+    args = ap.parse_args(argv)
+    ids, needed, device = _check_draw_options(ap, args)
     t0 = time.perf_counter()
     try:
         data, digests = load_data(args.preset, needed, args.results, device) if needed else ({}, {})
@@ -87,16 +116,7 @@ def draw(argv: list[str]) -> int:
     except (ValueError, OSError) as exc:
         ap.error(str(exc))
     print(f"sweeps ready in {time.perf_counter() - t0:.1f} s: {', '.join(sorted(needed)) or 'none needed'}")
-    records = []
-    for i in ids:
-        fig = FIGURES[i]
-        h = None
-        if fig.preset_sweeps:
-            h = hashlib.sha256("".join(digests[s] for s in fig.preset_sweeps).encode()).hexdigest()[:16]
-        records.append(write(fig, args.out, data, h))
-        print(f"wrote {args.out / i}.png/.pdf/.csv")
-    cmd = "python -m figures" + (" " + " ".join(shlex.quote(a) for a in argv) if argv else "")
-    print(f"index: {write_index(records, args.out, cmd)}")
+    _write_figures(ids, args.out, data, digests, argv)
     return 0
 
 
@@ -135,6 +155,45 @@ def _fmt(v: float) -> str:
     return "none" if v == math.inf else f"{v:.4g}"
 
 
+def _json_value(v):
+    """``v`` for JSON: NaN as null, infinities as "inf" (lists element by element)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else "inf"
+    if isinstance(v, list):
+        return [_json_value(x) for x in v]
+    return v
+
+
+def _print_onset_table(rows: list[dict]) -> None:
+    head = (f"{'configuration':<22} {'predicted':>10} {'measured':>10} {'ratio':>7} "
+            f"{'seed spread':>11}  {'attract':>8} {'escape':>10}  per seed")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        per = ", ".join(_fmt(v) for v in r["per_seed"])
+        spread = "-" if math.isnan(r["spread"]) else f"{r['spread']:.2f}x"
+        ratio = "inf" if r["ratio"] == math.inf else f"{r['ratio']:.3g}"
+        print(f"{r['config']:<22} {_fmt(r['predicted']):>10} {_fmt(r['measured']):>10} {ratio:>7} "
+              f"{spread:>11}  {_fmt(r['attraction_edge']):>8} {_fmt(r['escape_edge']):>10}  {per}")
+    for r in rows:
+        if not r["within_2x"]:
+            print(f"  {r['config']}: {r['note']}")
+
+
+def _print_onset_summary(rows: list[dict], collapsed_rank, seconds: float) -> None:
+    dev = sorted(abs(r["ratio"] - 1) for r in rows)
+    med = dev[len(dev) // 2] if len(dev) % 2 else 0.5 * (dev[len(dev) // 2 - 1] + dev[len(dev) // 2])
+    worst = max(rows, key=lambda r: abs(math.log(r["ratio"])) if 0 < r["ratio"] < math.inf else math.inf)
+    within = sum(r["within_2x"] for r in rows)
+    close = sum(abs(r["ratio"] - 1) <= 0.15 for r in rows)
+    print(f"collapsed: effective rank <= {collapsed_rank} after the run's steps; onset: bisection "
+          f"on lr per seed, median over seeds; 'none': no collapse (predicted, or measured up "
+          f"to 3000 x 2B tau); ratio = predicted / measured (1 when neither collapses)")
+    print(f"median |ratio - 1| = {med:.3g} (target <= 0.15); within 2x: {within} of {len(rows)} "
+          f"rows, within 15%: {close}; worst: {worst['config']} (ratio {worst['ratio']:.3g}); "
+          f"{seconds:.0f} s")
+
+
 def onset(argv: list[str]) -> int:
     from simulate.cli import CliParser, check_device_here, parse_device
     from simulate.config import SpecError
@@ -158,39 +217,9 @@ def onset(argv: list[str]) -> int:
         ap.error(str(exc))
     t0 = time.perf_counter()
     rows = onset_table(args.grid, device=device, steps=args.steps)
-    head = (f"{'configuration':<22} {'predicted':>10} {'measured':>10} {'ratio':>7} "
-            f"{'seed spread':>11}  {'attract':>8} {'escape':>10}  per seed")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        per = ", ".join(_fmt(v) for v in r["per_seed"])
-        spread = "-" if math.isnan(r["spread"]) else f"{r['spread']:.2f}x"
-        ratio = "inf" if r["ratio"] == math.inf else f"{r['ratio']:.3g}"
-        print(f"{r['config']:<22} {_fmt(r['predicted']):>10} {_fmt(r['measured']):>10} {ratio:>7} "
-              f"{spread:>11}  {_fmt(r['attraction_edge']):>8} {_fmt(r['escape_edge']):>10}  {per}")
-    for r in rows:
-        if not r["within_2x"]:
-            print(f"  {r['config']}: {r['note']}")
-    dev = sorted(abs(r["ratio"] - 1) for r in rows)
-    med = dev[len(dev) // 2] if len(dev) % 2 else 0.5 * (dev[len(dev) // 2 - 1] + dev[len(dev) // 2])
-    worst = max(rows, key=lambda r: abs(math.log(r["ratio"])) if 0 < r["ratio"] < math.inf else math.inf)
-    within = sum(r["within_2x"] for r in rows)
-    close = sum(abs(r["ratio"] - 1) <= 0.15 for r in rows)
-    print(f"collapsed: effective rank <= {COLLAPSED_RANK} after the run's steps; onset: bisection "
-          f"on lr per seed, median over seeds; 'none': no collapse (predicted, or measured up "
-          f"to 3000 x 2B tau); ratio = predicted / measured (1 when neither collapses)")
-    print(f"median |ratio - 1| = {med:.3g} (target <= 0.15); within 2x: {within} of {len(rows)} "
-          f"rows, within 15%: {close}; worst: {worst['config']} (ratio {worst['ratio']:.3g}); "
-          f"{time.perf_counter() - t0:.0f} s")
-
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None if math.isnan(v) else "inf"
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        return v
-
-    print(json.dumps([{k: clean(v) for k, v in r.items()} for r in rows]))
+    _print_onset_table(rows)
+    _print_onset_summary(rows, COLLAPSED_RANK, time.perf_counter() - t0)
+    print(json.dumps([{k: _json_value(v) for k, v in r.items()} for r in rows]))
     return 0
 
 

@@ -88,7 +88,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                        default=f.default, help=f"{doc.get(f.name, f.name)} (default: {f.default})")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> CliParser:
     ap = CliParser(prog="python -m simulate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -97,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_run_options(run)
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
 
+    _add_sweep_parser(sub)
+    _add_bench_parser(sub)
+    return ap
+
+
+def _add_sweep_parser(sub) -> None:
     sw = sub.add_parser("sweep", help="run or resume a sweep into an output folder")
     sw.add_argument("spec", help="spec file (YAML or JSON) or preset name (quick, paper)")
     sw.add_argument("--out", required=True, help="output folder (resumed if it exists)")
@@ -121,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds to wait for the Ray cluster at --address to answer; > 0 "
                          "(default: 30)")
 
+
+def _add_bench_parser(sub) -> None:
     be = sub.add_parser("bench", help="batched engine against a per-configuration loop")
     be.add_argument("--optimizer", default="sgd",
                     help="sgd | sgd-momentum | lars | adam | adamw, or several comma-separated, "
@@ -134,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     be.add_argument("--no-loop", action="store_true",
                     help="skip the per-configuration loop (no speedup or max_abs_diff)")
 
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
     try:
         if args.command == "run":

@@ -204,6 +204,35 @@ def _time_engine(runs, dev, steps, repeats, say, name):
     return times, cpu, floors, peaks, results
 
 
+def _bench_optimizer(runs, name, dev, steps, repeats, loop, say, sync):
+    """One optimizer's record (the loop's and the engine's times, the speedups and the
+    difference of their final embeddings) and the engine's matmul floors, peaks and times."""
+    rec: dict = {}
+    looped = None
+    if loop:
+        t, c = time.perf_counter(), time.process_time()
+        looped = torch.stack([loop_one(r, dev) for r in runs])
+        sync()
+        rec["loop_s"] = round(time.perf_counter() - t, 4)
+        rec["loop_cpu_s"] = round(time.process_time() - c, 4)
+        say(f"loop ({name}): {len(runs)} configurations one at a time in {rec['loop_s']:.2f} s")
+    times, cpu, floors, peaks, results = _time_engine(runs, dev, steps, repeats, say, name)
+    rec["batched_s"] = round(float(np.median(times)), 4)
+    rec["batched_s_all"] = [round(x, 4) for x in times]
+    rec["batched_cpu_s"] = round(float(np.median(cpu)), 4)
+    if loop:
+        final = torch.cat([r.model.weight.detach() for r in results])
+        order = [r.run_id for res in results for r in res.state.runs]
+        position = {r.run_id: i for i, r in enumerate(runs)}
+        rec["speedup"] = round(rec["loop_s"] / rec["batched_s"], 3)
+        rec["speedup_cpu"] = round(rec["loop_cpu_s"] / rec["batched_cpu_s"], 3)
+        ref = looped[[position[i] for i in order]]
+        both = torch.isfinite(final).all(-1).all(-1) & torch.isfinite(ref).all(-1).all(-1)
+        rec["max_abs_diff"] = float((final[both] - ref[both]).abs().max())
+        rec["runs_compared"] = int(both.sum())  # runs that stayed finite on both sides
+    return rec, floors, peaks, times
+
+
 def run_bench(device: str = "auto", steps: int = 300, repeats: int = 3, loop: bool = True,
               verbose: bool = True, optimizers=("sgd",)) -> dict:
     if not (isinstance(repeats, int) and repeats >= 1):
@@ -223,31 +252,8 @@ def run_bench(device: str = "auto", steps: int = 300, repeats: int = 3, loop: bo
     per: dict = {}
     all_floors, all_peaks, all_times = [], [], []
     for name in optimizers:
-        runs = grids[name]
-        rec: dict = {}
-        looped = None
-        if loop:
-            t, c = time.perf_counter(), time.process_time()
-            looped = torch.stack([loop_one(r, dev) for r in runs])
-            sync()
-            rec["loop_s"] = round(time.perf_counter() - t, 4)
-            rec["loop_cpu_s"] = round(time.process_time() - c, 4)
-            say(f"loop ({name}): {len(runs)} configurations one at a time in {rec['loop_s']:.2f} s")
-        times, cpu, floors, peaks, results = _time_engine(runs, dev, steps, repeats, say, name)
-        rec["batched_s"] = round(float(np.median(times)), 4)
-        rec["batched_s_all"] = [round(x, 4) for x in times]
-        rec["batched_cpu_s"] = round(float(np.median(cpu)), 4)
-        if loop:
-            final = torch.cat([r.model.weight.detach() for r in results])
-            order = [r.run_id for res in results for r in res.state.runs]
-            position = {r.run_id: i for i, r in enumerate(runs)}
-            rec["speedup"] = round(rec["loop_s"] / rec["batched_s"], 3)
-            rec["speedup_cpu"] = round(rec["loop_cpu_s"] / rec["batched_cpu_s"], 3)
-            ref = looped[[position[i] for i in order]]
-            both = torch.isfinite(final).all(-1).all(-1) & torch.isfinite(ref).all(-1).all(-1)
-            rec["max_abs_diff"] = float((final[both] - ref[both]).abs().max())
-            rec["runs_compared"] = int(both.sum())  # runs that stayed finite on both sides
-        per[name] = rec
+        per[name], floors, peaks, times = _bench_optimizer(grids[name], name, dev, steps, repeats,
+                                                           loop, say, sync)
         if name == optimizers[0]:
             all_floors, all_peaks, all_times = floors, peaks, times
     out.update({k: v for k, v in per[optimizers[0]].items()

@@ -115,41 +115,55 @@ def run_sweep(spec: str | Path | dict, out: str | Path, device: str = "auto",
     with store.open(spec_dict, wait=wait):
         todo = [r for r in runs if r.run_id not in store.done]
         chunks = plan_chunks(todo, budget)
-        prov = store.prov
-        prov.update(provenance(str(dev)))
-        prov["executor"] = executor
-        prov["seeds"] = sorted({r.seed for r in runs})
-        prov["data_seeds"] = sorted({r.data_seed for r in runs})
-        store.save_provenance()
-        from tqdm.auto import tqdm
-
+        _record_provenance(store, runs, dev, executor)
         quiet = (os.environ.get("CI") is not None or not sys.stderr.isatty()) if quiet is None else quiet
         t0 = time.perf_counter()
-        files, failed = [], []
-        total_steps = sum(c[0].steps for c in chunks)
-        with tqdm(total=total_steps, disable=quiet, desc="sweep", unit="step") as bar:
-            if executor == "local":
-                outcomes = run_local(chunks, dev, progress=bar.update)
-            else:
-                outcomes = run_ray([[r.to_dict() for r in c] for c in chunks], address=address,
-                                   gpus_per_chunk=gpus_per_chunk, max_retries=max_retries,
-                                   connect_timeout=connect_timeout, progress=bar.update)
-            for oc in outcomes:
-                chunk = chunks[oc.index]
-                record = {"chunk": chunk_name(chunk), "runs": len(chunk), "executor": executor,
-                          "host": oc.host, "wall_s": round(oc.wall_s, 3)}
-                if oc.error is not None:
-                    failed.append({**record, "error": oc.error})
-                    store.record_failure({**record, "error": oc.error})
-                else:
-                    files.append(store.write_chunk(f"{record['chunk']}.parquet",
-                                                   chunk_table(chunk, oc.rows), oc.embeddings, record))
-                bar.set_postfix_str(f"{len(files) + len(failed)}/{len(chunks)} chunks")
+        files, failed = _train_chunks(store, chunks, dev, quiet, executor,
+                                      dict(address=address, gpus_per_chunk=gpus_per_chunk,
+                                           max_retries=max_retries, connect_timeout=connect_timeout))
     result = SweepResult(Path(out), len(runs), len(runs) - len(todo), len(chunks) - len(failed),
                          time.perf_counter() - t0, files, failed)
     if failed:
         raise SweepFailed(result)
     return result
+
+
+def _record_provenance(store: SweepStore, runs: list[RunConfig], dev, executor: str) -> None:
+    """Versions, device, executor and seeds of this sweep, into the store's provenance."""
+    prov = store.prov
+    prov.update(provenance(str(dev)))
+    prov["executor"] = executor
+    prov["seeds"] = sorted({r.seed for r in runs})
+    prov["data_seeds"] = sorted({r.data_seed for r in runs})
+    store.save_provenance()
+
+
+def _train_chunks(store: SweepStore, chunks: list[list[RunConfig]], dev, quiet: bool, executor: str,
+                  ray_options: dict) -> tuple[list, list]:
+    """Train ``chunks`` on the executor and store each as it finishes; returns the written
+    chunk files and the failed chunks' records (each recorded in the provenance too)."""
+    from tqdm.auto import tqdm
+
+    files, failed = [], []
+    total_steps = sum(c[0].steps for c in chunks)
+    with tqdm(total=total_steps, disable=quiet, desc="sweep", unit="step") as bar:
+        if executor == "local":
+            outcomes = run_local(chunks, dev, progress=bar.update)
+        else:
+            outcomes = run_ray([[r.to_dict() for r in c] for c in chunks], progress=bar.update,
+                               **ray_options)
+        for oc in outcomes:
+            chunk = chunks[oc.index]
+            record = {"chunk": chunk_name(chunk), "runs": len(chunk), "executor": executor,
+                      "host": oc.host, "wall_s": round(oc.wall_s, 3)}
+            if oc.error is not None:
+                failed.append({**record, "error": oc.error})
+                store.record_failure({**record, "error": oc.error})
+            else:
+                files.append(store.write_chunk(f"{record['chunk']}.parquet",
+                                               chunk_table(chunk, oc.rows), oc.embeddings, record))
+            bar.set_postfix_str(f"{len(files) + len(failed)}/{len(chunks)} chunks")
+    return files, failed
 
 
 def run_specs(spec: str | Path | dict, out: str | Path, **kwargs) -> dict[str, SweepResult]:
