@@ -1,6 +1,7 @@
 """``python -m figures``: run the sweeps a preset needs (cached) and draw every figure.
 
     python -m figures [--preset quick|paper] [--only ID ...] [--device auto] [--results DIR]
+                      [--wait SECONDS]
     python -m figures agreement [--small] [--steps N]
     python -m figures onset [--grid quick|full|heldout|tiny] [--steps N] [--device cpu]
 """
@@ -23,8 +24,11 @@ DEFAULT_OUT = ROOT / "out"
 DEFAULT_RESULTS = ROOT.parent / "results"
 
 
-def load_data(preset: str, sweeps: set[str], results: Path, device: str, quiet: bool | None = None):
-    """Run (or resume: finished chunks are skipped) the named sweeps of a preset and load them."""
+def load_data(preset: str, sweeps: set[str], results: Path, device: str, quiet: bool | None = None,
+              wait: float = 0):
+    """Run (or resume: finished chunks are skipped) the named sweeps of a preset and load them.
+    A sweep folder another process is writing is waited for up to ``wait`` seconds (0: the
+    sweep's ``FolderLocked`` at once)."""
     from simulate.config import SpecError, resolve_specs
     from simulate.sweep import load_embeddings, load_results, run_sweep
 
@@ -36,7 +40,8 @@ def load_data(preset: str, sweeps: set[str], results: Path, device: str, quiet: 
     data, digests = {}, {}
     for name in sorted(sweeps):
         out = results / Path(preset).stem / name
-        run_sweep(specs[name], out, device=device, quiet=quiet)
+        _say_if_waiting(out, wait)
+        run_sweep(specs[name], out, device=device, quiet=quiet, wait=wait)
         data[name] = load_results(out)
         if specs[name].get("save_embeddings"):
             data[f"{name}:embeddings"] = load_embeddings(out)
@@ -45,6 +50,27 @@ def load_data(preset: str, sweeps: set[str], results: Path, device: str, quiet: 
             h.update(f.read_bytes())
         digests[name] = h.hexdigest()
     return data, digests
+
+
+def _say_if_waiting(folder: Path, wait: float) -> None:
+    """One line on stderr when another process holds ``folder``'s sweep lock and this run is
+    about to wait for it (a probe: the sweep takes the lock itself)."""
+    from filelock import FileLock, Timeout
+
+    from simulate.store import LOCK_NAME
+
+    if wait <= 0 or not (folder / LOCK_NAME).exists():
+        return
+    probe = FileLock(str(folder / LOCK_NAME))
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting up to {wait:g} s for the process writing {str(folder)!r}",
+              file=sys.stderr, flush=True)
+    except OSError:
+        return  # the sweep reports an unusable folder itself
+    else:
+        probe.release()
 
 
 def _draw_parser():
@@ -57,13 +83,18 @@ def _draw_parser():
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     ap.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="sweep results folder")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="figure output folder")
+    ap.add_argument("--wait", default=0, metavar="SECONDS",
+                    help="if another process (a sweep, or python -m figures) is writing a sweep "
+                         "folder under --results, wait up to this long for it, per folder "
+                         "(default: 0, exit 2 at once)")
     return ap
 
 
 def _check_draw_options(ap, args) -> tuple[list[str], set[str], str]:
-    """The figure ids, the preset sweeps they need and the device; every option is checked
-    before any sweep runs or any figure is drawn (a bad one: ``ap.error``, exit 2)."""
-    from simulate.cli import check_device_here, parse_device
+    """The figure ids, the preset sweeps they need and the device (``args.wait`` becomes
+    seconds); every option is checked before any sweep runs or any figure is drawn (a bad
+    one: ``ap.error``, exit 2)."""
+    from simulate.cli import check_device_here, parse_device, parse_seconds
     from simulate.config import SpecError, resolve_specs
     from simulate.store import check_out_folder
 
@@ -78,6 +109,7 @@ def _check_draw_options(ap, args) -> tuple[list[str], set[str], str]:
         ap.error(f"--preset: {exc}")
     try:
         device = parse_device(args.device, "--device")
+        args.wait = parse_seconds(args.wait, "--wait")
         check_out_folder(args.out, "--out")
         if needed:
             check_device_here(device, "--device")
@@ -102,17 +134,33 @@ def _write_figures(ids: list[str], out: Path, data: dict, digests: dict, argv: l
 
 
 def draw(argv: list[str]) -> int:
-    from simulate.sweep import SweepFailed
-
     ap = _draw_parser()
     args = ap.parse_args(argv)
     ids, needed, device = _check_draw_options(ap, args)
+    try:
+        return _sweep_and_draw(ap, args, ids, needed, device, argv)
+    except KeyboardInterrupt:  # chunk and figure files are written whole or not at all
+        kept = f"the finished sweep chunks are kept in {str(args.results)!r} and " if needed else ""
+        print(f"error: interrupted; {kept}every figure file written is complete: run the same "
+              "command again to resume", file=sys.stderr)
+        return 130
+
+
+def _sweep_and_draw(ap, args, ids: list[str], needed: set[str], device: str, argv: list[str]) -> int:
+    """Run (or resume) the sweeps the figures need, then draw them; a failed sweep: exit 1; a
+    sweep folder another process holds (past ``--wait``) or cannot be used: exit 2."""
+    from simulate.store import FolderLocked
+    from simulate.sweep import SweepFailed
+
     t0 = time.perf_counter()
     try:
-        data, digests = load_data(args.preset, needed, args.results, device) if needed else ({}, {})
+        data, digests = (load_data(args.preset, needed, args.results, device, wait=args.wait)
+                         if needed else ({}, {}))
     except SweepFailed as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 1
+    except FolderLocked as exc:  # the store's hint names sweep's flag; this command's is the same
+        ap.error(str(exc).replace("sweep --wait SECONDS", "figures --wait SECONDS"))
     except (ValueError, OSError) as exc:
         ap.error(str(exc))
     print(f"sweeps ready in {time.perf_counter() - t0:.1f} s: {', '.join(sorted(needed)) or 'none needed'}")
@@ -228,11 +276,15 @@ def main(argv: list[str] | None = None) -> int:
 
     matplotlib.use("Agg")  # command-line entry point: draw to files, never to a window
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["agreement"]:
-        return agreement(argv[1:])
-    if argv[:1] == ["onset"]:
-        return onset(argv[1:])
-    return draw(argv)
+    try:
+        if argv[:1] == ["agreement"]:
+            return agreement(argv[1:])
+        if argv[:1] == ["onset"]:
+            return onset(argv[1:])
+        return draw(argv)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -64,16 +64,22 @@ def register(fig: Figure) -> Figure:
 
 
 def write(fig_entry: Figure, out: Path, data: dict | None = None, data_hash: str | None = None) -> dict:
-    """Build one figure; write PNG, PDF and CSV into ``out``; return its index record."""
+    """Build one figure; write PNG, PDF and CSV into ``out`` (each whole or not at all: written
+    beside, then renamed); return its index record."""
+    from simulate.store import atomic_write_bytes
+
     out.mkdir(parents=True, exist_ok=True)
     fig, table = fig_entry.build(data or {})
+    png, pdf = io.BytesIO(), io.BytesIO()
     try:
-        fig.savefig(out / f"{fig_entry.id}.png", dpi=130, bbox_inches="tight")
-        fig.savefig(out / f"{fig_entry.id}.pdf", bbox_inches="tight")
+        fig.savefig(png, format="png", dpi=130, bbox_inches="tight")
+        fig.savefig(pdf, format="pdf", bbox_inches="tight")
     finally:
         plt.close(fig)
     csv_text = table.to_csv()
-    (out / f"{fig_entry.id}.csv").write_text(csv_text)
+    # each file whole or not at all (an interrupted run leaves no half-written file)
+    for ext, blob in (("png", png.getvalue()), ("pdf", pdf.getvalue()), ("csv", csv_text.encode())):
+        atomic_write_bytes(out / f"{fig_entry.id}.{ext}", blob)
     csv_hash = hashlib.sha256(csv_text.encode()).hexdigest()[:16]
     return {
         "id": fig_entry.id,
@@ -87,8 +93,10 @@ def write(fig_entry: Figure, out: Path, data: dict | None = None, data_hash: str
 
 def write_index(records: list[dict], out: Path, command: str) -> Path:
     """Merge ``records`` into ``out/index.json`` (one record per figure, in registry order)
-    and write ``out/INDEX.md`` from it."""
+    and write ``out/INDEX.md`` from it (each file whole or not at all)."""
     import json
+
+    from simulate.store import atomic_write_bytes
 
     store = out / "index.json"
     known = {r["id"]: r for r in json.loads(store.read_text())} if store.exists() else {}
@@ -96,7 +104,7 @@ def write_index(records: list[dict], out: Path, command: str) -> Path:
         known[r["id"]] = {**r, "command": command}
     order = list(FIGURES) + [i for i in known if i not in FIGURES]
     merged = [known[i] for i in order if i in known]
-    store.write_text(json.dumps(merged, indent=2))
+    atomic_write_bytes(store, json.dumps(merged, indent=2).encode())
     lines = ["# Figures", "", "Regenerate with `make figures` (or the command given per figure).", ""]
     for r in merged:
         lines += [
@@ -112,5 +120,5 @@ def write_index(records: list[dict], out: Path, command: str) -> Path:
             "",
         ]
     path = out / "INDEX.md"
-    path.write_text("\n".join(lines))
+    atomic_write_bytes(path, "\n".join(lines).encode())
     return path

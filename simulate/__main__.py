@@ -14,7 +14,7 @@ import os
 import sys
 import typing
 
-from .cli import CliParser, check_device_here, parse_bool, parse_device
+from .cli import CliParser, check_device_here, parse_bool, parse_device, parse_seconds
 from .config import RunConfig, SpecError
 from .store import check_out_folder
 
@@ -109,7 +109,7 @@ def _add_sweep_parser(sub) -> None:
     sw.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     sw.add_argument("--max-memory", default="2GB", help="memory budget per chunk (default: 2GB)")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
-    sw.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+    sw.add_argument("--wait", default=0, metavar="SECONDS",
                     help="if another sweep is writing --out, wait up to this long for it "
                          "(default: 0, exit 2 at once)")
     sw.add_argument("--dry-run", action="store_true",
@@ -210,8 +210,7 @@ def _sweep(args) -> int:
                             "trains in this process on --device)")
     if not (math.isfinite(args.connect_timeout) and args.connect_timeout > 0):
         raise SpecError(f"--connect-timeout must be a number of seconds > 0, got {args.connect_timeout}")
-    if not (math.isfinite(args.wait) and args.wait >= 0):
-        raise SpecError(f"--wait must be a number of seconds >= 0, got {args.wait}")
+    args.wait = parse_seconds(args.wait, "--wait")
     check_out_folder(args.out, "--out")
     if args.dry_run:
         from .sweep import dry_run

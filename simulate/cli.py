@@ -1,9 +1,10 @@
 """Command-line values shared by ``python -m simulate`` and ``python -m figures``: devices,
-booleans, and a parser whose usage errors are one line with exit status 2."""
+booleans, waits, and a parser whose usage errors are one line with exit status 2."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
 from .config import SpecError, _one_line
@@ -44,6 +45,22 @@ def parse_bool(text: str, name: str = "value") -> bool:
     if value not in ("true", "false"):
         raise SpecError(f"{name} must be true or false, got {text!r}")
     return value == "true"
+
+
+def parse_seconds(text, name: str = "--wait") -> float:
+    """A number of seconds >= 0 (text or a number), such as ``--wait``'s: how long to wait for
+    another process's lock on an output folder (0: do not wait).
+
+    Raises:
+        SpecError: not a finite number >= 0; the message names ``name`` and what it accepts.
+    """
+    try:
+        value = float(text.strip() if isinstance(text, str) else text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise SpecError(f"{name} must be a number of seconds >= 0, got {text!r}")
+    return value
 
 
 class CliParser(argparse.ArgumentParser):

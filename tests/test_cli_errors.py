@@ -194,6 +194,16 @@ def test_figures_agreement_steps(steps):
     assert done.stdout == ""
 
 
+@pytest.mark.parametrize("wait", ["-1", "abc", "nan", ""])
+def test_wait_must_be_seconds(tmp_path, wait):
+    done = cli("figures", "--only", "maps", "--out", tmp_path / "figs", f"--wait={wait}")
+    refused(done, "--wait must be a number of seconds >= 0", repr(wait))
+    assert done.stdout == "" and not (tmp_path / "figs").exists()
+    done = sweep(spec_file(tmp_path, TINY_YAML), tmp_path / "out", f"--wait={wait}")
+    refused(done, "--wait must be a number of seconds >= 0", repr(wait))
+    assert not (tmp_path / "out").exists()
+
+
 def test_theory_seed_negative():
     done = cli("theory", "--seed", "-1")
     refused(done, "--seed must be an integer >= 0", "-1")
