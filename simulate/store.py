@@ -12,135 +12,39 @@ Layout::
     OUT/superseded/v<N>/     results of another trajectory version, set aside (never resumed)
     OUT/quarantine/          chunk files that failed verification, set aside (then recomputed)
     OUT/.lock                held by the sweep writing the folder (released when it exits,
-                             however it exits)
+                             however it exits): the sweep lock, :mod:`simulate.lock`
 
 A chunk counts as finished only if it verifies: its digest equals the one recorded when it
 was written (when one is recorded), it reads as Parquet, and every run in it has every logged
 step of its configuration. A chunk that does not verify is moved to ``quarantine/`` with a
 warning and its runs are trained again. A missing or unreadable ``provenance.json`` is
-rebuilt from the chunk files.
+rebuilt from the chunk files. A chunk file's bytes (Parquet, atomic writes, digests) and its
+checks are :mod:`simulate.chunk_files`.
 
 The store does not import the engine: the trajectory version is passed in.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import os
-import socket
 import sys
-import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
-from .config import SpecError, expand, logged_count
+from .chunk_files import (PARTIAL_GLOB, UNVERSIONED, atomic_write_bytes, check_chunk,
+                          chunk_version, digest, parquet_bytes, runs_problem)
+from .config import SpecError, expand
+from .lock import SweepLock
 
-#: key of the trajectory version in a chunk file's Parquet metadata
-VERSION_KEY = b"clop_lab.trajectory_version"
-#: version of results written before versions were recorded anywhere
-UNVERSIONED = 1
-LOCK_NAME = ".lock"
-OWNER_NAME = ".lock-owner.json"
-PARTIAL_GLOB = ".tmp-*.partial"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-class OutputError(ValueError):
-    """The output folder cannot be used: it is a file, cannot be created or written, or
-    another sweep is writing it. The message names the folder."""
-
-
-class FolderLocked(OutputError):
-    """Another sweep holds the output folder's lock."""
+# where they were before the lock and the chunk files had modules of their own
+from .chunk_files import VERSION_KEY  # noqa: F401
+from .lock import LOCK_NAME, OWNER_NAME, FolderLocked, OutputError, check_out_folder  # noqa: F401
 
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync, then rename onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".partial")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # as an ordinary new file (mkstemp makes it 0600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def parquet_bytes(frame: pd.DataFrame, version: int | None = None) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    if version is not None:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                               VERSION_KEY: str(version).encode()})
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
-
-
-def chunk_version(path: Path) -> int | None:
-    """The trajectory version recorded in a chunk file (None if it records none or cannot
-    be read)."""
-    import pyarrow.parquet as pq
-
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except Exception:  # noqa: BLE001  (any unreadable file: verification reports it)
-        return None
-    raw = meta.get(VERSION_KEY)
-    return int(raw) if raw is not None and raw.decode().isdigit() else None
-
-
-def runs_problem(ids: list[str], expected: set[str] | None, seen: set[str]) -> str | None:
-    """Why a verified chunk's runs cannot join the folder's table: runs of another spec, or
-    runs another chunk already holds (None: they can)."""
-    if expected is not None and not set(ids) <= expected:
-        return f"it holds {len(set(ids) - expected)} run(s) that are not in this folder's spec"
-    if set(ids) & seen:
-        return f"its runs are already held by another chunk ({len(set(ids) & seen)} run(s))"
-    return None
-
-
-def check_chunk(data: bytes, recorded: str | None) -> tuple[pd.DataFrame | None, str | None]:
-    """(table, None) if a chunk file's bytes verify, else (None, the reason)."""
-    if recorded is not None and digest(data) != recorded:
-        return None, "its SHA-256 digest differs from the one recorded when it was written"
-    try:
-        table = pd.read_parquet(io.BytesIO(data))
-    except Exception as exc:  # noqa: BLE001  (truncated or garbage bytes)
-        return None, f"it does not read as Parquet ({type(exc).__name__})"
-    needed = {"run_id", "step", "steps", "log_every"}
-    if not needed <= set(table.columns):
-        return None, f"it lacks the column(s) {', '.join(sorted(needed - set(table.columns)))}"
-    if table.empty:
-        return None, "it holds no rows"
-    for run_id, rows in table.groupby("run_id", sort=False):
-        steps, every = int(rows["steps"].iloc[0]), int(rows["log_every"].iloc[0])
-        got = rows["step"].to_numpy()
-        logged = (got == 0) | (got == steps) | ((got % every == 0) & (got > 0) & (got <= steps))
-        if not (logged.all() and len(set(got.tolist())) == len(got) == logged_count(steps, every)):
-            return None, f"run {run_id} does not hold exactly its logged steps 0..{steps}"
-    return table, None
 
 
 def spec_state(out: Path, spec: dict, run_ids: set[str]) -> str:
@@ -177,27 +81,6 @@ def _provenance_ok(prov) -> bool:
     return True
 
 
-def check_out_folder(path: str | Path, name: str = "--out") -> Path:
-    """Refuse an output folder that is a file, lies under a file or cannot be written, before
-    any work is done; nothing is created.
-
-    Raises:
-        OutputError: the message names ``name`` and the path.
-    """
-    out = Path(path)
-    shown = repr(str(path))
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{name} {shown} is an existing file, not a folder")
-    base = out
-    while not base.exists() and base != base.parent:  # the nearest part of the path that exists
-        base = base.parent
-    if not base.is_dir():
-        raise OutputError(f"{name} {shown} lies under the file {str(base)!r}, not in a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise OutputError(f"{name} {shown} cannot be written: permission denied on {str(base)!r}")
-    return out
-
-
 class SweepStore:
     """One sweep's output folder. Open it with :meth:`open` (which takes the lock); read a
     finished or running sweep with :func:`load_results`, which needs no lock."""
@@ -207,7 +90,7 @@ class SweepStore:
         self.version = trajectory_version
         self.prov: dict = {}
         self.run_ids: set[str] | None = None  # the spec's runs, once opened
-        self._lock = None
+        self._lock = SweepLock(self.out)
 
     # ------------------------------------------------------------------ paths
     @property
@@ -221,47 +104,14 @@ class SweepStore:
     def chunk_files(self) -> list[Path]:
         return sorted(self.chunks_dir.glob("*.parquet"))
 
-    # ------------------------------------------------------------------ folder and lock
-    def _make_folder(self) -> None:
-        check_out_folder(self.out, "output folder")
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"output folder {str(self.out)!r} cannot be created: {exc.strerror}") from None
-
-    def _owner(self) -> str:
-        try:
-            o = json.loads((self.out / OWNER_NAME).read_text())
-            return f" (pid {o['pid']} on {o['host']}, since {o['since']})"
-        except (OSError, ValueError, KeyError, TypeError):
-            return ""
-
+    # ------------------------------------------------------------------ lock
     def acquire(self, wait: float = 0) -> None:
-        """Take the folder's lock, waiting up to ``wait`` seconds (0: fail at once)."""
-        from filelock import FileLock, Timeout
-
-        if wait < 0 or wait != wait:
-            raise ValueError(f"wait must be >= 0 seconds, got {wait!r}")
-        self._make_folder()
-        lock = FileLock(str(self.out / LOCK_NAME))
-        try:
-            lock.acquire(timeout=wait, poll_interval=0.2)
-        except Timeout:
-            raise FolderLocked(
-                f"output folder {str(self.out)!r} is being written by another sweep{self._owner()}; "
-                f"wait for it to finish (sweep --wait SECONDS), or choose another folder") from None
-        except PermissionError:
-            raise OutputError(f"out {str(self.out)!r} is not writable") from None
-        self._lock = lock
-        owner = {"pid": os.getpid(), "host": socket.gethostname(),
-                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        atomic_write_bytes(self.out / OWNER_NAME, json.dumps(owner).encode())
+        """Take the folder's lock (:class:`simulate.lock.SweepLock`), waiting up to ``wait``
+        seconds (0: fail at once)."""
+        self._lock.acquire(wait)
 
     def release(self) -> None:
-        if self._lock is not None:
-            (self.out / OWNER_NAME).unlink(missing_ok=True)
-            self._lock.release()
-            self._lock = None
+        self._lock.release()
 
     @contextmanager
     def open(self, spec: dict, wait: float = 0):
