@@ -267,3 +267,83 @@ def test_only_the_ray_connect_error_becomes_one_line(monkeypatch, tmp_path, caps
     assert status == 2 and err == "error: no Ray cluster at 10.0.0.1:6379 within 30 s\n"
     with pytest.raises(RuntimeError, match="a bug"):
         _sweep_main(monkeypatch, tmp_path, capsys, RuntimeError("a bug"), "--executor", "ray")
+
+
+# ---------------------------------------------------------------------- input edges
+MLP_YAML = "model: mlp\nk: 2\nd: 4\nper_class: 8\nbatch_size: 4\nsteps: 4\nlog_every: 2\n"
+
+
+@pytest.mark.parametrize("value,runs,dims", [
+    ("[6, 3]", 1, {"6,3"}),                            # a list of widths: one projector
+    ('[[6, 3], [5], "4,2"]', 3, {"6,3", "5", "4,2"}),  # a list of lists (or texts): a grid axis
+])
+def test_projector_dims_list_of_widths_is_one_value(tmp_path, value, runs, dims):
+    spec = spec_file(tmp_path, MLP_YAML + f"projector_dims: {value}\n")
+    done = sweep(spec, tmp_path / "out", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert f": {runs} runs," in done.stdout, done.stdout
+    got = expand(load_spec(spec))
+    assert {r.projector_dims for r in got} == dims
+    text = expand({**load_spec(spec_file(tmp_path, MLP_YAML, "b.yaml")), "projector_dims": "6,3"})
+    assert [r.run_id for r in got if r.projector_dims == "6,3"] == [text[0].run_id]
+
+
+@pytest.mark.parametrize("value,words", [
+    ("[6, [3]]", ["projector_dims must be a list of layer widths such as [64, 16]", "a grid axis",
+                  "got [6, [3]]"]),
+    ("[6, 0]", ["projector_dims must be comma-separated layer widths >= 1", "got '6,0'"]),
+])
+def test_projector_dims_bad_list(tmp_path, value, words):
+    done = sweep(spec_file(tmp_path, MLP_YAML + f"projector_dims: {value}\n"), tmp_path / "out")
+    refused(done, *words)
+    assert not (tmp_path / "out").exists()
+
+
+DIGITS_YAML = "data: digits\nk: 3\nper_class: 20\nbatch_size: 8\nsteps: 2\nlog_every: 2\n"
+
+
+def test_digits_refuses_another_d(tmp_path):
+    """data: digits has 64 dimensions: d left out is 64, d: 64 is the same run, any other d is
+    refused (it used to become 64 without a word)."""
+    line = refused(sweep(spec_file(tmp_path, DIGITS_YAML + "d: 16\n"), tmp_path / "out"),
+                   "digits has 64 dimensions", "got 16")
+    assert line.startswith("error: d must be 64 or left out with data digits")
+    assert not (tmp_path / "out").exists()
+    left_out, = expand(load_spec(spec_file(tmp_path, DIGITS_YAML, "a.yaml")))
+    given, = expand(load_spec(spec_file(tmp_path, DIGITS_YAML + "d: 64\n", "b.yaml")))
+    assert left_out.d == 64 and left_out.run_id == given.run_id
+    mixture, = expand({"k": 2, "per_class": 8, "batch_size": 4})
+    assert mixture.d == 16  # the mixture's own default
+    with pytest.raises(SpecError, match="d must be 64 or left out with data digits"):
+        expand({"data": "digits", "d": [16, 64]})
+
+
+def test_all_zero_mixture_is_refused(tmp_path):
+    """mean_scale 0 with sigma 0 puts every point of every class at the origin: refused, naming
+    both fields, before anything is written (a run could only end collapsed; free embeddings,
+    all zero, were reported healthy)."""
+    spec = spec_file(tmp_path, TINY_YAML + "mean_scale: 0\nsigma: 0.0\n")
+    line = refused(sweep(spec, tmp_path / "out"), "mean_scale", "zero vector", "got 0.0")
+    assert line.startswith("error: sigma must be > 0 when mean_scale is 0")
+    assert not (tmp_path / "out").exists()
+    tiny = load_spec(spec_file(tmp_path, TINY_YAML, "tiny.yaml"))
+    for ok in ({"mean_scale": 0.0, "sigma": 0.5}, {"mean_scale": 2.0, "sigma": 0.0},
+               {"mean_scale": 0.0, "sigma": 0.0, "data": "digits", "model": "mlp", "d": 64,
+                "k": 3, "per_class": 20}):  # digits ignores the mixture's fields
+        assert len(expand({**tiny, **ok})) == 1
+    with pytest.raises(SpecError, match="sigma must be > 0 when mean_scale is 0"):
+        expand({**tiny, "mean_scale": [0.0, 1.0], "sigma": 0.0})  # one such run refuses the grid
+
+
+def test_every_rule_names_its_field():
+    """The validation tables: every rule is about a field of a run, and a value of the wrong
+    kind is refused with ``<field> must be <what it accepts>, got <value>``."""
+    from simulate.config import CROSS_RULES, FIELD_NAMES, FIELD_RULES
+
+    assert set(FIELD_RULES) <= set(FIELD_NAMES) and {r[0] for r in CROSS_RULES} <= set(FIELD_NAMES)
+    for name in FIELD_RULES:
+        wrong = 0.5 if name in ("name", "projector_dims") else "wrong"
+        with pytest.raises(SpecError) as info:
+            expand({"model": "mlp", "k": 2, "d": 4, "per_class": 8, "batch_size": 4, name: wrong})
+        assert str(info.value).startswith(f"{name} must be ") and str(info.value).endswith(
+            f", got {wrong!r}"), str(info.value)

@@ -7,7 +7,8 @@
 - :mod:`.specs`: spec files (YAML or JSON), presets, and the expansion of a spec into runs.
 
 A *spec* is a mapping from field names to a value or a list of values; every list is a grid
-axis and the runs are the Cartesian product. See :mod:`.specs` for the format.
+axis (``projector_dims`` aside: a list of widths is one value, a list of lists the axis) and
+the runs are the Cartesian product. See :mod:`.specs` for the format.
 """
 
 from .fields import FIELD_NAMES, LAZY_MIN_DECAY, PER_RUN_FIELDS, RunConfig, is_logged, logged_count

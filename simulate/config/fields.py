@@ -46,16 +46,20 @@ class RunConfig:
     the views' own norms), MLP ``hidden``, ``depth``, ``out_dim`` (the representation's
     width), ``batch_norm``, ``projector_dims`` (a projector head on the MLP's output: its
     layer widths as comma-separated text such as ``"64,16"``, ReLU (and batch norm) between
-    its layers; ``""``: none. An integer n means ``"n"``. The loss and CLOP act on the
-    projection; the representation before it is logged in the ``repr_*`` columns).
+    its layers; ``""``: none. An integer n means ``"n"``, a list of integers such as
+    ``[64, 16]`` means ``"64,16"``. The loss and CLOP act on the projection; the representation
+    before it is logged in the ``repr_*`` columns).
     Data: ``data`` (mixture | digits). ``digits``: scikit-learn's 8x8 digits shipped with the
-    package (:mod:`simulate.digits`; ``model: mlp`` only, ``d`` is 64), reading ``k`` (<= 10),
+    package (:mod:`simulate.digits`; ``model: mlp`` only; ``d`` is 64: left out (None) it is
+    64, any other value is refused), reading ``k`` (<= 10),
     ``per_class`` (<= 174), ``label_fraction``, ``holdout_fraction``, ``aug_sigma``,
     ``max_shift`` (views shift each image by up to this many pixels per axis, then add pixel
     noise) and ``data_seed``; the mixture-only fields are ignored (``sign_flip`` is refused).
     ``mixture``: the fields of :class:`simulate.data.MixtureConfig` (``k``, ``d``, ``per_class``,
     ``means``, ``mean_scale``, ``sigma``, ``noise_rank``, ``label_fraction``, ``aug_sigma``,
-    ``sign_flip``, ``holdout_fraction``) and ``data_seed``.
+    ``sign_flip``, ``holdout_fraction``) and ``data_seed``; ``d`` left out (None) is 16.
+    ``mean_scale`` and ``sigma`` both 0 is refused: every point would be the zero vector, so
+    the run could only be collapsed (and free embeddings, all zero, would be reported healthy).
     ``seed`` drives the initialisation and the minibatches. ``save_embeddings`` keeps the
     final embeddings of the training points (for small runs such as the 3-D toy).
     """
@@ -92,7 +96,7 @@ class RunConfig:
     max_shift: int = 1
     # data fields, flattened so that each can be a grid axis; defaults are MixtureConfig's
     k: int = MixtureConfig.k
-    d: int = MixtureConfig.d
+    d: int | None = None  # the data's own width: MixtureConfig.d (16), or DIGITS_DIM (64)
     per_class: int = MixtureConfig.per_class
     means: str = MixtureConfig.means
     mean_scale: float = MixtureConfig.mean_scale
@@ -110,8 +114,8 @@ class RunConfig:
     def __post_init__(self):
         # canonical forms, so that equal configurations share one run id
         object.__setattr__(self, "projector_dims", _projector_text(self.projector_dims))
-        if self.data == "digits" and self.d == MixtureConfig.d:
-            object.__setattr__(self, "d", DIGITS_DIM)
+        if self.d is None:  # the data's own width
+            object.__setattr__(self, "d", DIGITS_DIM if self.data == "digits" else MixtureConfig.d)
         self.validate()
 
     def validate(self) -> None:
@@ -249,8 +253,11 @@ _LATER_DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.name in (
 
 def _projector_text(dims):
     """``projector_dims`` in its canonical form: comma-separated widths (``"64,16"``), ``""`` for
-    none. An integer n is ``"n"``; text is stripped and lower-cased, ``"none"`` is ``""``.
-    Anything else is returned as it is (and refused)."""
+    none. An integer n is ``"n"``; a list or tuple of integers is its widths; text is stripped
+    and lower-cased, ``"none"`` is ``""``. Anything else is returned as it is (and refused)."""
+    if isinstance(dims, (list, tuple)) and dims and all(
+            isinstance(w, int) and not isinstance(w, bool) for w in dims):
+        return ",".join(str(w) for w in dims)
     if isinstance(dims, int) and not isinstance(dims, bool):
         return str(dims)
     if isinstance(dims, str):

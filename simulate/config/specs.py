@@ -2,8 +2,11 @@
 
 A *run* is one configuration (:class:`~simulate.config.fields.RunConfig`). A *spec* is a
 mapping from field names to a value or a list of values; every list is a grid axis and the runs
-are the Cartesian product. ``seed`` is a seed or a list of seeds; ``seeds`` (instead of
-``seed``, never with it) is a list of seeds or a count ``n`` (seeds ``0 .. n-1``).
+are the Cartesian product. One field reads a list as one value: ``projector_dims``, whose value
+is a list of layer widths (``[64, 16]``: one projector); there a list of such lists
+(``[[64, 16], [32]]``) is the grid axis (a list of texts such as ``["64,16", "32"]`` is one
+too). ``seed`` is a seed or a list of seeds; ``seeds`` (instead of ``seed``, never with it) is a
+list of seeds or a count ``n`` (seeds ``0 .. n-1``).
 
 Spec files are YAML or JSON (``.json``). YAML is read with the YAML 1.2 core schema's
 booleans (``true``/``false``, also capitalised; ``yes``/``no``/``on``/``off`` stay strings) and
@@ -152,7 +155,26 @@ def load_spec(source: str | Path | dict) -> dict:
         raise SpecError(
             f"unknown field(s) {', '.join(unknown)} in spec; accepted: {', '.join(FIELD_NAMES)}"
         )
+    if "projector_dims" in spec:
+        spec["projector_dims"] = _projector_value(spec["projector_dims"])
     return spec
+
+
+def _projector_value(value):
+    """``projector_dims`` in a spec: a list of integers is ONE projector's layer widths (given
+    as its text, ``[64, 16]`` -> ``"64,16"``); a list of lists of widths (or of texts) is a grid
+    axis; any other value is one value. A list that mixes widths with lists or texts is refused
+    (it is neither)."""
+    if not isinstance(value, list) or not value:
+        return value
+    is_width = [isinstance(v, int) and not isinstance(v, bool) for v in value]
+    if all(is_width):
+        return ",".join(str(v) for v in value)
+    if any(is_width):
+        raise SpecError(f"projector_dims must be a list of layer widths such as [64, 16] (one "
+                        f"projector) or a list of such lists such as [[64, 16], [32]] (a grid "
+                        f"axis), got {_one_line(repr(value))}")
+    return value
 
 
 def expand(spec: dict) -> list[RunConfig]:

@@ -112,8 +112,8 @@ FIELD_RULES: dict[str, tuple[Check, ...]] = {
     "warmup_steps": integer(0),
     "max_shift": integer(0),
     "spectrum_every": optional(integer(1)),
-    "projector_dims": ((_widths, "comma-separated layer widths >= 1 such as '64,16', or '' "
-                        "(none)"),),
+    "projector_dims": ((_widths, "comma-separated layer widths >= 1 such as '64,16' (in a spec "
+                        "also a list such as [64, 16]), or '' (none)"),),
     **{name: integer(1) for name in ("steps", "log_every", "batch_size", "hidden", "depth",
                                      "out_dim", "per_class")},
     "k": integer(2),
@@ -138,7 +138,8 @@ CROSS_RULES: tuple[tuple[str, Callable, str | Callable], ...] = (
      "'' unless model is 'mlp' (free embeddings have no projector)"),
     ("model", lambda r: _DIGITS(r) and r.model != "mlp", "'mlp' with data digits"),
     ("d", lambda r: _DIGITS(r) and r.d != DIGITS_DIM,
-     f"{DIGITS_DIM} with data digits (the 8x8 pixels)"),
+     f"{DIGITS_DIM} or left out with data digits (digits has {DIGITS_DIM} dimensions, the 8x8 "
+     "pixels)"),
     ("sign_flip", lambda r: _DIGITS(r) and r.sign_flip,
      "false with data digits (its views shift and add noise)"),
     ("max_shift", lambda r: _DIGITS(r) and r.max_shift > 7,
@@ -154,8 +155,8 @@ CROSS_RULES: tuple[tuple[str, Callable, str | Callable], ...] = (
 def check_data(run) -> None:
     """The rules that need the data's configuration: the CLOP prototypes fit the embeddings,
     the data's own fields (:class:`simulate.data.MixtureConfig` or
-    :class:`simulate.digits.DigitsConfig` checks them), and the batch fits the training
-    points."""
+    :class:`simulate.digits.DigitsConfig` checks them), mixture data is not one point, and the
+    batch fits the training points."""
     if run.clop_weight > 0:
         try:
             check_prototype_shape(run.k, run.embedding_dim, run.prototypes)
@@ -168,6 +169,9 @@ def check_data(run) -> None:
     if run.data == "digits":
         n_train = data.n_train
     else:
+        if data.mean_scale == 0 and data.sigma == 0:  # every point, of every class, at the origin
+            refuse("sigma", "> 0 when mean_scale is 0 (with mean_scale 0 and sigma 0 every data "
+                   "point is the zero vector: give mean_scale > 0 or sigma > 0)", run.sigma)
         n_train = data.per_class * data.k - round(data.holdout_fraction * data.per_class * data.k)
     if run.batch_size > n_train:
         refuse("batch_size", f"<= the {n_train} training points", run.batch_size)
