@@ -6,6 +6,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 CORE   := $(VENV)/.installed-core
 DEV    := $(VENV)/.installed-dev
+BROWSER := $(VENV)/.installed-browser
 PYTEST_ARGS ?= -n auto --dist loadgroup
 
 .PHONY: test figures theory agreement bench gpu-check lab clean-venv
@@ -22,8 +23,19 @@ $(DEV): $(CORE)
 	$(PIP) -e ".[dev]"
 	touch $(DEV)
 
-## make test: install and run every test
-test: $(DEV)
+# the browser test's tools: JupyterLab and Playwright, and the system Chromium through apt-get
+# when it is missing and we are root. Never fails: without Chromium tests/test_lab_browser.py
+# is skipped with a line that says why.
+$(BROWSER): $(DEV)
+	$(PIP) -e ".[dev,browser]"
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "Chromium not installed (needs root and apt-get): tests/test_lab_browser.py will be skipped"
+	touch $(BROWSER)
+
+## make test: install and run every test (the browser test too: see $(BROWSER))
+test: $(BROWSER)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## make figures: install, run the quick sweeps (cached in results/) and draw every figure
@@ -50,11 +62,13 @@ gpu-check:
 	PYTHONPATH=. $(GPU_PYTHON) -m simulate bench --device cuda
 
 ## make lab: open the notebooks in JupyterLab (on 127.0.0.1, with a token; the jupytext
-## extension opens the .py notebooks). tests/test_notebooks.py runs them through a Jupyter
-## server set up the same way.
+## extension opens the .py notebooks: Open With -> Notebook). tests/test_notebooks.py runs them
+## through a Jupyter server set up the same way, tests/test_lab_browser.py in JupyterLab in
+## Chromium. LAB_ARGS adds options (as root: make lab LAB_ARGS=--allow-root).
+LAB_ARGS ?=
 lab: $(CORE)
 	$(PIP) -e ".[lab]"
-	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 notebooks
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 $(LAB_ARGS) notebooks
 
 clean-venv:
 	rm -rf $(VENV)
