@@ -310,7 +310,11 @@ def save_and_reread(page, name: str, lab: Lab, cells) -> None:
     path = lab.root / f"{name}.py"
     mtime = path.stat().st_mtime_ns
     menu(page, "File", "Save Python File")  # the file is the .py
-    lab.poll(lambda: path.stat().st_mtime_ns != mtime, WAIT_MS / 1000, f"{name}.py saved")
+    # the server has written the whole file once the status bar says so (it writes in place:
+    # a reader polling the file could see it half written)
+    wait_until(page, """() => [...document.querySelectorAll('.jp-StatusBar-TextItem')].some(
+                            e => e.textContent.trim() === 'Saving completed')""", None, "the save")
+    assert path.stat().st_mtime_ns != mtime, f"{name}.py was not written"
     saved = jupytext.read(path)
     assert [(c.cell_type, c.source) for c in saved.cells] == cells, "the saved .py changed cells"
     assert not list(lab.root.glob("*.ipynb")), "saving wrote an .ipynb beside the .py"
