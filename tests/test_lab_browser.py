@@ -303,7 +303,7 @@ def change_widget(page, name: str) -> str:
 
 
 def save_and_reread(page, name: str, lab: Lab, cells) -> None:
-    """File -> Save Python File writes the .py through jupytext: the same cells, and no .ipynb
+    """File -> Save Python File writes the .py through jupytext: the same text, and no .ipynb
     beside it."""
     import jupytext
 
@@ -317,6 +317,9 @@ def save_and_reread(page, name: str, lab: Lab, cells) -> None:
     assert path.stat().st_mtime_ns != mtime, f"{name}.py was not written"
     saved = jupytext.read(path)
     assert [(c.cell_type, c.source) for c in saved.cells] == cells, "the saved .py changed cells"
+    # the header too: opening and saving a notebook in the lab leaves the repository's file as it was
+    assert path.read_text() == (ROOT / "notebooks" / f"{name}.py").read_text(), \
+        f"saving rewrote {name}.py (its jupytext header?)"
     assert not list(lab.root.glob("*.ipynb")), "saving wrote an .ipynb beside the .py"
 
 
