@@ -8,8 +8,8 @@ the batch's rows; ``sgd-momentum``: SGD with momentum 0.9; ``lars`` with momentu
 weight decay 1e-6, the paper's recipe; ``adam`` and ``adamw`` with their torch defaults
 (AdamW's weight decay 0.01); the last four move every row each step: on the CPU
 ``sgd-momentum`` and ``lars`` keep the moves of the rows outside the batch as one linear map
-per run and write only the batch's rows (:class:`simulate.engine.update.LinearMomentum`),
-``adam`` and ``adamw`` write every row, see :class:`simulate.engine.update.TableOptimizer`):
+per run and write only the batch's rows (:class:`simulate.engine.linear_momentum.LinearMomentum`),
+``adam`` and ``adamw`` write every row, see :class:`simulate.engine.table.TableOptimizer`):
 
 * ``loop_s``: one configuration at a time, each with its own ``torch.optim`` optimizer
   (``SGD``, ``Adam``, ``AdamW``, or :class:`LoopLARS` for ``lars``) and the same loss

@@ -20,7 +20,8 @@ from simulate.config import SpecError, expand
 from simulate.engine import train_chunk
 from simulate.engine.objective import base_loss_fn, objective
 from simulate.engine.state import build_state, draw_batch, forward_views
-from simulate.engine.update import StackedOptimizer, schedule_factors
+from simulate.engine.optimizers import StackedOptimizer
+from simulate.engine.schedules import schedule_factors
 
 STEPS = 100
 #: a tiny MLP chunk (the optimizer tests only use its parameters and per-run tensors)
@@ -279,10 +280,10 @@ LAZY = {"lazy_on_cpu": True}
 
 def _rule(monkeypatch, extra):
     """Strip the LAZY marker from ``extra``, setting the module flag it stands for."""
-    from simulate.engine import update
+    from simulate.engine import table
 
     extra = dict(extra)
-    monkeypatch.setattr(update, "LINEAR_ON_CPU", not extra.pop("lazy_on_cpu", False))
+    monkeypatch.setattr(table, "LINEAR_ON_CPU", not extra.pop("lazy_on_cpu", False))
     return extra
 
 
@@ -341,11 +342,11 @@ def test_table_rule_folds_its_scales_without_changing_the_update(optimizer, extr
     and the linear rule's matrix are folded into their rows every few updates; the runs still
     equal the reference optimizer (float64, 1e-6), and the runs in one chunk equal the runs
     alone."""
-    from simulate.engine import update
+    from simulate.engine import linear_momentum, table
 
     extra = _rule(monkeypatch, extra)
-    monkeypatch.setattr(update, "RESCALE_BELOW", 0.95)
-    monkeypatch.setattr(update, "FOLD_DET", 0.95)
+    monkeypatch.setattr(table, "RESCALE_BELOW", 0.95)
+    monkeypatch.setattr(linear_momentum, "FOLD_DET", 0.95)
     spec = {**NET, "model": "free", "d": 6, "k": 3, "per_class": 8, "batch_size": 6, "steps": 25,
             "log_every": 25, "loss": "ntxent", "clop_weight": 0.5, "label_fraction": 0.5,
             "optimizer": optimizer, **extra}
@@ -365,7 +366,7 @@ def test_linear_rule_keeps_the_norm_of_the_rows_and_stops_an_overflowing_run():
     run whose learning rate overflows the rows stops with finite rows, and its chunk-mate
     equals itself trained alone, bit for bit."""
     from simulate.engine.state import build_state as build
-    from simulate.engine.update import TableStep
+    from simulate.engine.table import TableStep
 
     spec = {**NET, "model": "free", "d": 6, "k": 3, "per_class": 8, "batch_size": 6, "steps": 40,
             "log_every": 40, "loss": "ntxent", "clop_weight": 0.5, "label_fraction": 0.5,
@@ -447,7 +448,7 @@ def test_linear_rule_keeps_finite_rows_at_huge_rates_and_trains_huge_rows():
     """float32, the linear rule: a learning rate near float32's largest number stops the run
     with finite rows (no write-out overflows); rows of norm 1e18, whose squares overflow
     float32, train on as the lazy rule trains them."""
-    from simulate.engine import update
+    from simulate.engine import table
 
     for momentum in (0.9, 0.999):
         runs = expand(_free(optimizer="lars", lr=[0.1, 1e39], momentum=momentum, weight_decay=1e-2,
@@ -460,10 +461,10 @@ def test_linear_rule_keeps_finite_rows_at_huge_rates_and_trains_huge_rows():
     linear = train_chunk([run])
     assert not any(r["diverged"] for r in linear.rows)
     try:
-        update.LINEAR_ON_CPU = False
+        table.LINEAR_ON_CPU = False
         lazy = train_chunk([run]).model.weight
     finally:
-        update.LINEAR_ON_CPU = True
+        table.LINEAR_ON_CPU = True
     torch.testing.assert_close(linear.model.weight, lazy, rtol=1e-5, atol=0.0)
 
 
@@ -471,17 +472,17 @@ def test_linear_rule_solves_its_step_without_cancellation():
     """float64, lr times weight decay up to 1e16 (the rows grow by that factor every update):
     the linear rule's step solves in closed form, so it equals the lazy rule to rounding and
     declares no divergence the lazy rule does not."""
-    from simulate.engine import update
+    from simulate.engine import table
 
     for lr in (1e8, 1e14, 1e16):
         run = expand(_free(optimizer="sgd", lr=lr, momentum=0.9, weight_decay=1.0, steps=3, log_every=1))[0]
         assert run.table_rule == "linear"
         linear = train_chunk([run], dtype=torch.float64)
         try:
-            update.LINEAR_ON_CPU = False
+            table.LINEAR_ON_CPU = False
             lazy = train_chunk([run], dtype=torch.float64)
         finally:
-            update.LINEAR_ON_CPU = True
+            table.LINEAR_ON_CPU = True
         assert [r["diverged_step"] for r in linear.rows] == [r["diverged_step"] for r in lazy.rows] == [-1] * 4
         w, v = linear.model.weight.detach(), lazy.model.weight.detach()
         assert float((w - v).abs().max() / v.abs().max()) <= 1e-13, lr

@@ -151,10 +151,10 @@ def test_fused_table_step_freezes_a_non_finite_run(optimizer, extra, linear, mod
     sphere mode too) and is reported; its chunk-mate moves on. Plain SGD (the sparse step)
     finds the NaN when the row enters a batch; the rules that move every row find it at the
     first update."""
-    from simulate.engine import update
-    from simulate.engine.update import TableStep
+    from simulate.engine import table
+    from simulate.engine.table import TableStep
 
-    monkeypatch.setattr(update, "LINEAR_ON_CPU", linear)
+    monkeypatch.setattr(table, "LINEAR_ON_CPU", linear)
     runs = expand({**SMALL, "model": "free", "loss": "ntxent", "clop_weight": 0.5, "label_fraction": 0.5,
                    "lr": [0.1, 0.2], "optimizer": optimizer, "update_mode": mode, **extra})
     optimizer = "sgd" if runs[0].table_rule == "sparse" else "every row"

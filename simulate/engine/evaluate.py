@@ -26,7 +26,7 @@ import torch
 from .. import metrics as M
 from ..models import FreeEmbeddings
 from .state import ChunkState
-from .update import finite_per_run
+from .optimizers import finite_per_run
 
 #: per-run numbers logged at every logged step (besides objective, state and divergence)
 METRIC_COLUMNS = (
@@ -56,27 +56,22 @@ def _probes(train, y_train, test, y_test, k):
             M.linear_probe_accuracy(tr_u, y_train, te_u, y_test, k))
 
 
-@torch.no_grad()
-def evaluate(state: ChunkState, final: bool, spectra: bool = True) -> dict:
-    """Per-run metrics of the embeddings of all training points (float64). With ``final``
-    (the first and the last logged step), also kNN and linear-probe accuracy on the held-out
-    points (MLP encoders; free embeddings have no held-out points: NaN). With ``spectra``,
-    also the spectra (R, L) of :data:`SPECTRUM_COLUMNS` (None without a projector)."""
+def _embeddings(state: ChunkState):
+    """The embeddings of every training point (R, N, D), the representation before a
+    projector head (None without one) and the labels of the embeddings' rows."""
     model = state.model
-    rep = None  # the representation before a projector head
     if isinstance(model, FreeEmbeddings):
-        emb = model.weight
-        y = torch.cat([state.y_train, state.y_train], 1)
-    else:
-        if model.has_projector:
-            rep = model.represent(state.x_train)
-            emb = model.project(rep)
-        else:
-            emb = model.embed_all(state.x_train)
-        y = state.y_train
-    finite = finite_per_run([emb] if rep is None else [emb, rep], emb.shape[0])
-    emb = torch.where(finite.view(-1, 1, 1), emb, torch.ones_like(emb))  # keep linalg defined
-    e64 = emb.double()  # the metrics work in float64 (max_cos in the embeddings' dtype)
+        return model.weight, None, torch.cat([state.y_train, state.y_train], 1)
+    if model.has_projector:
+        rep = model.represent(state.x_train)
+        return model.project(rep), rep, state.y_train
+    return model.embed_all(state.x_train), None, state.y_train
+
+
+def _embedding_metrics(state: ChunkState, emb: torch.Tensor, y: torch.Tensor,
+                       spectra: bool) -> dict:
+    """The metrics of the embeddings ``emb`` (finite), in float64 (``max_cos`` in their dtype)."""
+    e64 = emb.double()
     u64 = torch.nn.functional.normalize(e64, dim=-1)
     out = {
         "effective_rank": M.effective_rank(e64),
@@ -97,6 +92,40 @@ def evaluate(state: ChunkState, final: bool, spectra: bool = True) -> dict:
     for name in ("knn_acc", "probe_acc", "repr_effective_rank", "repr_std_l2_normalized",
                  "repr_collapse_level", "repr_knn_acc", "repr_probe_acc"):
         out[name] = nan
+    return out
+
+
+def _held_out_accuracy(state: ChunkState, out: dict, emb: torch.Tensor,
+                       rep: torch.Tensor | None) -> None:
+    """kNN and linear-probe accuracy on the held-out points into ``out`` (of the embeddings,
+    and of the representation when there is one); a run whose held-out embeddings are not
+    finite is marked not finite."""
+    model = state.model
+    test_rep = model.represent(state.x_test)
+    test = model.project(test_rep)
+    test_ok = finite_per_run([test, test_rep], test.shape[0])
+    out["finite"] = out["finite"] & test_ok
+    keep = out["finite"].view(-1, 1, 1)
+    test = torch.where(keep, test, torch.ones_like(test))
+    emb = torch.where(keep, emb, torch.ones_like(emb))
+    k = state.runs[0].k
+    out["knn_acc"], out["probe_acc"] = _probes(emb, state.y_train, test, state.y_test, k)
+    if rep is not None:
+        test_rep = torch.where(keep, test_rep, torch.ones_like(test_rep))
+        rep = torch.where(keep, rep, torch.ones_like(rep))
+        out["repr_knn_acc"], out["repr_probe_acc"] = _probes(rep, state.y_train, test_rep, state.y_test, k)
+
+
+@torch.no_grad()
+def evaluate(state: ChunkState, final: bool, spectra: bool = True) -> dict:
+    """Per-run metrics of the embeddings of all training points (float64). With ``final``
+    (the first and the last logged step), also kNN and linear-probe accuracy on the held-out
+    points (MLP encoders; free embeddings have no held-out points: NaN). With ``spectra``,
+    also the spectra (R, L) of :data:`SPECTRUM_COLUMNS` (None without a projector)."""
+    emb, rep, y = _embeddings(state)
+    finite = finite_per_run([emb] if rep is None else [emb, rep], emb.shape[0])
+    emb = torch.where(finite.view(-1, 1, 1), emb, torch.ones_like(emb))  # keep linalg defined
+    out = _embedding_metrics(state, emb, y, spectra)
     if rep is not None:
         rep = torch.where(finite.view(-1, 1, 1), rep, torch.ones_like(rep))
         r64 = rep.double()
@@ -105,20 +134,8 @@ def evaluate(state: ChunkState, final: bool, spectra: bool = True) -> dict:
         out["repr_collapse_level"] = M.collapse_level(r64)
         out["repr_spectrum"] = M.singular_value_spectrum(r64) if spectra else None
     out["finite"] = finite
-    if final and not isinstance(model, FreeEmbeddings) and state.x_test.shape[1] > 0:
-        test_rep = model.represent(state.x_test)
-        test = model.project(test_rep)
-        test_ok = finite_per_run([test, test_rep], test.shape[0])
-        out["finite"] = finite & test_ok
-        keep = out["finite"].view(-1, 1, 1)
-        test = torch.where(keep, test, torch.ones_like(test))
-        emb = torch.where(keep, emb, torch.ones_like(emb))
-        k = state.runs[0].k
-        out["knn_acc"], out["probe_acc"] = _probes(emb, state.y_train, test, state.y_test, k)
-        if rep is not None:
-            test_rep = torch.where(keep, test_rep, torch.ones_like(test_rep))
-            rep = torch.where(keep, rep, torch.ones_like(rep))
-            out["repr_knn_acc"], out["repr_probe_acc"] = _probes(rep, state.y_train, test_rep, state.y_test, k)
+    if final and not isinstance(state.model, FreeEmbeddings) and state.x_test.shape[1] > 0:
+        _held_out_accuracy(state, out, emb, rep)
     return out
 
 

@@ -2,9 +2,9 @@
 program (parameters carry a leading run dimension; one update serves all runs with per-run
 learning rate and schedule, optimizer hyper-parameters and CLOP weight).
 
-Free embeddings take the table step (:class:`simulate.engine.update.TableStep`: the gradient
+Free embeddings take the table step (:class:`simulate.engine.table.TableStep`: the gradient
 of the batch's rows only; plain SGD moves those rows, any other optimizer every row); encoders
-a dense step of the chunk's optimizer (:class:`simulate.engine.update.StackedOptimizer`)
+a dense step of the chunk's optimizer (:class:`simulate.engine.optimizers.StackedOptimizer`)
 through autograd.
 
 A run whose loss or parameters become non-finite is marked diverged at that step and frozen;
@@ -25,7 +25,8 @@ from ..models import FreeEmbeddings
 from .evaluate import METRIC_COLUMNS, SPECTRUM_COLUMNS, evaluate, final_embeddings, spectrum_logged
 from .objective import base_loss_fn, objective
 from .state import ChunkState, build_state, draw_batch, forward_views
-from .update import StackedOptimizer, TableStep, relative_change
+from .optimizers import StackedOptimizer, relative_change
+from .table import TableStep
 
 DIVERGED = "diverged"
 #: changes whenever one configuration would train along a different trajectory (minibatch
@@ -61,6 +62,48 @@ class TrainResult:
         return self.state.model
 
 
+def logged_rows(runs, step: int, ev: dict, diverged_step: torch.Tensor, last_loss: torch.Tensor,
+                want_spectra: list[bool]) -> list[dict]:
+    """The table's rows of the logged step ``step``, one per run: its objective (the last
+    update's loss), the metrics ``ev`` of :func:`evaluate` (NaN, and state ``diverged``, for a
+    run that has diverged), its spectra where ``want_spectra`` says so, its parameter change
+    and whether it is frozen or diverged."""
+    ev_cpu = {k: None if v is None else v.detach().cpu() for k, v in ev.items()}
+    div, obj = diverged_step.cpu(), last_loss.cpu()
+    rows = []
+    for i, run in enumerate(runs):
+        dead = bool(div[i] >= 0)
+        row = {"run_id": run.run_id, "step": step, "objective": float(obj[i])}
+        row.update({k: math.nan if dead else float(ev_cpu[k][i]) for k in METRIC_COLUMNS})
+        row["state"] = DIVERGED if dead else M.STATE_NAMES[int(ev_cpu["state_code"][i])]
+        for k in SPECTRUM_COLUMNS:  # lists of floats (None when not logged here)
+            v = ev_cpu[k]
+            row[k] = None if (dead or v is None or not want_spectra[i]) else v[i].tolist()
+        row["param_change"] = math.nan if dead else float(ev_cpu["param_change"][i])
+        row["frozen"] = row["param_change"] == 0.0
+        row["diverged"] = dead
+        row["diverged_step"] = int(div[i])
+        rows.append(row)
+    return rows
+
+
+def dense_step(state: ChunkState, loss_fn, optimizer: StackedOptimizer, batch, alive: torch.Tensor,
+               step: int):
+    """Update ``step`` of an encoder: the objective of the ``batch`` (indices, labels, the two
+    views) through autograd, then the chunk's optimizer (and back to the sphere for the
+    sphere modes). Returns (per-run loss, per-run mask of the runs updated)."""
+    idx, labels, v1, v2 = batch
+    z1, z2 = forward_views(state, idx, v1, v2)
+    loss = objective(state, loss_fn, torch.cat([z1, z2], 1), labels)
+    finite = torch.isfinite(loss)
+    total = torch.where(alive & finite, loss, torch.zeros_like(loss)).sum()
+    grads = torch.autograd.grad(total, optimizer.params)
+    ok = optimizer.step(grads, alive & finite, step)
+    if state.runs[0].update_mode != "free":
+        state.model.renormalise_()
+    return loss, ok
+
+
 def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype=torch.float32,
                 progress=None) -> TrainResult:
     """Train ``runs`` (one chunk) together.
@@ -84,7 +127,6 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
     diverged_step = torch.full((R,), -1, dtype=torch.int64, device=device)
     last_loss = torch.full((R,), math.nan, dtype=torch.float64, device=device)
     rows: list[dict] = []
-    sphere = r0.update_mode != "free"
     previous: list[torch.Tensor] | None = None  # the parameters at the last logged step
 
     def log(step: int, final: bool):
@@ -97,21 +139,7 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
         # embeddings that overflow although the parameters are finite also end a run
         diverged_step.copy_(torch.where(~ev["finite"] & (diverged_step < 0), step, diverged_step))
         alive = alive & ev["finite"]
-        ev_cpu = {k: None if v is None else v.detach().cpu() for k, v in ev.items()}
-        div, obj = diverged_step.cpu(), last_loss.cpu()
-        for i, run in enumerate(runs):
-            dead = bool(div[i] >= 0)
-            row = {"run_id": run.run_id, "step": step, "objective": float(obj[i])}
-            row.update({k: math.nan if dead else float(ev_cpu[k][i]) for k in METRIC_COLUMNS})
-            row["state"] = DIVERGED if dead else M.STATE_NAMES[int(ev_cpu["state_code"][i])]
-            for k in SPECTRUM_COLUMNS:  # lists of floats (None when not logged here)
-                v = ev_cpu[k]
-                row[k] = None if (dead or v is None or not want_spectra[i]) else v[i].tolist()
-            row["param_change"] = math.nan if dead else float(ev_cpu["param_change"][i])
-            row["frozen"] = row["param_change"] == 0.0
-            row["diverged"] = dead
-            row["diverged_step"] = int(div[i])
-            rows.append(row)
+        rows.extend(logged_rows(runs, step, ev, diverged_step, last_loss, want_spectra))
 
     log(0, True)
     for step in range(1, r0.steps + 1):
@@ -123,14 +151,7 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
             if logged:
                 table.sync()  # the metrics read the weight
         else:
-            z1, z2 = forward_views(state, idx, v1, v2)
-            loss = objective(state, loss_fn, torch.cat([z1, z2], 1), labels)
-            finite = torch.isfinite(loss)
-            total = torch.where(alive & finite, loss, torch.zeros_like(loss)).sum()
-            grads = torch.autograd.grad(total, params)
-            ok = optimizer.step(grads, alive & finite, step)
-            if sphere:
-                state.model.renormalise_()
+            loss, ok = dense_step(state, loss_fn, optimizer, (idx, labels, v1, v2), alive, step)
         diverged_step.copy_(torch.where(alive & ~ok, step, diverged_step))
         alive = alive & ok
         if loss is not None:
