@@ -24,7 +24,7 @@ class RunConfig:
     Loss: ``loss`` (ntxent | supcon | dcl | vicreg | barlow | align | repel), ``temperature``
     (> 0, used by ntxent, supcon, dcl), ``clop_weight`` (lambda >= 0; 0 switches CLOP off),
     ``prototypes`` (orthonormal | simplex), ``distance`` (cosine | euclidean | manhattan).
-    Optimiser: ``optimizer`` (sgd | lars | adam | adamw; see :mod:`simulate.engine.update`),
+    Optimiser: ``optimizer`` (sgd | lars | adam | adamw; see :mod:`simulate.engine.optimizers`),
     ``lr`` (> 0), ``momentum`` in [0, 1) (sgd and lars; must be 0 for adam and adamw, which
     use ``beta1``), ``nesterov`` (sgd and lars; needs ``momentum`` > 0, as torch.optim.SGD),
     ``weight_decay`` >= 0 (L2 added to the gradient for sgd, lars and adam; decoupled for
@@ -137,12 +137,13 @@ class RunConfig:
 
     @property
     def table_rule(self) -> str:
-        """How the engine updates free embeddings (:class:`simulate.engine.update.TableStep`):
+        """How the engine updates free embeddings (:class:`simulate.engine.table.TableStep`):
         ``sparse`` (plain SGD: only the batch's rows move); ``linear`` (SGD and LARS with
         momentum of at least :data:`LAZY_MIN_DECAY` on rows that are not renormalised, and with
         Nesterov only where ``lr omega <= 1/2``, ``omega`` the weight decay for sgd and
         ``lars_trust`` for LARS with weight decay: on the CPU the rows outside the batch follow
-        one linear map per run, kept as a 2x2 matrix, :class:`simulate.engine.update.LinearMomentum`;
+        one linear map per run, kept as a 2x2 matrix,
+        :class:`simulate.engine.linear_momentum.LinearMomentum`;
         on a device as ``lazy``); ``lazy`` (every row moves, the geometric decays kept as
         per-run scales: SGD and LARS with momentum 0 or at least :data:`LAZY_MIN_DECAY`; Adam
         and AdamW with ``beta1`` and ``sqrt(beta2)`` at least that, and no L2 weight decay for
