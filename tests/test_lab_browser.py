@@ -17,14 +17,12 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from jupyter_test_server import JupyterServer
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_ROOT = getattr(os, "geteuid", lambda: -1)() == 0
@@ -90,97 +88,27 @@ def missing_requirement() -> str | None:
 
 # --- JupyterLab as `make lab` starts it, in a temporary root ------------------------------------
 
-class Lab:
+class Lab(JupyterServer):
     """``jupyter lab`` on 127.0.0.1, a port chosen by the OS, a token, and a temporary root holding
     copies of the notebooks (so an autosave never touches the repository) with fresh config,
     runtime, data and settings folders."""
 
+    name = "jupyter lab"
+    log_tail = 4000
+
     def __init__(self, tmp: Path):
-        self.token = secrets.token_hex(24)
-        self.root = tmp / "root"
-        self.root.mkdir()
+        root = tmp / "root"
+        root.mkdir()
         for name in NOTEBOOKS:
-            shutil.copy(ROOT / "notebooks" / f"{name}.py", self.root)
-        runtime, config = tmp / "runtime", tmp / "config"
+            shutil.copy(ROOT / "notebooks" / f"{name}.py", root)
         # no "news" pop-up over the page (it would also try the network)
-        news = config / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+        news = tmp / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
         news.mkdir(parents=True)
         (news / "notification.jupyterlab-settings").write_text(
             json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-        env = {**os.environ, "JUPYTER_TOKEN": self.token, "JUPYTER_RUNTIME_DIR": str(runtime),
-               "JUPYTER_CONFIG_DIR": str(config), "JUPYTER_DATA_DIR": str(tmp / "data"),
-               "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"),
-               "CLOP_LAB_NOTEBOOK_SIZE": "small"}
-        self.log_path = tmp / "lab.log"
-        self.log = open(self.log_path, "w+")
-        args = [sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1",
-                "--ServerApp.port=0", "--ServerApp.port_retries=0",
-                "--ServerApp.open_browser=False", "--ServerApp.terminals_enabled=False",
-                f"--ServerApp.root_dir={self.root}"]
-        if AS_ROOT:
-            args.append("--ServerApp.allow_root=True")
-        # its own session: a Ctrl-C in the terminal reaches pytest, whose teardown stops it
-        self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     cwd=self.root, start_new_session=True)
-        try:
-            info = self.poll(lambda: self._info(runtime), 120, "server info file")
-            self.url = f"http://127.0.0.1:{info['port']}"
-            self.poll(lambda: self.rest("GET", "/api/status") is not None, 120, "/api/status")
-        except BaseException:
-            self.stop()
-            raise
-
-    def _info(self, runtime: Path):
-        path = runtime / f"jpserver-{self.proc.pid}.json"
-        return json.loads(path.read_text()) if path.exists() and path.stat().st_size else None
-
-    def poll(self, probe, seconds: float, what: str):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"jupyter lab exited ({self.proc.returncode}):\n{self.log_text()}")
-            try:
-                got = probe()
-            except (OSError, ValueError):
-                got = None
-            if got:
-                return got
-            time.sleep(0.2)  # polling interval; the deadline bounds the wait
-        raise AssertionError(f"no {what} after {seconds} s:\n{self.log_text()}")
-
-    def rest(self, method: str, path: str):
-        import urllib.request
-
-        req = urllib.request.Request(self.url + path, method=method,
-                                     headers={"Authorization": f"token {self.token}"})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                text = resp.read()
-        except OSError:
-            return None
-        return json.loads(text) if text else {}
-
-    def log_text(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text()[-4000:]
-
-    def stop(self):
-        """Shut down through the API (which stops the kernels), else terminate, else kill."""
-        try:
-            if self.proc.poll() is None:
-                self.rest("POST", "/api/shutdown")
-                try:
-                    self.proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    self.proc.terminate()
-                    try:
-                        self.proc.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        self.proc.kill()
-                        self.proc.wait(timeout=30)
-        finally:
-            self.log.close()
+        super().__init__(tmp, "jupyterlab", root, log_name="lab.log",
+                         args=("--ServerApp.allow_root=True",) if AS_ROOT else (),
+                         env={"JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces")})
 
 
 @pytest.fixture(scope="module")
@@ -382,5 +310,6 @@ def test_notebook_in_jupyterlab(lab, browser, name, tmp_path):
         except Exception as e:  # noqa: BLE001 - keep the test's own error
             print(f"no screenshot: {type(e).__name__}: {e}")
         context.close()
-        for session in lab.rest("GET", "/api/sessions") or []:  # stop this notebook's kernel
-            lab.rest("DELETE", f"/api/sessions/{session['id']}")
+        # stop this notebook's kernel
+        for session in lab.rest("GET", "/api/sessions", check=False) or []:
+            lab.rest("DELETE", f"/api/sessions/{session['id']}", check=False)

@@ -10,12 +10,9 @@ import base64
 import hashlib
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -31,6 +28,7 @@ from tornado.websocket import websocket_connect
 
 from figures.explorer import (cobweb_path, explorer_figure, iterate, lab_figure, lab_folder,
                               lab_spec, run_lab, spec_digest, thresholds)
+from jupyter_test_server import JupyterServer
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["bound_explorer", "collapse_lab"]
@@ -246,82 +244,13 @@ def test_library_has_no_notebook_size_switch():
 
 # --- a real Jupyter server: what `make lab` serves ---------------------------------------------------
 
-class Server:
+class Server(JupyterServer):
     """A jupyter_server on 127.0.0.1 (port chosen by the OS) with a token, rooted at the repo."""
 
     def __init__(self, tmp: Path):
-        self.token = secrets.token_hex(24)
-        runtime = tmp / "runtime"
-        env = {**os.environ, "JUPYTER_TOKEN": self.token, "JUPYTER_RUNTIME_DIR": str(runtime),
-               "JUPYTER_CONFIG_DIR": str(tmp / "config"), "JUPYTER_DATA_DIR": str(tmp / "data"),
-               "CLOP_LAB_NOTEBOOK_SIZE": "small"}
-        self.log = open(tmp / "server.log", "w+")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1", "--ServerApp.port=0",
-             "--ServerApp.port_retries=0", "--ServerApp.open_browser=False", "--ServerApp.allow_root=True",
-             "--ServerApp.terminals_enabled=False", f"--ServerApp.root_dir={ROOT}"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            info = self._poll(lambda: self._info(runtime), 120, "server info file")
-            self.http = f"http://127.0.0.1:{info['port']}"
-            self.ws = f"ws://127.0.0.1:{info['port']}"
-            self._poll(lambda: self.rest("GET", "/api/status", check=False) is not None, 120, "/api/status")
-        except BaseException:
-            self.stop()
-            raise
-
-    def _info(self, runtime: Path):
-        path = runtime / f"jpserver-{self.proc.pid}.json"
-        return json.loads(path.read_text()) if path.exists() and path.stat().st_size else None
-
-    def _poll(self, probe, seconds: float, what: str):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"jupyter_server exited ({self.proc.returncode}):\n{self.log_text()}")
-            try:
-                got = probe()
-            except (OSError, ValueError):
-                got = None
-            if got:
-                return got
-            time.sleep(0.2)  # polling interval; the deadline bounds the wait
-        raise AssertionError(f"no {what} after {seconds} s:\n{self.log_text()}")
-
-    def log_text(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()[-5000:]
-
-    def rest(self, method: str, path: str, body: dict | None = None, check: bool = True):
-        req = urllib.request.Request(self.http + path, method=method,
-                                     data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Authorization": f"token {self.token}",
-                                              "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                text = resp.read()
-        except (urllib.error.URLError, OSError):
-            if check:
-                raise
-            return None
-        return json.loads(text) if text else {}
-
-    def stop(self):
-        try:
-            if self.proc.poll() is None:
-                try:
-                    self.rest("POST", "/api/shutdown", check=False)
-                    self.proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    self.proc.terminate()
-                    try:
-                        self.proc.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        self.proc.kill()
-                        self.proc.wait(timeout=30)
-        finally:
-            self.log.close()
+        super().__init__(tmp, "jupyter_server", ROOT, log_name="server.log",
+                         args=("--ServerApp.allow_root=True",), own_session=False)
+        self.ws = f"ws://127.0.0.1:{self.port}"
 
 
 class Frontend:
