@@ -292,6 +292,9 @@ def test_projector_dims_list_of_widths_is_one_value(tmp_path, value, runs, dims)
     ("[6, [3]]", ["projector_dims must be a list of layer widths such as [64, 16]", "a grid axis",
                   "got [6, [3]]"]),
     ("[6, 0]", ["projector_dims must be comma-separated layer widths >= 1", "got '6,0'"]),
+    # digits that are not ASCII (str.isdigit accepts them, int() does not, or reads them as others)
+    ('"\u00b2"', ["projector_dims must be comma-separated layer widths >= 1", "got '\u00b2'"]),
+    ('"\u0666\u0664,16"', ["projector_dims must be comma-separated layer widths >= 1"]),
 ])
 def test_projector_dims_bad_list(tmp_path, value, words):
     done = sweep(spec_file(tmp_path, MLP_YAML + f"projector_dims: {value}\n"), tmp_path / "out")
@@ -333,6 +336,18 @@ def test_all_zero_mixture_is_refused(tmp_path):
         assert len(expand({**tiny, **ok})) == 1
     with pytest.raises(SpecError, match="sigma must be > 0 when mean_scale is 0"):
         expand({**tiny, "mean_scale": [0.0, 1.0], "sigma": 0.0})  # one such run refuses the grid
+    for tiny_values in ({"mean_scale": 1e-300, "sigma": 0.0}, {"mean_scale": 0.0, "sigma": 1e-50}):
+        with pytest.raises(SpecError, match="sigma must be > 0 when mean_scale is 0"):
+            expand({**tiny, **tiny_values})  # 0 in float32, as the data is stored
+
+
+def test_projector_widths_have_one_form():
+    """A width written with leading zeros is the same projector, with the same run id."""
+    base = {"model": "mlp", "k": 2, "d": 4, "per_class": 8, "batch_size": 4}
+    one = expand({**base, "projector_dims": [64, 16]})[0]
+    for text in ("064,16", " 64, 016 ", "64,16"):
+        assert expand({**base, "projector_dims": text})[0].run_id == one.run_id
+    assert len(expand({**base, "projector_dims": ["064,16", "64,16"]})) == 1
 
 
 def test_every_rule_names_its_field():

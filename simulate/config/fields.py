@@ -255,7 +255,8 @@ _LATER_DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.name in (
 def _projector_text(dims):
     """``projector_dims`` in its canonical form: comma-separated widths (``"64,16"``), ``""`` for
     none. An integer n is ``"n"``; a list or tuple of integers is its widths; text is stripped
-    and lower-cased, ``"none"`` is ``""``. Anything else is returned as it is (and refused)."""
+    and lower-cased, ``"none"`` is ``""``, each width in ASCII digits is written as an integer
+    (``"064,16"`` is ``"64,16"``). Anything else is returned as it is (and refused)."""
     if isinstance(dims, (list, tuple)) and dims and all(
             isinstance(w, int) and not isinstance(w, bool) for w in dims):
         return ",".join(str(w) for w in dims)
@@ -263,5 +264,10 @@ def _projector_text(dims):
         return str(dims)
     if isinstance(dims, str):
         text = dims.strip().lower()
-        return "" if text in ("", "none") else ",".join(p.strip() for p in text.split(","))
+        if text in ("", "none"):
+            return ""
+        # widths in ASCII digits are written as integers ("064" is "64"); anything else is
+        # left as it is, for validation to refuse
+        parts = [p.strip() for p in text.split(",")]
+        return ",".join(str(int(p)) if p.isascii() and p.isdigit() else p for p in parts)
     return dims

@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
+
 from ..data import MEAN_KINDS
 from ..losses import BASE_LOSSES, DISTANCES, PROTOTYPE_KINDS
 from ..losses.clop import check_prototype_shape
@@ -78,7 +80,7 @@ def optional(checks: tuple[Check, ...]) -> tuple[Check, ...]:
 def _widths(text) -> bool:
     """Comma-separated layer widths >= 1, or '' (no projector)."""
     return isinstance(text, str) and (
-        not text or all(p.isdigit() and int(p) >= 1 for p in text.split(",")))
+        not text or all(p.isascii() and p.isdigit() and int(p) >= 1 for p in text.split(",")))
 
 
 FLAG = ((lambda v: isinstance(v, bool), "true or false"),)
@@ -169,9 +171,11 @@ def check_data(run) -> None:
     if run.data == "digits":
         n_train = data.n_train
     else:
-        if data.mean_scale == 0 and data.sigma == 0:  # every point, of every class, at the origin
-            refuse("sigma", "> 0 when mean_scale is 0 (with mean_scale 0 and sigma 0 every data "
-                   "point is the zero vector: give mean_scale > 0 or sigma > 0)", run.sigma)
+        # every point, of every class, at the origin (the data is float32: 1e-300 is 0 there)
+        if np.float32(data.mean_scale) == 0 and np.float32(data.sigma) == 0:
+            refuse("sigma", "> 0 when mean_scale is 0 (also below float32 resolution; with "
+                   "mean_scale 0 and sigma 0 every data point is the zero vector: give "
+                   "mean_scale > 0 or sigma > 0)", run.sigma)
         n_train = data.per_class * data.k - round(data.holdout_fraction * data.per_class * data.k)
     if run.batch_size > n_train:
         refuse("batch_size", f"<= the {n_train} training points", run.batch_size)
