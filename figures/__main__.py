@@ -272,11 +272,11 @@ def onset(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")  # command-line entry point: draw to files, never to a window
     argv = sys.argv[1:] if argv is None else argv
     try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # command-line entry point: draw to files, never to a window
         if argv[:1] == ["agreement"]:
             return agreement(argv[1:])
         if argv[:1] == ["onset"]:
@@ -287,5 +287,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _entry() -> int:
+    """``main`` for ``python -m figures``: Ctrl-C outside its own handler is the one line
+    ``error: interrupted`` with exit status 130 too."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_entry())

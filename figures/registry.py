@@ -93,7 +93,22 @@ def write(fig_entry: Figure, out: Path, data: dict | None = None, data_hash: str
 
 def write_index(records: list[dict], out: Path, command: str) -> Path:
     """Merge ``records`` into ``out/index.json`` (one record per figure, in registry order)
-    and write ``out/INDEX.md`` from it (each file whole or not at all)."""
+    and write ``out/INDEX.md`` from it (each file whole or not at all). The read, merge and
+    write hold ``out/.index.lock``, so runs writing into the same folder at once keep each
+    other's records."""
+    from filelock import FileLock
+
+    out.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out / INDEX_LOCK_NAME)):
+        return _merge_index(records, out, command)
+
+
+#: the lock file in a figure folder held while its index is read, merged and written
+INDEX_LOCK_NAME = ".index.lock"
+
+
+def _merge_index(records: list[dict], out: Path, command: str) -> Path:
+    """:func:`write_index`'s read, merge and write (the caller holds the folder's index lock)."""
     import json
 
     from simulate.store import atomic_write_bytes

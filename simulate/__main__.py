@@ -14,9 +14,15 @@ import os
 import sys
 import typing
 
-from .cli import CliParser, check_device_here, parse_bool, parse_device, parse_seconds
-from .config import RunConfig, SpecError
-from .store import check_out_folder
+try:  # these import pandas and torch (about a second): Ctrl-C then is one line too
+    from .cli import CliParser, check_device_here, parse_bool, parse_device, parse_seconds
+    from .config import RunConfig, SpecError
+    from .store import check_out_folder
+except KeyboardInterrupt:
+    if __name__ != "__main__":
+        raise
+    print("error: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 #: what each field type accepts on the command line
 _ACCEPTED = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
@@ -261,5 +267,14 @@ def _os_error_message(exc: OSError, out: str) -> str:
     return str(exc)
 
 
+def _entry() -> int:
+    """``main`` for ``python -m simulate``: Ctrl-C outside its own handler (parsing the
+    options) is the one line ``error: interrupted`` with exit status 130 too."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_entry())

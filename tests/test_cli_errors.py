@@ -362,3 +362,52 @@ def test_every_rule_names_its_field():
             expand({"model": "mlp", "k": 2, "d": 4, "per_class": 8, "batch_size": 4, name: wrong})
         assert str(info.value).startswith(f"{name} must be ") and str(info.value).endswith(
             f", got {wrong!r}"), str(info.value)
+
+
+# ---------------------------------------------------------------------- Ctrl-C at start-up
+def _interrupt_during_startup(args: list[str]) -> subprocess.Popen:
+    """Start ``python ARGS`` and send SIGINT as soon as its heavy imports have begun (numpy's
+    shared library is mapped: Python's SIGINT handler and site's imports are done by then),
+    without waiting for any output. Whether the signal lands in the imports or later, the
+    command must end with one line."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    maps = Path(f"/proc/{proc.pid}/maps")
+    try:
+        while proc.poll() is None:
+            try:
+                if "numpy" in maps.read_text():
+                    break
+            except OSError:
+                pass
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGINT)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/PID/maps")
+@pytest.mark.parametrize("args", [
+    pytest.param(["-m", "simulate", "run", "--model", "free", "--k", "2", "--d", "4", "--per-class", "8",
+                  "--batch-size", "4", "--steps", "100000000", "--log-every", "100000000",
+                  "--device", "cpu"], id="simulate"),
+    pytest.param(["-m", "figures", "--only", "maps", "--out", "{tmp}"], id="figures",
+                 marks=pytest.mark.xfail(reason="figures/__init__.py imports numpy, sympy and "
+                                                "matplotlib (about 1 s) before figures/__main__ runs; "
+                                                "Ctrl-C there still prints a traceback")),
+])
+def test_ctrl_c_at_start_up_is_one_line(tmp_path, args):
+    proc = _interrupt_during_startup([a.replace("{tmp}", str(tmp_path / "figs")) for a in args])
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Traceback" not in err, err
+    assert err.splitlines()[-1].startswith("error: interrupted"), err

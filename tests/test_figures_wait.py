@@ -122,3 +122,53 @@ def test_interrupt_while_drawing_leaves_no_figure_file(tmp_path, monkeypatch, ca
     assert err == ("error: interrupted; every figure file written is complete: run the same "
                    "command again to resume\n")
     assert not _figure_files(tmp_path / "figs")  # not even the PNG drawn before the PDF
+
+
+def test_index_writers_into_one_folder_keep_each_others_records(tmp_path, monkeypatch):
+    """Two runs merging into one folder's index at once (say ``--only maps`` and ``--only
+    ntxent_critical_lr``): the lock on ``.index.lock`` makes the second wait for the first
+    one's read-merge-write, so both records end in index.json and INDEX.md. The first writer
+    pauses between its read and its write until the second has started; without the lock the
+    second would read the index before the first writes it, and one record would be lost."""
+    import threading
+
+    import simulate.store
+    from figures.registry import write_index
+
+    figs = tmp_path / "figs"
+    second_started = threading.Event()
+    write = simulate.store.atomic_write_bytes
+
+    def slow_first_write(path, data):
+        if path.name == "index.json" and threading.current_thread().name == "first":
+            second_started.wait(timeout=30)
+            time.sleep(0.3)  # the merge window, widened (only the lock-free code needs it)
+        write(path, data)
+
+    monkeypatch.setattr(simulate.store, "atomic_write_bytes", slow_first_write)
+
+    def record(fid):
+        return {"id": fid, "title": f"title {fid}", "caption": f"caption {fid}", "data_sha256": "d",
+                "csv_sha256": "c", "sweeps": "none"}
+
+    errors = []
+
+    def writer(fid):
+        try:
+            if threading.current_thread().name == "second":
+                second_started.set()
+            write_index([record(fid)], figs, f"python -m figures --only {fid}")
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    first = threading.Thread(target=writer, args=("maps",), name="first")
+    second = threading.Thread(target=writer, args=("ntxent_critical_lr",), name="second")
+    first.start()
+    time.sleep(0.1)  # the first usually reads first; either order must keep both
+    second.start()
+    first.join(timeout=60)
+    second.join(timeout=60)
+    assert not errors, errors
+    assert {r["id"] for r in json.loads((figs / "index.json").read_text())} == {"maps", "ntxent_critical_lr"}
+    index_md = (figs / "INDEX.md").read_text()
+    assert "## maps: title maps" in index_md and "## ntxent_critical_lr: title ntxent_critical_lr" in index_md

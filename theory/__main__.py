@@ -67,5 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(r.proved and r.checked for r in rows) else 1
 
 
+def _entry() -> int:
+    """``main`` for ``python -m theory``: Ctrl-C is the one line ``error: interrupted`` with
+    exit status 130, not a traceback."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_entry())
