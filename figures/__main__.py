@@ -17,7 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-from . import FIGURES, write, write_index
+try:  # the registry imports numpy, sympy, pandas and matplotlib (about a second)
+    from . import FIGURES, write, write_index
+except KeyboardInterrupt:
+    if __name__ != "__main__":
+        raise
+    print("error: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "out"
