@@ -141,6 +141,10 @@ def _add_bench_parser(sub) -> None:
                     help="sgd | sgd-momentum | lars | adam | adamw, or several comma-separated, "
                          "each timed and compared with its per-configuration torch.optim loop "
                          "(default: sgd)")
+    be.add_argument("--model", default="free", choices=("free", "mlp"),
+                    help="free: free embeddings (default); mlp: the quick preset's MLP lr sweep "
+                         "shape against an nn.Sequential + torch.optim.SGD loop and a torch.func "
+                         "vmap ensemble (sgd only)")
     be.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     be.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
     be.add_argument("--repeats", type=int, default=3,
@@ -174,6 +178,12 @@ def _bench(args) -> int:
     for flag, value in (("--steps", args.steps), ("--repeats", args.repeats)):
         if value < 1:
             raise SpecError(f"{flag} must be an integer >= 1, got {value}")
+    if args.model == "mlp":
+        from .bench_mlp import main_bench_mlp
+
+        if args.no_loop:
+            raise SpecError("--no-loop is not available with --model mlp")
+        return main_bench_mlp(device, args.steps, args.repeats, parse_optimizers(args.optimizer))
     return main_bench(device, args.steps, args.repeats, not args.no_loop, parse_optimizers(args.optimizer))
 
 

@@ -37,3 +37,25 @@ def test_bench_refuses_unknown_optimizers_by_name():
     bad = subprocess.run([sys.executable, "-m", "simulate", "bench", "--optimizer", "rmsprop"],
                          capture_output=True, text=True, cwd=env_root, timeout=120)
     assert bad.returncode == 2 and "--optimizer" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_mlp_bench_engine_equals_the_sequential_loop_at_small_lr():
+    import math
+
+    from simulate.bench_mlp import mlp_grid, run_mlp_bench
+
+    runs = mlp_grid(5, lrs=[1e-2], seeds=[0])  # CLOP weight 0 and 1: 2 configurations
+    assert len(runs) == 2 and {r.model for r in runs} == {"mlp"}
+    out = run_mlp_bench("cpu", 5, 1, verbose=False, runs=runs)
+    for key in ("speedup", "vmap_speedup", "floor_fraction", "max_abs_diff", "engine_s", "loop_s", "vmap_s"):
+        assert math.isfinite(out[key]), (key, out[key])
+    assert out["runs_compared"] == 2
+    # the engine against an independent reference: nn.Sequential + torch.optim.SGD per run
+    assert out["max_abs_diff"] < 1e-4 and out["vmap_max_abs_diff"] < 1e-4
+
+
+def test_mlp_bench_refuses_other_optimizers():
+    env_root = Path(__file__).resolve().parents[1]
+    bad = subprocess.run([sys.executable, "-m", "simulate", "bench", "--model", "mlp", "--optimizer", "adam"],
+                         capture_output=True, text=True, cwd=env_root, timeout=120)
+    assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
