@@ -187,41 +187,36 @@ def mlp_floor_s(runs: int, batch: int, widths, emb: int, steps: int, device) -> 
     return time.perf_counter() - t
 
 
-def run_mlp_bench(device: str = "auto", steps: int = 300, repeats: int = 3, verbose: bool = True,
-                  runs: list[RunConfig] | None = None) -> dict:
-    if not (isinstance(repeats, int) and repeats >= 1):
-        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
-    runs = mlp_grid(steps) if runs is None else runs
-    dev = resolve_device(device)
-    say = print if verbose else (lambda *a, **k: None)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    chunks = plan_chunks(runs, 2**62)
+def _timed(fn, sync):
+    """``fn()`` and its wall time in seconds (after the device has finished)."""
+    t = time.perf_counter()
+    out = fn()
+    sync()
+    return out, time.perf_counter() - t
+
+
+def _one_round(runs, chunks, dev, sync, times: dict):
+    """Time the engine, the loop, vmap and the matmul floor once (appended to ``times``) and
+    return the final parameters of each side, (R, P) in the engine's run order."""
     r0 = runs[0]
     widths = [r0.d] + [r0.hidden] * (r0.depth - 1) + [r0.out_dim]
-    times: dict = {"engine": [], "loop": [], "vmap": [], "floor": []}
-    engine_p = loop_p = vmap_p = None
-    for rep in range(repeats):
-        times["floor"].append(mlp_floor_s(len(runs), r0.batch_size, widths, r0.out_dim, r0.steps, dev))
-        t = time.perf_counter()
-        results = [train_chunk(c, dev) for c in chunks]
-        sync()
-        times["engine"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        looped = [loop_one(r, dev) for r in runs]
-        sync()
-        times["loop"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        vm = [vmap_chunk(c, dev) for c in chunks]
-        sync()
-        times["vmap"].append(time.perf_counter() - t)
-        say(f"round {rep + 1}: engine {times['engine'][-1]:.2f} s, loop {times['loop'][-1]:.2f} s, "
-            f"vmap {times['vmap'][-1]:.2f} s, matmuls alone {times['floor'][-1]:.2f} s")
-        engine_p = torch.cat([_stacked_flat(res.state.model) for res in results])
-        vmap_p = torch.cat(vm)
-        order = [r.run_id for res in results for r in res.state.runs]
-        position = {r.run_id: i for i, r in enumerate(runs)}
-        loop_p = torch.stack(looped)[[position[i] for i in order]]
+    times["floor"].append(mlp_floor_s(len(runs), r0.batch_size, widths, r0.out_dim, r0.steps, dev))
+    results, t = _timed(lambda: [train_chunk(c, dev) for c in chunks], sync)
+    times["engine"].append(t)
+    looped, t = _timed(lambda: [loop_one(r, dev) for r in runs], sync)
+    times["loop"].append(t)
+    vm, t = _timed(lambda: [vmap_chunk(c, dev) for c in chunks], sync)
+    times["vmap"].append(t)
     ordered = [r for res in results for r in res.state.runs]
+    position = {r.run_id: i for i, r in enumerate(runs)}
+    engine_p = torch.cat([_stacked_flat(res.state.model) for res in results])
+    loop_p = torch.stack(looped)[[position[r.run_id] for r in ordered]]
+    return ordered, engine_p, loop_p, torch.cat(vm)
+
+
+def _differences(ordered, engine_p, loop_p, vmap_p) -> dict:
+    """Engine against the loop (runs at lr <= COMPARE_LR_MAX, and every run finite on both
+    sides) and against vmap."""
     small = torch.tensor([r.lr <= COMPARE_LR_MAX for r in ordered], device=engine_p.device)
     fin = lambda x: torch.isfinite(x).all(-1)  # noqa: E731
 
@@ -234,12 +229,31 @@ def run_mlp_bench(device: str = "auto", steps: int = 300, repeats: int = 3, verb
         r = (a[m] - b[m]).abs().amax(-1) / a[m].abs().amax(-1).clamp_min(1e-30)
         return float(r.max()) if m.any() else math.nan
 
-    med = {k: float(np.median(v)) for k, v in times.items()}
     mad, compared = diff(engine_p, loop_p, small)
     mad_all, compared_all = diff(engine_p, loop_p, torch.ones_like(small))
-    vmad, _ = diff(engine_p, vmap_p, small)
+    return {"max_abs_diff": mad, "runs_compared": compared, "compare_lr_max": COMPARE_LR_MAX,
+            "max_abs_diff_all_finite": mad_all, "runs_finite_both": compared_all,
+            "max_rel_diff_all_finite": rel(engine_p, loop_p),
+            "vmap_max_abs_diff": diff(engine_p, vmap_p, small)[0]}
+
+
+def run_mlp_bench(device: str = "auto", steps: int = 300, repeats: int = 3, verbose: bool = True,
+                  runs: list[RunConfig] | None = None) -> dict:
+    if not (isinstance(repeats, int) and repeats >= 1):
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+    runs = mlp_grid(steps) if runs is None else runs
+    dev = resolve_device(device)
+    say = print if verbose else (lambda *a, **k: None)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    chunks = plan_chunks(runs, 2**62)
+    times: dict = {"engine": [], "loop": [], "vmap": [], "floor": []}
+    for rep in range(repeats):
+        params = _one_round(runs, chunks, dev, sync, times)
+        say(f"round {rep + 1}: engine {times['engine'][-1]:.2f} s, loop {times['loop'][-1]:.2f} s, "
+            f"vmap {times['vmap'][-1]:.2f} s, matmuls alone {times['floor'][-1]:.2f} s")
+    med = {k: float(np.median(v)) for k, v in times.items()}
     out = {
-        "model": "mlp", "configs": len(runs), "steps": r0.steps, "optimizer": "sgd",
+        "model": "mlp", "configs": len(runs), "steps": runs[0].steps, "optimizer": "sgd",
         "engine_s": round(med["engine"], 4), "loop_s": round(med["loop"], 4), "vmap_s": round(med["vmap"], 4),
         "matmul_s": round(med["floor"], 4),
         "engine_s_all": [round(x, 4) for x in times["engine"]],
@@ -249,9 +263,7 @@ def run_mlp_bench(device: str = "auto", steps: int = 300, repeats: int = 3, verb
         "speedup": round(med["loop"] / med["engine"], 3),
         "vmap_speedup": round(med["vmap"] / med["engine"], 3),
         "floor_fraction": round(float(np.median([f / e for f, e in zip(times["floor"], times["engine"])])), 4),
-        "max_abs_diff": mad, "runs_compared": compared, "compare_lr_max": COMPARE_LR_MAX,
-        "max_abs_diff_all_finite": mad_all, "runs_finite_both": compared_all,
-        "max_rel_diff_all_finite": rel(engine_p, loop_p), "vmap_max_abs_diff": vmad,
+        **_differences(*params),
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "torch_threads": torch.get_num_threads(),
     }
