@@ -38,6 +38,12 @@ def _hold(folder: Path) -> SweepStore:
     return holder
 
 
+def _start_waiting(cmd: list[str], seconds: str) -> subprocess.Popen:
+    """``figures`` started with ``--wait seconds``, its output read as text."""
+    return subprocess.Popen(cmd + ["--wait", seconds], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+
+
 def _until_waiting(proc: subprocess.Popen) -> str:
     """Read the command's stderr up to its ``waiting`` line (what came before, if it ended)."""
     seen = []
@@ -69,8 +75,7 @@ def test_locked_results_folder_without_wait_exits_at_once_with_one_line(tmp_path
 def test_wait_proceeds_once_the_lock_is_released(tmp_path):
     cmd, folder, figs = _setup(tmp_path)
     holder = _hold(folder)
-    proc = subprocess.Popen(cmd + ["--wait", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV, cwd=ROOT)
+    proc = _start_waiting(cmd, "30")
     try:
         line = _until_waiting(proc)
         assert line.startswith(f"waiting up to 30 s for the process writing {str(folder)!r}"), line
@@ -88,8 +93,7 @@ def test_wait_proceeds_once_the_lock_is_released(tmp_path):
 def test_ctrl_c_while_waiting_ends_with_one_line_and_writes_nothing(tmp_path):
     cmd, folder, figs = _setup(tmp_path)
     holder = _hold(folder)
-    proc = subprocess.Popen(cmd + ["--wait", "600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV, cwd=ROOT)
+    proc = _start_waiting(cmd, "600")
     try:
         assert _until_waiting(proc).startswith("waiting up to 600 s")
         proc.send_signal(signal.SIGINT)
