@@ -143,8 +143,11 @@ def _add_bench_parser(sub) -> None:
                          "(default: sgd)")
     be.add_argument("--model", default="free", choices=("free", "mlp"),
                     help="free: free embeddings (default); mlp: the quick preset's MLP lr sweep "
-                         "shape against an nn.Sequential + torch.optim.SGD loop and a torch.func "
-                         "vmap ensemble (sgd only)")
+                         "shape against an nn.Sequential + torch.optim loop per configuration and "
+                         "(plain sgd) a torch.func vmap ensemble")
+    be.add_argument("--projector", default="",
+                    help="with --model mlp: a projector head's layer widths, such as 64,16 "
+                         "(default: none)")
     be.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     be.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
     be.add_argument("--repeats", type=int, default=3,
@@ -183,7 +186,10 @@ def _bench(args) -> int:
 
         if args.no_loop:
             raise SpecError("--no-loop is not available with --model mlp")
-        return main_bench_mlp(device, args.steps, args.repeats, parse_optimizers(args.optimizer))
+        return main_bench_mlp(device, args.steps, args.repeats, parse_optimizers(args.optimizer),
+                              args.projector)
+    if args.projector:
+        raise SpecError("--projector needs --model mlp (free embeddings have no projector)")
     return main_bench(device, args.steps, args.repeats, not args.no_loop, parse_optimizers(args.optimizer))
 
 

@@ -3,35 +3,37 @@ per-configuration loop and a ``torch.func`` vmap ensemble, in one process.
 
 The grid is the quick preset's lr sweep shape for NT-Xent (:func:`mlp_grid`): CLOP weight 0
 and 1, 8 learning rates from 1e-3 to 1e4 (log-spaced), 2 seeds = 32 configurations; MLP
-hidden 64, depth 3, out 16; mixture d = 16, k = 4, 128 points per class, batch 64, 300 steps;
-plain SGD (the only optimizer this bench takes).
+hidden 64, depth 3, out 16 (``--projector 64,16`` adds a projector head); mixture d = 16,
+k = 4, 128 points per class, batch 64, 300 steps; each optimizer of ``--optimizer`` with the
+settings of :data:`simulate.bench.OPTIMIZER_SETTINGS` (LARS: momentum 0.9, weight decay 1e-6).
 
-Three ways, alternating within each of ``repeats`` rounds (the JSON reports medians):
+Three ways, alternating within each of ``repeats`` rounds (the JSON reports medians), all
+reading the engine's own data, initial weights and minibatches
+(:mod:`simulate.mlp_references`):
 
-* ``engine``: :func:`simulate.engine.train_chunk` on the grid's chunks (CLOP off and on are
-  two programs), as ``python -m simulate bench`` times it for free embeddings;
-* ``loop``: one configuration at a time, one ``nn.Sequential`` (Linear/ReLU) per run and its
-  own ``torch.optim.SGD``, losses :func:`nt_xent` and :func:`clop_term` at R = 1. Its data,
-  initial weights and minibatches (indices, labels, augmentation noise) are the engine's own
-  for that run (``build_state([run])`` copied into the Sequential), so the two follow the same
-  trajectory up to float32 rounding. The loop stops a run at its first non-finite loss (the
-  engine freezes it); it does no evaluation;
-* ``vmap``: ``torch.func.stack_module_state`` over the same Sequentials, the forward as
-  ``vmap(functional_call)`` over the stacked parameters, the same batched losses, gradients by
-  ``torch.autograd.grad`` on the stacked parameters, SGD as ``p -= lr_r * g`` (no divergence
-  masking). The batches come from the engine's own stream (``build_state`` of each chunk).
-  (``vmap(grad(...))`` is not used: the cosine CLOP is a custom autograd Function without
-  vmap support.)
+* ``engine``: :func:`simulate.engine.train_chunk` on the grid's chunks, as ``python -m
+  simulate bench`` times it for free embeddings (evaluation at the first and last step
+  included);
+* ``loop``: one configuration at a time, one ``nn.Sequential`` per run and its own
+  ``torch.optim`` optimizer (:func:`simulate.bench.loop_optimizer`); no evaluation;
+* ``vmap``: ``torch.func.stack_module_state`` + ``vmap(functional_call)``, gradients by
+  autograd, ``p -= lr_r g``: plain SGD only (null for the other optimizers).
 
-JSON: ``engine_s``, ``loop_s``, ``vmap_s`` (medians) and ``*_all``; ``speedup`` =
+JSON (the first optimizer's record at the top level; every optimizer's under
+``optimizers``): ``engine_s``, ``loop_s``, ``vmap_s`` (medians) and ``*_all``; ``speedup`` =
 loop_s / engine_s; ``vmap_speedup`` = vmap_s / engine_s; ``floor_fraction`` = median over
-rounds of (the grid's batched matmuls of forward and backward alone, :func:`mlp_floor_s`) /
-engine time; ``max_abs_diff``: the largest |engine - loop| over the final parameters of the
-runs with lr <= 1 that stayed finite on both sides (``runs_compared``); at larger learning
-rates float32 rounding is amplified by the dynamics (or the runs diverge), so those are
-reported apart as ``max_abs_diff_all_finite`` over every run finite on both sides, and
-``max_rel_diff_all_finite``: per run max |engine - loop| / max |engine|, the largest.
-``vmap_max_abs_diff``: the same lr <= 1 comparison, vmap against engine.
+rounds of (the grid's batched matmuls of forward and backward alone,
+:func:`simulate.mlp_references.mlp_floor_s`) / engine time.
+
+Agreement, over the runs at lr <= :data:`COMPARE_LR_MAX` (``runs_compared``) that stayed
+finite on both sides: ``max_abs_diff`` = max |engine - loop| over their final parameters;
+``vmap_max_abs_diff`` likewise. Float32 rounding is amplified along some trajectories (a
+ReLU unit near zero flips one way or the other), so the bench also trains those runs with the
+engine in float64 and reports each float32 side's distance to it, ``f64_err_engine`` and
+``f64_err_loop``, and ``max_abs_diff_conditioned``: engine against loop over the runs whose
+float32 loop stays within :data:`CONDITIONED` of float64 (``runs_conditioned``), where float32
+determines the trajectory. Runs at larger rates: ``max_abs_diff_all_finite`` and
+``max_rel_diff_all_finite`` (per run max |engine - loop| / max |engine|, the largest).
 """
 
 from __future__ import annotations
@@ -42,149 +44,35 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 
+from .bench import OPTIMIZER_SETTINGS
 from .config import RunConfig, SpecError, expand
 from .engine import resolve_device, train_chunk
-from .engine.state import build_state, draw_batch
-from .losses import clop_term, nt_xent
+from .mlp_references import loop_one, mlp_floor_s, stacked_flat, vmap_chunk
 from .plan import plan_chunks
 
 #: learning rates at or below this are compared exactly (engine vs loop, engine vs vmap)
 COMPARE_LR_MAX = 1.0
+#: a run whose float32 loop ends within this of its float64 engine run is well conditioned
+CONDITIONED = 1e-4
 
 
-def mlp_grid(steps: int = 300, lrs=None, seeds=(0, 1), clop_weights=(0.0, 1.0)) -> list[RunConfig]:
-    """The quick preset's lr sweep shape (NT-Xent only), plain SGD."""
+def mlp_grid(steps: int = 300, lrs=None, seeds=(0, 1), clop_weights=(0.0, 1.0), optimizer: str = "sgd",
+             projector: str = "") -> list[RunConfig]:
+    """The quick preset's lr sweep shape (NT-Xent only) under ``optimizer`` (a name of
+    :data:`simulate.bench.OPTIMIZER_SETTINGS`), with the projector ``projector`` (widths
+    such as ``"64,16"``; ``""``: none)."""
+    if optimizer not in OPTIMIZER_SETTINGS:
+        raise SpecError(f"--optimizer must be one of {', '.join(OPTIMIZER_SETTINGS)}, got {optimizer!r}")
     lrs = [float(x) for x in np.geomspace(1e-3, 1e4, 8)] if lrs is None else [float(x) for x in lrs]
     return expand({
         "loss": "ntxent", "temperature": 0.5, "clop_weight": [float(c) for c in clop_weights],
         "lr": lrs, "seed": list(seeds), "model": "mlp", "hidden": 64, "depth": 3, "out_dim": 16,
+        "projector_dims": projector,
         "k": 4, "d": 16, "per_class": 128, "mean_scale": 2.0, "sigma": 1.0, "aug_sigma": 0.5,
         "label_fraction": 0.5, "batch_size": 64, "steps": steps, "log_every": steps,
-        "optimizer": "sgd",
+        "optimizer": optimizer.split("-")[0], **OPTIMIZER_SETTINGS[optimizer],
     })
-
-
-def sequential_from(model, r: int) -> nn.Sequential:
-    """Run ``r`` of a :class:`simulate.models.StackedMLP` (no batch norm, no projector) as an
-    ``nn.Sequential`` of Linear/ReLU with the same weights."""
-    layers: list[nn.Module] = []
-    last = len(model.weights) - 1
-    for i, (w, b) in enumerate(zip(model.weights, model.biases)):
-        lin = nn.Linear(w.shape[1], w.shape[2], device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(w[r].t())
-            lin.bias.copy_(b[r].reshape(-1))
-        layers.append(lin)
-        if i < last:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
-def _params_flat(seq: nn.Sequential) -> torch.Tensor:
-    """A Sequential's parameters in the StackedMLP's layout ((in, out) weights), flattened."""
-    out = []
-    for m in seq:
-        if isinstance(m, nn.Linear):
-            out += [m.weight.detach().t().reshape(-1), m.bias.detach().reshape(-1)]
-    return torch.cat(out)
-
-
-def _stacked_flat(model) -> torch.Tensor:
-    """(R, P) the StackedMLP's parameters in the same order as :func:`_params_flat`."""
-    R = model.weights[0].shape[0]
-    out = []
-    for w, b in zip(model.weights, model.biases):
-        out += [w.detach().reshape(R, -1), b.detach().reshape(R, -1)]
-    return torch.cat(out, 1)
-
-
-def loop_one(run: RunConfig, device) -> torch.Tensor:
-    """Train ``run`` alone: an nn.Sequential and torch.optim.SGD on the engine's data, init and
-    batches. Returns its final parameters, flattened."""
-    chunk = build_state([run], device)
-    seq = sequential_from(chunk.model, 0)
-    opt = torch.optim.SGD(seq.parameters(), lr=run.lr)
-    protos = chunk.prototypes
-    for _ in range(run.steps):
-        _, labels, v1, v2 = draw_batch(chunk)
-        z1, z2 = seq(v1[0]), seq(v2[0])
-        loss = nt_xent(z1, z2, run.temperature)
-        if protos is not None:
-            loss = loss + run.clop_weight * clop_term(z1, z2, labels[0], protos)
-        if not torch.isfinite(loss):
-            break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return _params_flat(seq)
-
-
-def vmap_chunk(runs: list[RunConfig], device) -> torch.Tensor:
-    """Train one chunk's runs as a torch.func ensemble; (R, P) final parameters."""
-    from torch.func import functional_call, stack_module_state
-
-    state = build_state(runs, device)
-    seqs = [sequential_from(state.model, r) for r in range(len(runs))]
-    params, buffers = stack_module_state(seqs)
-    base = sequential_from(state.model, 0).to("meta")
-    names = list(params)
-    tensors = [params[n] for n in names]
-    lr = state.lr
-    cw = state.clop_weight
-    tau = runs[0].temperature
-
-    def fmodel(p, b, x):
-        return functional_call(base, (p, b), (x,))
-
-    forward = torch.vmap(fmodel)
-    for _ in range(runs[0].steps):
-        _, labels, v1, v2 = draw_batch(state)
-        p = dict(zip(names, tensors))
-        z1, z2 = forward(p, buffers, v1), forward(p, buffers, v2)
-        loss = nt_xent(z1, z2, tau)
-        if state.prototypes is not None:
-            loss = loss + cw * clop_term(z1, z2, labels, state.prototypes)
-        grads = torch.autograd.grad(loss.sum(), tensors)
-        with torch.no_grad():
-            for t, g in zip(tensors, grads):
-                t.sub_(lr.view((-1,) + (1,) * (t.dim() - 1)) * g)
-    R = len(runs)
-    out = []
-    for n in names:
-        t = tensors[names.index(n)].detach()
-        out.append((t.transpose(1, 2) if t.dim() == 3 else t).reshape(R, -1))
-    return torch.cat(out, 1)
-
-
-def mlp_floor_s(runs: int, batch: int, widths, emb: int, steps: int, device) -> float:
-    """Wall time of the grid's batched matmuls alone, at its shapes, ``steps`` times: per layer
-    (in -> out) the forward ``(R, 2B, in) @ (R, in, out)``, the weight gradient
-    ``(R, in, 2B) @ (R, 2B, out)`` and (after the first layer) the input gradient
-    ``(R, 2B, out) @ (R, out, in)``; then the similarities ``(R, 2B, D) @ (R, D, 2B)`` and their
-    two backward matmuls ``(R, 2B, 2B) @ (R, 2B, D)``."""
-    rows = 2 * batch
-    ops = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        ops.append((torch.randn(runs, rows, a, device=device), torch.randn(runs, a, b, device=device)))
-        ops.append((torch.randn(runs, a, rows, device=device), torch.randn(runs, rows, b, device=device)))
-        if i > 0:
-            ops.append((torch.randn(runs, rows, b, device=device), torch.randn(runs, b, a, device=device)))
-    u = torch.randn(runs, rows, emb, device=device)
-    ops.append((u, torch.randn(runs, emb, rows, device=device)))
-    e = torch.randn(runs, rows, rows, device=device)
-    ops += [(e, u), (e, u)]
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for x, y in ops:
-        torch.bmm(x, y)
-    sync()
-    t = time.perf_counter()
-    for _ in range(steps):
-        for x, y in ops:
-            torch.bmm(x, y)
-    sync()
-    return time.perf_counter() - t
 
 
 def _timed(fn, sync):
@@ -195,34 +83,49 @@ def _timed(fn, sync):
     return out, time.perf_counter() - t
 
 
-def _one_round(runs, chunks, dev, sync, times: dict):
-    """Time the engine, the loop, vmap and the matmul floor once (appended to ``times``) and
-    return the final parameters of each side, (R, P) in the engine's run order."""
+def _one_round(runs, chunks, dev, sync, times: dict, vmap: bool):
+    """Time the engine, the loop, vmap (plain SGD) and the matmul floor once (appended to
+    ``times``) and return the runs in the engine's order and each side's final parameters
+    (R, P) in that order (None for vmap when it is not run)."""
     r0 = runs[0]
-    widths = [r0.d] + [r0.hidden] * (r0.depth - 1) + [r0.out_dim]
-    times["floor"].append(mlp_floor_s(len(runs), r0.batch_size, widths, r0.out_dim, r0.steps, dev))
+    widths = [r0.d] + [r0.hidden] * (r0.depth - 1) + [r0.out_dim] + list(r0.projector_widths)
+    times["floor"].append(mlp_floor_s(len(runs), r0.batch_size, widths, widths[-1], r0.steps, dev))
     results, t = _timed(lambda: [train_chunk(c, dev) for c in chunks], sync)
     times["engine"].append(t)
     looped, t = _timed(lambda: [loop_one(r, dev) for r in runs], sync)
     times["loop"].append(t)
-    vm, t = _timed(lambda: [vmap_chunk(c, dev) for c in chunks], sync)
-    times["vmap"].append(t)
+    vm = None
+    if vmap:
+        vm, t = _timed(lambda: torch.cat([vmap_chunk(c, dev) for c in chunks]), sync)
+        times["vmap"].append(t)
     ordered = [r for res in results for r in res.state.runs]
     position = {r.run_id: i for i, r in enumerate(runs)}
-    engine_p = torch.cat([_stacked_flat(res.state.model) for res in results])
+    engine_p = torch.cat([stacked_flat(res.state.model) for res in results])
     loop_p = torch.stack(looped)[[position[r.run_id] for r in ordered]]
-    return ordered, engine_p, loop_p, torch.cat(vm)
+    return ordered, engine_p, loop_p, vm
 
 
-def _differences(ordered, engine_p, loop_p, vmap_p) -> dict:
-    """Engine against the loop (runs at lr <= COMPARE_LR_MAX, and every run finite on both
-    sides) and against vmap."""
+def _float64_reference(ordered, dev) -> torch.Tensor:
+    """(R, P) the engine's final parameters in float64 for the runs at lr <= COMPARE_LR_MAX
+    (NaN rows for the others), in the order of ``ordered``."""
+    small = [r for r in ordered if r.lr <= COMPARE_LR_MAX]
+    out = {}
+    for chunk in plan_chunks(small, 2**62):
+        res = train_chunk(chunk, dev, dtype=torch.float64)
+        out.update({r.run_id: p for r, p in zip(res.state.runs, stacked_flat(res.state.model))})
+    width = next(iter(out.values())).shape[0] if out else 0
+    nan = torch.full((width,), math.nan, dtype=torch.float64, device=dev)
+    return torch.stack([out.get(r.run_id, nan) for r in ordered]) if ordered else torch.empty(0)
+
+
+def _differences(ordered, engine_p, loop_p, vmap_p, f64) -> dict:
+    """Engine against the loop, vmap and float64 (see the module docstring)."""
     small = torch.tensor([r.lr <= COMPARE_LR_MAX for r in ordered], device=engine_p.device)
     fin = lambda x: torch.isfinite(x).all(-1)  # noqa: E731
 
     def diff(a, b, mask):
         m = mask & fin(a) & fin(b)
-        return (float((a[m] - b[m]).abs().max()) if m.any() else math.nan), int(m.sum())
+        return (float((a[m].double() - b[m].double()).abs().max()) if m.any() else math.nan), int(m.sum())
 
     def rel(a, b):  # per run |a - b| / max |a|, over the runs finite on both sides
         m = fin(a) & fin(b)
@@ -231,51 +134,67 @@ def _differences(ordered, engine_p, loop_p, vmap_p) -> dict:
 
     mad, compared = diff(engine_p, loop_p, small)
     mad_all, compared_all = diff(engine_p, loop_p, torch.ones_like(small))
+    loop_err = (loop_p.double() - f64).abs().amax(-1)
+    conditioned = small & (loop_err <= CONDITIONED)
+    mad_c, n_c = diff(engine_p, loop_p, conditioned)
     return {"max_abs_diff": mad, "runs_compared": compared, "compare_lr_max": COMPARE_LR_MAX,
+            "max_abs_diff_conditioned": mad_c, "runs_conditioned": n_c,
+            "f64_err_engine": diff(engine_p, f64, small)[0], "f64_err_loop": diff(loop_p, f64, small)[0],
             "max_abs_diff_all_finite": mad_all, "runs_finite_both": compared_all,
             "max_rel_diff_all_finite": rel(engine_p, loop_p),
-            "vmap_max_abs_diff": diff(engine_p, vmap_p, small)[0]}
+            "vmap_max_abs_diff": math.nan if vmap_p is None else diff(engine_p, vmap_p, small)[0]}
+
+
+def _median(values):
+    return float(np.median(values)) if values else math.nan
 
 
 def run_mlp_bench(device: str = "auto", steps: int = 300, repeats: int = 3, verbose: bool = True,
-                  runs: list[RunConfig] | None = None) -> dict:
+                  runs: list[RunConfig] | None = None, optimizer: str = "sgd", projector: str = "") -> dict:
+    """One optimizer's record (see the module docstring); ``runs`` replaces the grid."""
     if not (isinstance(repeats, int) and repeats >= 1):
         raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
-    runs = mlp_grid(steps) if runs is None else runs
+    runs = mlp_grid(steps, optimizer=optimizer, projector=projector) if runs is None else runs
     dev = resolve_device(device)
     say = print if verbose else (lambda *a, **k: None)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     chunks = plan_chunks(runs, 2**62)
+    vmap = runs[0].optimizer == "sgd" and all(r.momentum == 0 and r.weight_decay == 0 for r in runs)
     times: dict = {"engine": [], "loop": [], "vmap": [], "floor": []}
     for rep in range(repeats):
-        params = _one_round(runs, chunks, dev, sync, times)
-        say(f"round {rep + 1}: engine {times['engine'][-1]:.2f} s, loop {times['loop'][-1]:.2f} s, "
-            f"vmap {times['vmap'][-1]:.2f} s, matmuls alone {times['floor'][-1]:.2f} s")
-    med = {k: float(np.median(v)) for k, v in times.items()}
+        params = _one_round(runs, chunks, dev, sync, times, vmap)
+        say(f"{optimizer} round {rep + 1}: engine {times['engine'][-1]:.2f} s, loop {times['loop'][-1]:.2f} s, "
+            + (f"vmap {times['vmap'][-1]:.2f} s, " if vmap else "")
+            + f"matmuls alone {times['floor'][-1]:.2f} s")
+    med = {k: _median(v) for k, v in times.items()}
     out = {
-        "model": "mlp", "configs": len(runs), "steps": runs[0].steps, "optimizer": "sgd",
-        "engine_s": round(med["engine"], 4), "loop_s": round(med["loop"], 4), "vmap_s": round(med["vmap"], 4),
-        "matmul_s": round(med["floor"], 4),
-        "engine_s_all": [round(x, 4) for x in times["engine"]],
-        "loop_s_all": [round(x, 4) for x in times["loop"]],
-        "vmap_s_all": [round(x, 4) for x in times["vmap"]],
-        "matmul_s_all": [round(x, 4) for x in times["floor"]],
+        "model": "mlp", "configs": len(runs), "steps": runs[0].steps, "optimizer": optimizer,
+        "projector": runs[0].projector_dims, "chunks": len(chunks),
+        "engine_s": round(med["engine"], 4), "loop_s": round(med["loop"], 4),
+        "vmap_s": round(med["vmap"], 4) if vmap else None, "matmul_s": round(med["floor"], 4),
+        **{f"{k}_s_all": [round(x, 4) for x in times[k if k != "matmul" else "floor"]]
+           for k in ("engine", "loop", "vmap", "matmul")},
         "speedup": round(med["loop"] / med["engine"], 3),
-        "vmap_speedup": round(med["vmap"] / med["engine"], 3),
-        "floor_fraction": round(float(np.median([f / e for f, e in zip(times["floor"], times["engine"])])), 4),
-        **_differences(*params),
+        "vmap_speedup": round(med["vmap"] / med["engine"], 3) if vmap else None,
+        "floor_fraction": round(_median([f / e for f, e in zip(times["floor"], times["engine"])]), 4),
+        **_differences(*params, _float64_reference(params[0], dev)),
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "torch_threads": torch.get_num_threads(),
     }
     say(f"{'method':<8} {'median s':>10} {'vs engine':>10}")
-    for name in ("engine", "loop", "vmap"):
-        say(f"{name:<8} {med[name]:>10.3f} {med[name] / med['engine']:>10.2f}x")
-    say(f"{'matmuls':<8} {med['floor']:>10.3f} {med['floor'] / med['engine']:>10.2f}x")
+    for name in ("engine", "loop", "vmap", "floor"):
+        if times[name]:
+            say(f"{'matmuls' if name == 'floor' else name:<8} {med[name]:>10.3f} {med[name] / med['engine']:>10.2f}x")
     return out
 
 
-def main_bench_mlp(device, steps: int, repeats: int = 3, optimizers=("sgd",)) -> int:
-    if list(optimizers) != ["sgd"]:
-        raise SpecError(f"--model mlp takes only --optimizer sgd, got {','.join(optimizers)!r}")
-    print(json.dumps(run_mlp_bench(device, steps, repeats)))
+def main_bench_mlp(device, steps: int, repeats: int = 3, optimizers=("sgd",), projector: str = "") -> int:
+    names = list(dict.fromkeys(optimizers))
+    for name in names:  # every name is checked before anything runs
+        try:
+            mlp_grid(1, optimizer=name, projector=projector)
+        except SpecError as exc:
+            raise SpecError(str(exc).replace("projector_dims", "--projector", 1)) from None
+    per = {name: run_mlp_bench(device, steps, repeats, optimizer=name, projector=projector) for name in names}
+    print(json.dumps({**per[names[0]], "optimizers": per}))
     return 0

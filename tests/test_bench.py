@@ -47,15 +47,44 @@ def test_mlp_bench_engine_equals_the_sequential_loop_at_small_lr():
     runs = mlp_grid(5, lrs=[1e-2], seeds=[0])  # CLOP weight 0 and 1: 2 configurations
     assert len(runs) == 2 and {r.model for r in runs} == {"mlp"}
     out = run_mlp_bench("cpu", 5, 1, verbose=False, runs=runs)
-    for key in ("speedup", "vmap_speedup", "floor_fraction", "max_abs_diff", "engine_s", "loop_s", "vmap_s"):
+    for key in ("speedup", "vmap_speedup", "floor_fraction", "max_abs_diff", "engine_s", "loop_s", "vmap_s",
+                "f64_err_engine", "f64_err_loop", "max_abs_diff_conditioned"):
         assert math.isfinite(out[key]), (key, out[key])
-    assert out["runs_compared"] == 2
-    # the engine against an independent reference: nn.Sequential + torch.optim.SGD per run
+    assert out["runs_compared"] == 2 and out["runs_conditioned"] == 2
+    # the engine against independent references: nn.Sequential + torch.optim.SGD per run, a
+    # torch.func ensemble, and the engine itself in float64
     assert out["max_abs_diff"] < 1e-4 and out["vmap_max_abs_diff"] < 1e-4
+    assert out["f64_err_engine"] < 1e-5 and out["f64_err_loop"] < 1e-5
 
 
-def test_mlp_bench_refuses_other_optimizers():
+@pytest.mark.parametrize("optimizer", ["sgd-momentum", "lars", "adam"])
+def test_mlp_bench_other_optimizers_and_projector_equal_their_loop(optimizer):
+    """Every optimizer, with a projector head: the engine against nn.Sequential + its
+    torch.optim optimizer (the per-configuration LARS for lars); no vmap ensemble there."""
+    from simulate.bench_mlp import mlp_grid, run_mlp_bench
+
+    runs = mlp_grid(5, lrs=[1e-2, 0.1], seeds=[0], optimizer=optimizer, projector="8,4")
+    assert {r.projector_dims for r in runs} == {"8,4"}
+    out = run_mlp_bench("cpu", 5, 1, verbose=False, runs=runs, optimizer=optimizer)
+    assert out["runs_compared"] == 4 and out["vmap_s"] is None and out["vmap_speedup"] is None
+    if optimizer == "adam":
+        # Adam moves a coordinate with a tiny gradient by about lr whatever its size, so float32
+        # rounding shows at 1e-4 on both sides (engine 4.5e-4, loop 4.7e-4 from float64 here):
+        # the engine must be as close to float64 as the loop is
+        assert out["max_abs_diff"] < 5e-3, out["max_abs_diff"]
+        assert out["f64_err_engine"] < 2 * out["f64_err_loop"] + 1e-6
+    else:
+        assert out["max_abs_diff"] < 1e-4, out["max_abs_diff"]
+        assert out["f64_err_engine"] < 1e-4 and out["f64_err_loop"] < 1e-4
+
+
+def test_mlp_bench_refuses_bad_options_in_one_line():
     env_root = Path(__file__).resolve().parents[1]
-    bad = subprocess.run([sys.executable, "-m", "simulate", "bench", "--model", "mlp", "--optimizer", "adam"],
-                         capture_output=True, text=True, cwd=env_root, timeout=120)
-    assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+    cases = [(["--model", "mlp", "--optimizer", "rmsprop"], "--optimizer"),
+             (["--model", "mlp", "--projector", "64,x"], "--projector"),
+             (["--projector", "64,16"], "--projector needs --model mlp")]
+    for args, needle in cases:
+        bad = subprocess.run([sys.executable, "-m", "simulate", "bench", *args],
+                             capture_output=True, text=True, cwd=env_root, timeout=120)
+        assert bad.returncode == 2 and needle in bad.stderr and "Traceback" not in bad.stderr, (args, bad.stderr)
+        assert len(bad.stderr.strip().splitlines()) == 1

@@ -9,6 +9,7 @@ be there and equal; the new ones are checked by the tests of what they hold."""
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from simulate.engine import TRAJECTORY_VERSION
@@ -52,8 +53,18 @@ def test_pinned_spec_gives_the_stored_table(tmp_path):
     assert set(want.columns) <= set(got.columns), sorted(set(want.columns) - set(got.columns))
     got = got[list(want.columns)]
     floats = [c for c in want.columns if want[c].dtype.kind == "f"]
-    pd.testing.assert_frame_equal(got.drop(columns=floats), want.drop(columns=floats), check_exact=True)
+    # spectra: a list of floats per row (None where not logged), compared as floats
+    lists = [c for c in want.columns if want[c].map(lambda v: v is not None and not isinstance(v, str)
+                                                    and hasattr(v, "__len__")).any()]
+    tolerant = floats + lists
+    pd.testing.assert_frame_equal(got.drop(columns=tolerant), want.drop(columns=tolerant), check_exact=True)
     pd.testing.assert_frame_equal(got[floats], want[floats], rtol=RTOL, atol=1e-7)
+    for c in lists:
+        for i, (g, w) in enumerate(zip(got[c], want[c])):
+            assert (g is None) == (w is None), (c, i)
+            if w is not None:
+                np.testing.assert_allclose(np.asarray(g, float), np.asarray(w, float), rtol=RTOL, atol=1e-7,
+                                           err_msg=f"{c}, row {i}")
 
 
 def test_pinned_runs_are_well_conditioned():
@@ -61,7 +72,6 @@ def test_pinned_runs_are_well_conditioned():
     trained in float32 must agree with itself trained in float64 to half of it. A run that
     diverges or grows without bound amplifies a BLAS's last bits past any fixed tolerance and
     makes the stored table depend on the CPU that wrote it."""
-    import numpy as np
     import torch
 
     from simulate.config import expand

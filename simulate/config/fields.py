@@ -128,12 +128,11 @@ class RunConfig:
     # ------------------------------------------------------------------ derived
     @property
     def fused_step(self) -> bool:
-        """Whether the engine takes this run's gradient from the fused NT-Xent + CLOP pass
-        (free embeddings, NT-Xent on unit rows, cosine CLOP; any optimizer): there a zero CLOP
-        weight adds exact zeros, so runs with and without CLOP may share a chunk and keep
-        their numbers."""
-        return (self.model == "free" and self.loss == "ntxent" and self.update_mode in ("free", "sphere")
-                and self.distance == "cosine")
+        """Whether the engine takes this run's gradient with respect to its embeddings from
+        the fused NT-Xent + CLOP pass (free embeddings or an MLP's output, NT-Xent on unit
+        rows, cosine CLOP; any optimizer): there a zero CLOP weight adds exact zeros, so runs
+        with and without CLOP may share a chunk and keep their numbers."""
+        return self.loss == "ntxent" and self.update_mode in ("free", "sphere") and self.distance == "cosine"
 
     @property
     def table_rule(self) -> str:

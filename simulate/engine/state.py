@@ -114,22 +114,29 @@ def build_state(runs: list[RunConfig], device: torch.device, dtype=torch.float32
                       f("beta1"), f("beta2"), f("eps"))
 
 
-def draw_batch(state: ChunkState):
-    """Indices (R, B), labels (R, B) and the two views (None for free embeddings) of this
-    step for every run."""
+def draw_views(state: ChunkState):
+    """Indices (R, B), labels (R, B) and this step's two views of every run as one block
+    ``[v1; v2]`` (R, 2B, d), the losses' layout (None for free embeddings)."""
     idx, labels, noise, signs = state.stream.next()
     if noise is None:
+        return idx, labels, None
+    R, B = idx.shape
+    n, d = state.x_train.shape[1:]
+    rows = (idx + n * torch.arange(R, device=idx.device)[:, None]).reshape(-1)
+    x = state.x_train.reshape(R * n, d).index_select(0, rows).view(R, 1, B, d)
+    if state.stream.shifts is not None:  # digits: shift each image (background fill), then add the noise
+        x = shift_images(x.expand(-1, 2, -1, -1), state.stream.shifts, background_value())
+    return idx, labels, augment(x, noise, signs).view(R, 2 * B, d)
+
+
+def draw_batch(state: ChunkState):
+    """Indices (R, B), labels (R, B) and the two views (None for free embeddings) of this
+    step for every run (:func:`draw_views`, split)."""
+    idx, labels, views = draw_views(state)
+    if views is None:
         return idx, labels, None, None
-    x = torch.gather(state.x_train, 1, idx[..., None].expand(-1, -1, state.x_train.shape[-1]))
-    shifts = state.stream.shifts
-    if shifts is not None:  # digits: shift each image (background fill), then add the noise
-        fill = background_value()
-        v1 = augment(shift_images(x, shifts[:, 0], fill), noise[:, 0])
-        v2 = augment(shift_images(x, shifts[:, 1], fill), noise[:, 1])
-        return idx, labels, v1, v2
-    v1 = augment(x, noise[:, 0], None if signs is None else signs[:, 0])
-    v2 = augment(x, noise[:, 1], None if signs is None else signs[:, 1])
-    return idx, labels, v1, v2
+    b = idx.shape[1]
+    return idx, labels, views[:, :b], views[:, b:]
 
 
 def forward_views(state: ChunkState, idx, v1, v2):

@@ -23,8 +23,9 @@ from ..cli import check_device_here, parse_device
 from ..config import RunConfig, is_logged
 from ..models import FreeEmbeddings
 from .evaluate import METRIC_COLUMNS, SPECTRUM_COLUMNS, evaluate, final_embeddings, spectrum_logged
-from .objective import base_loss_fn, objective
-from .state import ChunkState, build_state, draw_batch, forward_views
+from .objective import base_loss_fn
+from .mlp_step import MLPStep
+from .state import ChunkState, build_state, draw_views
 from .optimizers import StackedOptimizer, relative_change
 from .table import TableStep
 
@@ -87,20 +88,15 @@ def logged_rows(runs, step: int, ev: dict, diverged_step: torch.Tensor, last_los
     return rows
 
 
-def dense_step(state: ChunkState, loss_fn, optimizer: StackedOptimizer, batch, alive: torch.Tensor,
-               step: int):
-    """Update ``step`` of an encoder: the objective of the ``batch`` (indices, labels, the two
-    views) through autograd, then the chunk's optimizer (and back to the sphere for the
-    sphere modes). Returns (per-run loss, per-run mask of the runs updated)."""
-    idx, labels, v1, v2 = batch
-    z1, z2 = forward_views(state, idx, v1, v2)
-    loss = objective(state, loss_fn, torch.cat([z1, z2], 1), labels)
-    finite = torch.isfinite(loss)
-    total = torch.where(alive & finite, loss, torch.zeros_like(loss)).sum()
-    grads = torch.autograd.grad(total, optimizer.params)
+def encoder_step(state: ChunkState, mlp: MLPStep, optimizer: StackedOptimizer, batch, alive: torch.Tensor,
+                 step: int, value: bool = True):
+    """Update ``step`` of an encoder: the objective's gradients on ``batch`` (indices, labels,
+    the views ``[v1; v2]``, :func:`simulate.engine.state.draw_views`) by :class:`MLPStep`,
+    then the chunk's optimizer. Returns (per-run loss, or None when ``value`` is False and
+    the fused pass skips it; per-run mask of the runs updated)."""
+    _, labels, views = batch
+    loss, grads, finite = mlp(views, labels, alive, value)
     ok = optimizer.step(grads, alive & finite, step)
-    if state.runs[0].update_mode != "free":
-        state.model.renormalise_()
     return loss, ok
 
 
@@ -119,7 +115,9 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
     r0, R = runs[0], len(runs)
     loss_fn = base_loss_fn(r0)
     params = list(state.model.parameters())
-    table = TableStep(state, loss_fn, r0.update_mode != "free") if isinstance(state.model, FreeEmbeddings) else None
+    free = isinstance(state.model, FreeEmbeddings)
+    table = TableStep(state, loss_fn, r0.update_mode != "free") if free else None
+    mlp = None if free else MLPStep(state, loss_fn)
     # the table step's optimizer takes its own schedule; the sparse step and encoders read it here
     optimizer = (None if table is not None and table.optimizer is not None
                  else StackedOptimizer(state, list(state.model.named_parameters())))
@@ -143,7 +141,7 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
 
     log(0, True)
     for step in range(1, r0.steps + 1):
-        idx, labels, v1, v2 = draw_batch(state)
+        idx, labels, views = draw_views(state)
         logged = is_logged(step, r0.steps, r0.log_every)
         if table is not None:
             loss, ok = table(labels, alive, step, lr=None if optimizer is None else optimizer.lr_at(step),
@@ -151,7 +149,7 @@ def train_chunk(runs: list[RunConfig], device: str | torch.device = "cpu", dtype
             if logged:
                 table.sync()  # the metrics read the weight
         else:
-            loss, ok = dense_step(state, loss_fn, optimizer, (idx, labels, v1, v2), alive, step)
+            loss, ok = encoder_step(state, mlp, optimizer, (idx, labels, views), alive, step, value=logged)
         diverged_step.copy_(torch.where(alive & ~ok, step, diverged_step))
         alive = alive & ok
         if loss is not None:
