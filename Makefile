@@ -58,7 +58,7 @@ bench: $(CORE)
 ## build of torch and the core dependencies (GPU_PYTHON, default python3; no .venv)
 GPU_PYTHON ?= python3
 gpu-check:
-	PYTHONPATH=. $(GPU_PYTHON) -m pytest -q -p no:cacheprovider -k cuda tests/test_losses.py tests/test_train.py
+	PYTHONPATH=. $(GPU_PYTHON) -m pytest -q -p no:cacheprovider -k cuda tests/test_losses.py tests/test_train.py tests/test_mlp_step.py
 	PYTHONPATH=. $(GPU_PYTHON) -m simulate bench --device cuda
 
 ## make lab: open the notebooks in JupyterLab (on 127.0.0.1, with a token; the jupytext

@@ -14,11 +14,11 @@ SMALL = dict(model="mlp", k=3, d=5, per_class=8, batch_size=6, hidden=7, depth=3
              steps=4, log_every=4, label_fraction=0.5)
 
 
-def _chunk(loss, clop, batch_norm, projector, dtype=torch.float64, **kw):
+def _chunk(loss, clop, batch_norm, projector, dtype=torch.float64, device=torch.device("cpu"), **kw):
     runs = [RunConfig(**{**SMALL, "loss": loss, "clop_weight": c, "batch_norm": batch_norm,
                          "projector_dims": projector, "seed": s, **kw})
             for s, c in ((0, clop), (1, clop), (2, 0.5 * clop))]
-    return build_state(runs, torch.device("cpu"), dtype)
+    return build_state(runs, device, dtype)
 
 
 def _autograd(state, loss_fn, batch):
@@ -70,3 +70,20 @@ def test_nonfinite_loss_is_reported_per_run():
     _, grads, finite = MLPStep(state, base_loss_fn(state.runs[0]))(torch.cat(batch[2:], 1), batch[1], alive)
     assert finite.tolist() == [True, False, True]
     assert torch.isfinite(grads[0][0]).all() and torch.isfinite(grads[0][2]).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+@pytest.mark.parametrize("loss", ["ntxent", "vicreg"])
+def test_cuda_gradients_equal_cpu(loss):
+    """The hand-written backward on CUDA (float64) against the CPU's, batch norm and projector on:
+    both chunks draw the same batch (each run's generator lives on the CPU)."""
+    sides = []
+    for device in ("cpu", "cuda"):
+        state = _chunk(loss, 0.7, True, "6,3", device=torch.device(device))
+        _, labels, v1, v2 = draw_batch(state)
+        alive = torch.ones(len(state.runs), dtype=torch.bool, device=device)
+        sides.append(MLPStep(state, base_loss_fn(state.runs[0]))(torch.cat([v1, v2], 1), labels, alive))
+    (want_loss, want, _), (got_loss, got, _) = sides
+    torch.testing.assert_close(got_loss.cpu(), want_loss, rtol=1e-10, atol=1e-12)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.cpu(), w, rtol=1e-9, atol=1e-11)

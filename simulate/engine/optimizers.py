@@ -201,9 +201,10 @@ def relative_change(params, previous) -> torch.Tensor:
 
 
 def finite_per_run(tensors, runs: int) -> torch.Tensor:
-    """Per-run finiteness, via one sum per tensor (a NaN or inf anywhere makes the sum
-    non-finite; so does a finite sum that overflows, which only happens to runaway runs)."""
-    ok = torch.ones(runs, dtype=torch.bool, device=tensors[0].device)
-    for t in tensors:
-        ok &= torch.isfinite(t.reshape(runs, -1).sum(1))
-    return ok
+    """Per-run finiteness, via one sum per run over all tensors (a NaN or inf anywhere makes
+    the sum non-finite; so does a finite sum that overflows, which only happens to runaway
+    runs)."""
+    total = tensors[0].reshape(runs, -1).sum(1)
+    for t in tensors[1:]:
+        total = total + t.reshape(runs, -1).sum(1)
+    return torch.isfinite(total)
