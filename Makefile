@@ -60,6 +60,7 @@ GPU_PYTHON ?= python3
 gpu-check:
 	PYTHONPATH=. $(GPU_PYTHON) -m pytest -q -p no:cacheprovider -k cuda tests/test_losses.py tests/test_train.py tests/test_mlp_step.py
 	PYTHONPATH=. $(GPU_PYTHON) -m simulate bench --device cuda
+	PYTHONPATH=. $(GPU_PYTHON) -m simulate bench --model mlp --device cuda --optimizer sgd,lars
 
 ## make lab: open the notebooks in JupyterLab (on 127.0.0.1, with a token; the jupytext
 ## extension opens the .py notebooks: Open With -> Notebook). tests/test_notebooks.py runs them

@@ -30,7 +30,8 @@ finite on both sides: ``max_abs_diff`` = max |engine - loop| over their final pa
 ``vmap_max_abs_diff`` likewise. Float32 rounding is amplified along some trajectories (a
 ReLU unit near zero flips one way or the other), so the bench also trains those runs with the
 engine in float64 and reports each float32 side's distance to it, ``f64_err_engine`` and
-``f64_err_loop``, and ``max_abs_diff_conditioned``: engine against loop over the runs whose
+``f64_err_loop`` (the largest over the runs; ``*_median`` the median), and
+``max_abs_diff_conditioned``: engine against loop over the runs whose
 float32 loop stays within :data:`CONDITIONED` of float64 (``runs_conditioned``), where float32
 determines the trajectory. Runs at larger rates: ``max_abs_diff_all_finite`` and
 ``max_rel_diff_all_finite`` (per run max |engine - loop| / max |engine|, the largest).
@@ -135,11 +136,15 @@ def _differences(ordered, engine_p, loop_p, vmap_p, f64) -> dict:
     mad, compared = diff(engine_p, loop_p, small)
     mad_all, compared_all = diff(engine_p, loop_p, torch.ones_like(small))
     loop_err = (loop_p.double() - f64).abs().amax(-1)
+    engine_err = (engine_p.double() - f64).abs().amax(-1)
     conditioned = small & (loop_err <= CONDITIONED)
     mad_c, n_c = diff(engine_p, loop_p, conditioned)
+    both = small & torch.isfinite(loop_err) & torch.isfinite(engine_err)
+    median = lambda x: float(x[both].median()) if both.any() else math.nan  # noqa: E731
     return {"max_abs_diff": mad, "runs_compared": compared, "compare_lr_max": COMPARE_LR_MAX,
             "max_abs_diff_conditioned": mad_c, "runs_conditioned": n_c,
             "f64_err_engine": diff(engine_p, f64, small)[0], "f64_err_loop": diff(loop_p, f64, small)[0],
+            "f64_err_engine_median": median(engine_err), "f64_err_loop_median": median(loop_err),
             "max_abs_diff_all_finite": mad_all, "runs_finite_both": compared_all,
             "max_rel_diff_all_finite": rel(engine_p, loop_p),
             "vmap_max_abs_diff": math.nan if vmap_p is None else diff(engine_p, vmap_p, small)[0]}
