@@ -59,7 +59,7 @@ def parse_seconds(text, name: str = "--wait") -> float:
     except (TypeError, ValueError):
         value = math.nan
     if not (math.isfinite(value) and value >= 0):
-        raise SpecError(f"{name} must be a number of seconds >= 0, got {text!r}")
+        raise SpecError(f"{name} must be a finite number of seconds >= 0, got {text!r}")
     return value
 
 

@@ -194,13 +194,13 @@ def test_figures_agreement_steps(steps):
     assert done.stdout == ""
 
 
-@pytest.mark.parametrize("wait", ["-1", "abc", "nan", ""])
+@pytest.mark.parametrize("wait", ["-1", "abc", "nan", "", "inf"])
 def test_wait_must_be_seconds(tmp_path, wait):
     done = cli("figures", "--only", "maps", "--out", tmp_path / "figs", f"--wait={wait}")
-    refused(done, "--wait must be a number of seconds >= 0", repr(wait))
+    refused(done, "--wait must be a finite number of seconds >= 0", repr(wait))
     assert done.stdout == "" and not (tmp_path / "figs").exists()
     done = sweep(spec_file(tmp_path, TINY_YAML), tmp_path / "out", f"--wait={wait}")
-    refused(done, "--wait must be a number of seconds >= 0", repr(wait))
+    refused(done, "--wait must be a finite number of seconds >= 0", repr(wait))
     assert not (tmp_path / "out").exists()
 
 

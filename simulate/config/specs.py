@@ -183,7 +183,8 @@ def expand(spec: dict) -> list[RunConfig]:
     axes = {k: (v if isinstance(v, list) else [v]) for k, v in spec.items()}
     for k, v in axes.items():
         if not v:
-            raise SpecError(f"{k} must not be an empty list")
+            raise SpecError(f"{k} must be a value or a non-empty list of values (a grid axis), "
+                            f"got an empty list")
     names = list(axes)
     runs, seen = [], set()
     for combo in itertools.product(*(axes[n] for n in names)):
