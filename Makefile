@@ -58,7 +58,7 @@ bench: $(CORE)
 ## build of torch and the core dependencies (GPU_PYTHON, default python3; no .venv)
 GPU_PYTHON ?= python3
 gpu-check:
-	PYTHONPATH=. $(GPU_PYTHON) -m pytest -q -p no:cacheprovider -k cuda tests/test_losses.py tests/test_train.py tests/test_mlp_step.py
+	PYTHONPATH=. $(GPU_PYTHON) -m pytest -q -p no:cacheprovider -k cuda tests/test_losses.py tests/test_train.py tests/test_mlp_step.py tests/test_encoder_onset.py
 	PYTHONPATH=. $(GPU_PYTHON) -m simulate bench --device cuda
 	PYTHONPATH=. $(GPU_PYTHON) -m simulate bench --model mlp --device cuda --optimizer sgd,lars
 
