@@ -1,6 +1,7 @@
 """Figures that draw a prediction over what is simulated: trajectories at multiples of the
 critical rate and of the predicted onset of collapse, the phase diagrams with the predicted
-onset (:mod:`simulate.stability`) and the claims' edges, and the free mode's norm identity.
+onsets of complete and dimensional collapse (:mod:`simulate.stability`, where one is
+predicted) and the claims' edges, and the free mode's norm identity.
 
 Builders take ``data`` as in :mod:`figures.sweep_figures` (those drawn from theory and direct
 simulation alone ignore it) and return the figure and a :class:`Table` of the plotted numbers.
@@ -102,7 +103,7 @@ def _predicted_curve(claim, sim, eta, start, n):
 
 
 def build_phase_diagram(data):
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 5.6))
     rows: list = []
     _phase_tau_panel(fig, a1, final_rows(data["phase_tau"]), rows)
     _phase_clop_panel(fig, a2, final_rows(data["phase_clop"]), rows)
@@ -111,9 +112,8 @@ def build_phase_diagram(data):
 
 
 def _phase_tau_panel(fig, a1, tau_df, rows):
-    """Final effective rank over (eta, tau) with the predicted onset and claim rank1_cycle's edge."""
-    from simulate.stability import predict_onset
-
+    """Final effective rank over (eta, tau) with the predicted onsets (complete and
+    dimensional collapse) and claim rank1_cycle's edge."""
     piv = tau_df.pivot_table(index="temperature", columns="lr", values="effective_rank", aggfunc="mean")
     im = a1.pcolormesh(_edges(piv.columns), _edges(piv.index), piv.to_numpy(), cmap="viridis", shading="flat")
     fig.colorbar(im, ax=a1, label="final effective rank")
@@ -122,10 +122,8 @@ def _phase_tau_panel(fig, a1, tau_df, rows):
     taus = np.geomspace(piv.index.min(), piv.index.max(), 60)
     r0 = tau_df.iloc[0]
     runs = [_phase_run(r0, temperature=float(t)) for t in taus]
-    onset = np.array([predict_onset(r) for r in runs])
-    a1.plot(np.where(np.isfinite(onset), onset, np.nan), taus, "r-", lw=1.8,
-            label="predicted onset of collapse (simulate.stability)")
-    rows += [("predicted_onset", float(t), float(v), math.nan) for t, v in zip(taus, onset)]
+    for key, onset in _draw_onsets(a1, runs, taus).items():
+        rows += [(key, float(t), float(v), math.nan) for t, v in zip(taus, onset)]
     if r0["loss"] == "ntxent" and r0["update_mode"] == "sphere_raw" and float(r0["clop_weight"]) == 0:
         # claim rank1_cycle holds here (NT-Xent, raw-gradient steps, no CLOP): +-u* with n = B
         # per side attracts above it (mean over 2B anchors: 2B times the claim's rate), where
@@ -136,14 +134,43 @@ def _phase_tau_panel(fig, a1, tau_df, rows):
     a1.set_xlim(piv.columns.min() / 1.8, piv.columns.max() * 1.8)
     a1.set_xlabel(r"learning rate $\eta$"), a1.set_ylabel(r"temperature $\tau$")
     a1.set_title("NT-Xent, free embeddings, unprojected updates", fontsize=9)
-    a1.legend(fontsize=7, loc="lower left")
+    _legend_below(a1)
     rows += [("tau", t, lr, float(piv.loc[t, lr])) for t in piv.index for lr in piv.columns]
 
 
-def _phase_clop_panel(fig, a2, lam_df, rows):
-    """Final effective rank over (eta, lambda) with claim anchor_map's edge and the predicted onset."""
-    from simulate.stability import predict_onset
+#: how the predicted onsets are drawn: table key, level, style, legend label
+ONSET_STYLES = (
+    ("predicted_onset", "complete", dict(color="r", ls="-", lw=1.8),
+     "predicted onset, complete collapse (rank <= 1.5)"),
+    ("predicted_dimensional_onset", "dimensional", dict(color="orange", ls="--", lw=1.8),
+     "predicted onset, dimensional collapse (rank <= half the reference)"),
+)
 
+
+def _draw_onsets(ax, runs, ys, marker=None) -> dict:
+    """The predicted onset of each level of :data:`ONSET_STYLES` for ``runs``, drawn at
+    heights ``ys`` where it is finite (none, infinite, or not predicted, NaN: not drawn; a
+    level with no finite value gets no line and no legend entry). Returns key -> onsets."""
+    from simulate.stability import predict_level_onset
+
+    out = {}
+    for key, level, style, label in ONSET_STYLES:
+        onset = np.array([predict_level_onset(r, level) for r in runs], dtype=float)
+        out[key] = onset
+        if np.isfinite(onset).any():
+            ax.plot(np.where(np.isfinite(onset), onset, np.nan), ys, marker=marker, ms=5,
+                    label=label, **style)
+    return out
+
+
+def _legend_below(ax):
+    """The legend under the axes, on grey (the claims' edges are drawn in white)."""
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), facecolor="0.75")
+
+
+def _phase_clop_panel(fig, a2, lam_df, rows):
+    """Final effective rank over (eta, lambda) with claim anchor_map's edge and the predicted
+    onsets (CLOP: no complete collapse, +-u* is not a fixed point; dimensional not predicted)."""
     piv2 = lam_df.pivot_table(index="clop_weight", columns="lr", values="effective_rank", aggfunc="mean")
     rank_of = np.arange(len(piv2.index) + 1) - 0.5  # lambda as equally spaced categories
     im2 = a2.pcolormesh(_edges(piv2.columns), rank_of, piv2.to_numpy(), cmap="viridis", shading="flat")
@@ -159,27 +186,42 @@ def _phase_clop_panel(fig, a2, lam_df, rows):
     pos = [list(piv2.index).index(v) for v in lams]
     a2.plot(anchor, pos, "w--", marker="o", ms=3, lw=1.2,
             label=r"prototype pull unstable above (claim anchor_map, $\eta\lambda/2m = 2$)")
-    onset2 = [predict_onset(_phase_run(c0, clop_weight=float(v))) for v in piv2.index]
+    runs = [_phase_run(c0, clop_weight=float(v)) for v in piv2.index]
+    onsets = _draw_onsets(a2, runs, np.arange(len(runs)), marker="o")
     rows += [("anchor_edge", float(v), float(e), math.nan) for v, e in zip(lams, anchor)]
-    rows += [("predicted_onset_lambda", float(v), float(e), math.nan) for v, e in zip(piv2.index, onset2)]
-    if any(np.isfinite(onset2)):
-        a2.plot(np.where(np.isfinite(onset2), onset2, np.nan), np.arange(len(onset2)), "r-", lw=1.8,
-                marker="o", ms=5, label="predicted onset of collapse (none predicted with CLOP)")
-    a2.legend(fontsize=7, loc="lower left")
+    for key, onset in onsets.items():
+        rows += [(f"{key}_lambda", float(v), float(e), math.nan) for v, e in zip(piv2.index, onset)]
+    if lams:  # what the predictor says with CLOP, where nothing is drawn
+        a2.plot([], [], " ", label=("with CLOP: no complete collapse (+-u* is not a fixed "
+                                    "point);\ndimensional collapse not predicted (the pair map "
+                                    "leaves out CLOP)"))
+    _legend_below(a2)
     a2.set_xlabel(r"learning rate $\eta$"), a2.set_ylabel(r"CLOP weight $\lambda$")
     a2.set_title(r"NT-Xent + CLOP, $\tau$ = %.2g" % lam_df["temperature"].iloc[0], fontsize=9)
     rows += [("lambda", lam, lr, float(piv2.loc[lam, lr])) for lam in piv2.index for lr in piv2.columns]
 
 
+#: the RunConfig fields of a phase-diagram row that the onset predictions read, and their types
+#: (the model is always free embeddings: the predictions cover nothing else)
+_PHASE_FIELDS = dict(update_mode=str, loss=str, temperature=float, batch_size=int,
+                     k=int, d=int, per_class=int, steps=int, clop_weight=float,
+                     label_fraction=float, mean_scale=float, sigma=float, aug_sigma=float,
+                     noise_rank=int, sign_flip=bool, holdout_fraction=float, weight_decay=float,
+                     init_norm=float, data=str, means=str)
+
+
 def _phase_run(row, **changes):
-    """The RunConfig of a phase-diagram row (the fields the onset prediction reads)."""
+    """The RunConfig of a phase-diagram row: every field the onset predictions read that the
+    row has (the data model's too: the initial pair angle comes from ``aug_sigma``,
+    ``mean_scale`` and ``sigma``); missing or NaN ones keep RunConfig's defaults."""
     from simulate.config import RunConfig
 
-    fields = dict(model="free", update_mode=str(row["update_mode"]), loss=str(row["loss"]),
-                  temperature=float(row["temperature"]), batch_size=int(row["batch_size"]),
-                  k=int(row["k"]), d=int(row["d"]), per_class=int(row["per_class"]),
-                  steps=int(row["steps"]), clop_weight=float(row["clop_weight"]),
-                  label_fraction=float(row["label_fraction"]))
+    fields = {"model": "free"}
+    for name, kind in _PHASE_FIELDS.items():
+        v = row.get(name) if hasattr(row, "get") else None
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            continue
+        fields[name] = kind(v)
     return RunConfig(**{**fields, **changes})
 
 

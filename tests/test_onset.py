@@ -198,3 +198,115 @@ def test_heldout_grid_shares_no_configuration_with_the_full_grid():
     held = S.onset_grid("heldout")
     assert len(held) >= 10 and all(r.steps == S.FULL_GRID_STEPS for _, r in held)
     assert not full & {tuple(getattr(r, k) for k in keys) for _, r in held}
+
+
+# ---------------------------------------------------------------- collapse levels
+
+#: CLOP pulls labelled points to 4 prototypes: the rank falls from about 8 to about 2, never
+#: to 1 (dimensional collapse without complete collapse)
+PARTIAL = dict(TINY, d=8, k=4, per_class=4, clop_weight=1.0)
+
+
+def _final_ranks(runs):
+    rows = train_chunk(runs).rows
+    last = {r["run_id"]: r["effective_rank"] for r in rows if r["step"] == runs[0].steps}
+    return [last[r.run_id] for r in runs]
+
+
+def test_dimensional_bracket_against_the_engine():
+    """The dimensional level's bracket: at its lower end the engine keeps more than half the
+    reference rank (the rank at the scan's smallest rate), at its upper end it does not; the
+    complete level finds no onset on the same scan."""
+    run = RunConfig(**PARTIAL)
+    comp, dim = S.measure_levels([run], ("complete", "dimensional"), seeds=(0,), lo=1.0,
+                                 hi=300.0, points=4, rounds=2)
+    assert comp[0]["onset"] == math.inf and comp[0]["level"] == "complete"
+    (lo, hi), = dim[0]["brackets"]
+    assert 0 < lo < hi < math.inf and dim[0]["level"] == "dimensional"
+    ref, = dim[0]["reference_rank"]
+    assert ref == comp[0]["reference_rank"][0] > 6
+    at_ref, at_lo, at_hi = _final_ranks([RunConfig(**{**PARTIAL, "lr": v}) for v in (1.0, lo, hi)])
+    assert at_ref == ref
+    assert at_lo > S.DIMENSIONAL_FRACTION * ref >= at_hi > S.COLLAPSED_RANK
+    assert comp[0]["runs_trained"] == dim[0]["runs_trained"] == 4 + 2  # one scan, two bisections
+
+
+def test_default_level_is_complete():
+    run = RunConfig(**TINY)
+    kw = dict(seeds=(0,), lo=1.0, hi=100.0, points=3, rounds=2)
+    default, explicit = S.measure_onset(run, **kw), S.measure_onset(run, level="complete", **kw)
+    assert default == explicit and default["level"] == "complete"
+    assert default["metric"] == "effective_rank"
+
+
+def test_mlp_encoders_and_the_representation_metric():
+    mlp = RunConfig(model="mlp", loss="ntxent", hidden=8, depth=2, out_dim=8, projector_dims="8,4",
+                    batch_size=8, k=2, d=4, per_class=8, steps=10, log_every=10)
+    with pytest.raises(ValueError, match=r"\blo\b"):
+        S.measure_onset(mlp, seeds=(0,))
+    with pytest.raises(ValueError, match=r"\bmetric\b"):
+        S.measure_onset(RunConfig(**TINY), seeds=(0,), metric="repr_effective_rank")
+    with pytest.raises(ValueError, match=r"\bmetric\b"):
+        S.measure_onset(RunConfig(**TINY), seeds=(0,), metric="variance")
+    res = S.measure_onset(mlp, seeds=(0,), lo=0.01, hi=1.0, points=2, rounds=0,
+                          level="dimensional", metric="repr_effective_rank")
+    assert res["metric"] == "repr_effective_rank" and 1 <= res["reference_rank"][0] <= 8
+
+
+def test_predicted_dimensional_onset_is_the_escape_edge_where_the_pair_map_applies():
+    run = RunConfig(**{**RAW, "steps": 300})
+    assert S.predict_dimensional_onset(run) == S.escape_edge(run)
+    assert S.predict_level_onset(run, "dimensional") == S.escape_edge(run)
+    assert S.predict_level_onset(run, S.COMPLETE) == S.predict_onset(run)
+    assert math.isnan(S.predict_level_onset(run, "class"))
+    assert math.isnan(S.predict_dimensional_onset(RunConfig(**{**RAW, "clop_weight": 1.0})))
+    assert math.isnan(S.predict_dimensional_onset(RunConfig(**{**RAW, "update_mode": "sphere"})))
+    # a ratio with no prediction is no ratio
+    assert math.isnan(S.onset_ratio(math.nan, 3.0))
+    assert math.isnan(S.onset_ratio(math.nan, math.inf))
+    assert S.onset_ratio(math.inf, math.inf) == 1.0 and S.onset_ratio(2.0, 4.0) == 0.5
+
+
+def test_onset_command_prints_both_levels(capsys):
+    import json
+
+    from figures.__main__ import main
+
+    assert main(["onset", "--grid", "tiny", "--steps", "8"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:3] == ["configuration", "level", "predicted"]
+    assert any(line.startswith("complete: median |ratio - 1|") for line in lines)
+    assert any(line.startswith("dimensional: median |ratio - 1|") for line in lines)
+    rows = json.loads(lines[-1])
+    assert [r["level"] for r in rows] == ["complete", "dimensional"] * (len(rows) // 2)
+    assert len(rows) == 2 * len(S.onset_grid("tiny"))
+    sphere = [r for r in rows if r["config"] == "sphere"]
+    assert sphere[0]["predicted"] == "inf" and sphere[1]["predicted"] is None  # not predicted
+    assert "not predicted" in sphere[1]["note"]
+
+
+def test_phase_diagram_predictions_read_the_rows_data_model():
+    """The phase diagram's runs take the data model from the sweep's rows (the initial pair
+    angle depends on aug_sigma), and draw no onset where a level predicts none or nothing."""
+    import pandas as pd
+
+    from figures.prediction_figures import _draw_onsets, _phase_run
+    from figures.registry import plt
+
+    row = pd.Series(dict(update_mode="sphere_raw", loss="ntxent", temperature=0.1, batch_size=32,
+                         k=4, d=16, per_class=128, steps=300, clop_weight=0.0, label_fraction=0.5,
+                         aug_sigma=0.5, mean_scale=2.0, sigma=1.0, noise_rank=math.nan))
+    run = _phase_run(row)
+    assert run.aug_sigma == 0.5 and run.model == "free" and run.noise_rank is None
+    assert S.initial_pair_cosine(run) == pytest.approx(S.initial_pair_cosine(RunConfig(
+        **{**S.ONSET_BASE, "temperature": 0.1})))
+    fig, ax = plt.subplots()
+    try:
+        out = _draw_onsets(ax, [_phase_run(row, clop_weight=1.0)], [0.0])
+        assert not ax.get_lines()  # CLOP: complete none, dimensional not predicted
+        assert out["predicted_onset"][0] == math.inf
+        assert math.isnan(out["predicted_dimensional_onset"][0])
+        _draw_onsets(ax, [run], [0.1])
+        assert len(ax.get_lines()) == 2
+    finally:
+        plt.close(fig)

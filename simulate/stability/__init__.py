@@ -5,8 +5,9 @@
     states.py    states to probe (+-u*, reference arrangements); the run's unit of rate
     edges.py     analytic edges: where +-u* attracts, the isotropic state's collective modes
     pair_map.py  the raw step's mean-field map of one pair's angle: splitting and escape edges
-    onset.py     what "collapsed" means (COLLAPSED_RANK) and the predicted onset
-    measure.py   the measured onset: scans and bisections of the rate, by training
+    levels.py    what "collapsed" means: the collapse levels (complete, dimensional, class)
+    onset.py     the predicted onset per level (complete: COLLAPSED_RANK; dimensional)
+    measure.py   the measured onset per level: scans and bisections of the rate, by training
     grids.py     the onset grids and the predicted-against-measured table (figures onset)
 
 The public names are re-exported here. ``DENSE_LIMIT`` is not: :func:`spectrum` reads it from
@@ -14,9 +15,33 @@ The public names are re-exported here. ``DENSE_LIMIT`` is not: :func:`spectrum` 
 """
 
 from .edges import attraction_edge, collective_edge, isotropic_statistics
-from .grids import FULL_GRID_STEPS, ONSET_BASE, ONSET_GRIDS, onset_grid, onset_ratio, onset_table
-from .measure import measure_onset, measure_onsets
-from .onset import COLLAPSED_RANK, collapsed, predict_onset
+from .grids import (
+    FULL_GRID_STEPS,
+    ONSET_BASE,
+    ONSET_GRIDS,
+    TABLE_LEVELS,
+    onset_grid,
+    onset_ratio,
+    onset_table,
+)
+from .levels import (
+    CLASS,
+    CLASS_RANK_MARGIN,
+    COLLAPSED_RANK,
+    COMPLETE,
+    DIMENSIONAL,
+    DIMENSIONAL_FRACTION,
+    LEVELS,
+    REFERENCE_RATE_FACTOR,
+    ClassCollapse,
+    CollapseLevel,
+    CompleteCollapse,
+    DimensionalCollapse,
+    get_level,
+    is_collapsed,
+)
+from .measure import RANK_METRICS, measure_levels, measure_onset, measure_onsets
+from .onset import collapsed, predict_dimensional_onset, predict_level_onset, predict_onset
 from .pair_map import (
     ESCAPE_ANGLE,
     escape_edge,
@@ -31,11 +56,15 @@ from .states import STATE_KINDS, collapsed_state, initial_sq_norm, rate_scale, r
 from .step import DT, StepMap, cosine_clop, make_step
 
 __all__ = [
-    "COLLAPSED_RANK", "DT", "ESCAPE_ANGLE", "FULL_GRID_STEPS", "ONSET_BASE", "ONSET_GRIDS",
-    "STATE_KINDS", "StepMap", "attraction_edge", "collapsed", "collapsed_state",
-    "collective_edge", "cosine_clop", "escape_edge", "free_mode_split", "initial_pair_cosine",
-    "initial_sq_norm", "isotropic_statistics", "make_step", "measure_onset", "measure_onsets",
-    "onset_grid", "onset_ratio", "onset_table", "pair_split_ratio", "predict_onset",
-    "rate_scale", "reference_state", "rotation_modes", "spectrum", "splitting_edge",
-    "tangent_projector", "training_points", "updates_per_point",
+    "CLASS", "CLASS_RANK_MARGIN", "COLLAPSED_RANK", "COMPLETE", "DIMENSIONAL",
+    "DIMENSIONAL_FRACTION", "DT", "ESCAPE_ANGLE", "FULL_GRID_STEPS", "LEVELS", "ONSET_BASE",
+    "ONSET_GRIDS", "RANK_METRICS", "REFERENCE_RATE_FACTOR", "STATE_KINDS", "TABLE_LEVELS",
+    "ClassCollapse", "CollapseLevel", "CompleteCollapse", "DimensionalCollapse", "StepMap",
+    "attraction_edge", "collapsed", "collapsed_state", "collective_edge", "cosine_clop",
+    "escape_edge", "free_mode_split", "get_level", "initial_pair_cosine", "initial_sq_norm",
+    "is_collapsed", "isotropic_statistics", "make_step", "measure_levels", "measure_onset",
+    "measure_onsets", "onset_grid", "onset_ratio", "onset_table", "pair_split_ratio",
+    "predict_dimensional_onset", "predict_level_onset", "predict_onset", "rate_scale",
+    "reference_state", "rotation_modes", "spectrum", "splitting_edge", "tangent_projector",
+    "training_points", "updates_per_point",
 ]

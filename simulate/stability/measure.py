@@ -1,5 +1,5 @@
-"""The measured onset of collapse: scans and bisections of the learning rate, by training
-every bracket's runs with the engine."""
+"""The measured onset of collapse, per collapse level (:mod:`simulate.stability.levels`):
+scans and bisections of the learning rate, by training every bracket's runs with the engine."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ from dataclasses import replace
 import numpy as np
 
 from ..config import RunConfig
-from .onset import collapsed
+from .levels import REFERENCE_RATE_FACTOR, CollapseLevel, get_level
 from .states import rate_scale
 
+#: the rank columns of the engine a level can be measured on: the embeddings the loss sees,
+#: and the representation before a projector head (MLP encoders with ``projector_dims``)
+RANK_METRICS = ("effective_rank", "repr_effective_rank")
 
-def _train_final_ranks(runs: list[RunConfig], device: str = "cpu") -> list[float]:
-    """Final effective rank of each run, training runs that share a chunk key together."""
+
+def _train_final_ranks(runs: list[RunConfig], device: str = "cpu",
+                       metric: str = "effective_rank") -> list[float]:
+    """Final ``metric`` of each run, training runs that share a chunk key together."""
     from ..engine import train_chunk
 
     groups: dict = {}
@@ -29,38 +34,62 @@ def _train_final_ranks(runs: list[RunConfig], device: str = "cpu") -> list[float
             if row["run_id"] not in last or row["step"] > last[row["run_id"]]["step"]:
                 last[row["run_id"]] = row
         for i in idx:
-            out[i] = float(last[runs[i].run_id]["effective_rank"])
+            out[i] = float(last[runs[i].run_id][metric])
     return out
 
 
 def measure_onsets(runs: list[RunConfig], seeds=(0, 1, 2), lo: float | None = None,
                    hi: float | None = None, points: int = 9, rounds: int = 4,
-                   device: str = "cpu") -> list[dict]:
-    """Measured onset of collapse of each configuration, per seed, by training.
+                   device: str = "cpu", level: str | CollapseLevel = "complete",
+                   metric: str = "effective_rank") -> list[dict]:
+    """Measured onset of collapse at ``level`` of each configuration, per seed, by training.
 
     For every configuration and seed: a scan of ``points`` learning rates log-spaced over
-    ``[lo, hi]`` (default ``[0.03, 3000]`` times :func:`rate_scale`), then ``rounds``
-    bisections (geometric midpoints) between the largest healthy rate below the first
-    collapsed one and that one. Every round trains all brackets of all configurations as
-    stacks (runs sharing a chunk key train together). A seed's onset is the geometric
-    midpoint of its final bracket; ``math.inf`` when no scanned rate collapses, ``lo`` when
-    the smallest does.
+    ``[lo, hi]`` (free embeddings: default ``[0.03, 3000]`` times :func:`rate_scale`; MLP
+    encoders: ``lo`` and ``hi`` must be given), then ``rounds`` bisections (geometric
+    midpoints) between the largest healthy rate below the first collapsed one and that one.
+    Every round trains all brackets of all configurations as stacks (runs sharing a chunk
+    key train together). A seed's onset is the geometric midpoint of its final bracket;
+    ``math.inf`` when no scanned rate collapses, ``lo`` when the smallest does. A run's rank
+    is its final ``metric`` (``effective_rank``, or ``repr_effective_rank``: the
+    representation before a projector). The reference rank of a configuration and seed
+    (levels that need one: dimensional) is the final rank at the scan's smallest rate, ``lo``
+    (the reference rate, :data:`REFERENCE_RATE_FACTOR` x :func:`rate_scale` by default),
+    trained once as the scan's first point.
 
     Returns one dict per configuration: ``onset`` (median over seeds), ``per_seed``,
-    ``spread`` (largest over smallest finite per-seed onset), ``brackets``, ``runs_trained``.
+    ``spread`` (largest over smallest finite per-seed onset), ``brackets``, ``runs_trained``,
+    ``level``, ``metric``, ``reference_rank`` (per seed).
     """
+    return measure_levels(runs, (level,), seeds, lo, hi, points, rounds, device, metric)[0]
+
+
+def measure_levels(runs: list[RunConfig], levels=("complete", "dimensional"), seeds=(0, 1, 2),
+                   lo: float | None = None, hi: float | None = None, points: int = 9,
+                   rounds: int = 4, device: str = "cpu",
+                   metric: str = "effective_rank") -> list[list[dict]]:
+    """:func:`measure_onsets` at several levels from one scan: the scan is trained once, the
+    levels' bisections train together, round by round. Returns one list (of one dict per
+    configuration) per level, in the order of ``levels``; ``runs_trained`` counts all."""
+    levels = [get_level(v) for v in levels]
     if not runs:
-        return []
-    seeds = _check_onset_args(runs, seeds, points, rounds)
+        return [[] for _ in levels]
+    seeds = _check_onset_args(runs, seeds, points, rounds, lo, hi, metric)
     scans = [(ci, seed, grid) for ci, grid in enumerate(_scan_grids(runs, lo, hi, points))
              for seed in seeds]
     jobs = [replace(runs[ci], lr=lr, seed=seed) for ci, seed, grid in scans for lr in grid]
-    brackets = _scan_brackets(scans, _train_final_ranks(jobs, device))
-    trained = len(jobs) + _bisect(brackets, runs, rounds, device)
-    return [_onset_summary(brackets, ci, seeds, trained) for ci in range(len(runs))]
+    ranks = _train_final_ranks(jobs, device, metric)
+    refs = _reference_ranks(scans, ranks)
+    tests = [_level_test(lev, runs, refs) for lev in levels]
+    brackets = [_scan_brackets(scans, ranks, t) for t in tests]
+    trained = len(jobs) + _bisect(brackets, tests, runs, rounds, device, metric)
+    return [[{**_onset_summary(b, ci, seeds, trained), "level": lev.name, "metric": metric,
+              "reference_rank": [refs[(ci, s)] for s in seeds]} for ci in range(len(runs))]
+            for lev, b in zip(levels, brackets)]
 
 
-def _check_onset_args(runs: list[RunConfig], seeds, points: int, rounds: int) -> list[int]:
+def _check_onset_args(runs: list[RunConfig], seeds, points: int, rounds: int, lo, hi,
+                      metric: str) -> list[int]:
     """The seeds as integers, after checking the arguments of :func:`measure_onsets`."""
     seeds = [int(s) for s in seeds]
     if not seeds or any(s < 0 for s in seeds):
@@ -69,9 +98,18 @@ def _check_onset_args(runs: list[RunConfig], seeds, points: int, rounds: int) ->
         raise ValueError(f"points must be an integer >= 2, got {points!r}")
     if not (isinstance(rounds, int) and rounds >= 0):
         raise ValueError(f"rounds must be an integer >= 0, got {rounds!r}")
+    if metric not in RANK_METRICS:
+        raise ValueError(f"metric must be one of {', '.join(RANK_METRICS)}, got {metric!r}")
     for r in runs:
-        if r.model != "free":
-            raise ValueError(f"run.model must be 'free', got {r.model!r}")
+        if r.model not in ("free", "mlp"):
+            raise ValueError(f"run.model must be 'free' or 'mlp', got {r.model!r}")
+        if r.model == "mlp" and (lo is None or hi is None):
+            raise ValueError("lo and hi must be given for model 'mlp' (the default scan range, "
+                             "in units of 2B tau nu^2, is that of free embeddings)")
+        if metric == "repr_effective_rank" and not r.projector_widths:
+            raise ValueError("metric 'repr_effective_rank' needs an MLP encoder with a projector "
+                             f"(projector_dims), got model {r.model!r}, projector_dims "
+                             f"{r.projector_dims!r}")
     return seeds
 
 
@@ -81,8 +119,8 @@ def _scan_grids(runs: list[RunConfig], lo: float | None, hi: float | None,
     ``[0.03, 3000]`` times :func:`rate_scale`)."""
     grids = []
     for r in runs:
-        s = rate_scale(r)
-        a = 0.03 * s if lo is None else lo
+        s = rate_scale(r) if lo is None or hi is None else 1.0
+        a = REFERENCE_RATE_FACTOR * s if lo is None else lo
         b = 3000.0 * s if hi is None else hi
         if not (0 < a < b):
             raise ValueError(f"lo and hi must satisfy 0 < lo < hi, got {a!r}, {b!r}")
@@ -90,7 +128,22 @@ def _scan_grids(runs: list[RunConfig], lo: float | None, hi: float | None,
     return grids
 
 
-def _scan_brackets(scans: list[tuple], ranks: list[float]) -> dict:
+def _reference_ranks(scans: list[tuple], ranks: list[float]) -> dict:
+    """``(config, seed) -> reference rank``: the final rank at the scan's first (smallest)
+    rate."""
+    refs, k = {}, 0
+    for ci, seed, grid in scans:
+        refs[(ci, seed)] = ranks[k]
+        k += len(grid)
+    return refs
+
+
+def _level_test(level: CollapseLevel, runs: list[RunConfig], refs: dict):
+    """``(config, seed, rank) -> collapsed`` at ``level``."""
+    return lambda ci, seed, v: level.collapsed(v, refs[(ci, seed)], runs[ci].k)
+
+
+def _scan_brackets(scans: list[tuple], ranks: list[float], test) -> dict:
     """``(config, seed) -> (a, b)`` from the scans' final ranks (in the order of ``scans``):
     the largest healthy rate below the first collapsed one and that one; ``(0, first)`` when
     the smallest rate collapses, ``(last, inf)`` when none does."""
@@ -99,7 +152,7 @@ def _scan_brackets(scans: list[tuple], ranks: list[float]) -> dict:
     for ci, seed, grid in scans:
         rk = ranks[k:k + len(grid)]
         k += len(grid)
-        first = next((i for i, v in enumerate(rk) if collapsed(v)), None)
+        first = next((i for i, v in enumerate(rk) if test(ci, seed, v)), None)
         if first is None:
             brackets[(ci, seed)] = (grid[-1], math.inf)
         elif first == 0:
@@ -109,21 +162,23 @@ def _scan_brackets(scans: list[tuple], ranks: list[float]) -> dict:
     return brackets
 
 
-def _bisect(brackets: dict, runs: list[RunConfig], rounds: int, device: str) -> int:
-    """Halve every open bracket (geometric midpoint) ``rounds`` times, in place, training all
-    midpoints of a round together; returns the number of runs trained."""
+def _bisect(brackets: list[dict], tests: list, runs: list[RunConfig], rounds: int, device: str,
+            metric: str) -> int:
+    """Halve every open bracket of every level (geometric midpoint) ``rounds`` times, in
+    place, training all midpoints of a round together; returns the number of runs trained."""
     trained = 0
     for _ in range(rounds):
-        open_ = [key for key, (a, b) in brackets.items() if a > 0 and math.isfinite(b)]
+        open_ = [(li, key) for li, br in enumerate(brackets)
+                 for key, (a, b) in br.items() if a > 0 and math.isfinite(b)]
         if not open_:
             break
-        mids = [math.sqrt(brackets[key][0] * brackets[key][1]) for key in open_]
-        jobs = [replace(runs[ci], lr=m, seed=seed) for (ci, seed), m in zip(open_, mids)]
-        ranks = _train_final_ranks(jobs, device)
+        mids = [math.sqrt(brackets[li][key][0] * brackets[li][key][1]) for li, key in open_]
+        jobs = [replace(runs[ci], lr=m, seed=seed) for (_, (ci, seed)), m in zip(open_, mids)]
+        ranks = _train_final_ranks(jobs, device, metric)
         trained += len(jobs)
-        for key, m, v in zip(open_, mids, ranks):
-            a, b = brackets[key]
-            brackets[key] = (a, m) if collapsed(v) else (m, b)
+        for (li, key), m, v in zip(open_, mids, ranks):
+            a, b = brackets[li][key]
+            brackets[li][key] = (a, m) if tests[li](*key, v) else (m, b)
     return trained
 
 
