@@ -83,7 +83,11 @@ register(Figure(
              "8x8 digits (bottom), NT-Xent with (solid) and without (dashed) CLOP: held-out "
              "linear-probe accuracy of the representation, variance of the normalised projections "
              "and the representation's effective rank at the end of training, mean and std over "
-             "seeds. The paper reports three regimes on CIFAR-10 (not learning at 1e-7 to 1e-5, "
+             "seeds. On the rank panels, vertical lines mark the edge of stability at "
+             "initialisation (grey) and the predicted onset of dimensional collapse (red, "
+             "simulate.stability.encoder_onset: the catapult's upper end, 6 times that edge, with "
+             "the trust ratios frozen), dashed without and solid with CLOP; values beyond the swept "
+             "rates are written in the panel. The paper reports three regimes on CIFAR-10 (not learning at 1e-7 to 1e-5, "
              "mild at 1e-4 to 1e-3, collapse at 1e-2 to 1); the figure shows what these small "
              "settings give, without tuning."),
     preset_sweeps=("paper_mixture", "paper_digits"), build=build_paper_lr_regimes))

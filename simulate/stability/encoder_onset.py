@@ -1,0 +1,107 @@
+"""The predicted onset of collapse of MLP encoders, from the curvature of the real training
+loss at initialisation (no training).
+
+The quantity that sets the edge is the largest algebraic eigenvalue ``lambda_0`` of the
+Hessian of the run's objective at its initial parameters, on its first minibatch
+(:func:`simulate.stability.curvature.hessian_top`), seen through the run's optimizer
+(:mod:`simulate.stability.optimizer_edges`):
+
+* plain SGD: gradient descent is linearly unstable at the initial point above
+  ``eta_eos = 2 / (lambda_0 + wd)`` (the edge of stability); heavy-ball momentum mu moves it to
+  ``2 (1 + mu) / (lambda_0 + wd)``, Nesterov to ``2 (1 + mu) / ((1 + 2 mu)(lambda_0 + wd))``;
+* LARS: each weight's step is ``lr r_l (g + wd w)`` with the trust ratio ``r_l`` (biases
+  ``lr g``); with the ratios frozen at their initial values the step is SGD on
+  ``P^1/2 (H + wd M) P^1/2`` (:func:`simulate.stability.curvature.lars_top`), so
+  ``lambda_0`` is that operator's top eigenvalue and the momentum factor is the same;
+* Adam and AdamW: not derived (the step divides each coordinate by its own running gradient
+  scale, so the edge depends on the second-moment estimate, which starts at zero): no
+  prediction.
+
+Above the edge the first updates grow along the top eigendirections instead of settling:
+the *catapult* phase (Lewkowycz et al. 2020, "The large learning rate phase of deep
+learning"): between ``2 / lambda_0`` and about ``12 / lambda_0`` wide ReLU networks trained
+by gradient descent spike, then move to a flatter region where the curvature fits the rate;
+above about ``12 / lambda_0`` they do not come back. A loss on normalised embeddings cannot
+diverge (it is invariant to the scale of the last layer): what grows instead is the weights
+along the few unstable directions, which is what takes dimensions from the representation.
+So the predicted onset of *dimensional* collapse is the catapult's upper end,
+:data:`CATAPULT_FACTOR` / 2 times the edge (for momentum and LARS, the same multiple of their
+edge: an extrapolation of the gradient-descent result, which was measured without momentum);
+*complete* collapse of encoders is not predicted (it needs the dynamics after the norm has
+grown, which the curvature at initialisation does not see).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from ..config import RunConfig
+from ..engine.optimizers import lars_ratio
+from .curvature import LayerCurvature, hessian_top, lars_top, make_objective
+from .optimizer_edges import momentum_edge
+
+#: the catapult phase's upper end in units of ``1 / lambda_0`` for wide ReLU networks under
+#: gradient descent (Lewkowycz et al. 2020; 4 for a linearised two-layer model)
+CATAPULT_FACTOR = 12.0
+#: Lanczos tolerance of the predictor's eigenvalues (relative; the edges need two digits)
+PREDICT_TOL = 1e-3
+
+
+def _lars_ratios(obj) -> list[LayerCurvature]:
+    """Each parameter's LARS ratio at the initial point (what :func:`lars_top` reads; the
+    per-layer curvature, which it does not need, is left NaN)."""
+    g = obj.gradient(obj.theta0)
+    s, out = obj.state, []
+    for name in obj.names:
+        sl = obj.slices[name]
+        w_norm, g_norm = obj.theta0[sl].norm(), g[sl].norm()
+        ratio, use = lars_ratio(w_norm, g_norm, s.lars_trust[0], s.weight_decay[0], s.eps[0])
+        adapted = "bias" not in name and bool(use)  # StackedOptimizer's rule
+        ratio = float(ratio) if adapted else 1.0
+        out.append(LayerCurvature(name, adapted, math.nan, 0, float(w_norm), float(g_norm), ratio,
+                                  obj.run.lr * ratio))
+    return out
+
+
+def _top_curvature(run: RunConfig, device: str):
+    """``(lambda_0, how, hvps)``: the top algebraic eigenvalue that sets the edge of ``run``'s
+    optimizer at initialisation (LARS: of the frozen-ratio operator, weight decay included;
+    SGD: of the Hessian, plus the weight decay), or NaN for Adam/AdamW."""
+    if run.optimizer in ("adam", "adamw"):
+        return math.nan, "not derived for Adam (per-coordinate scaling)", 0
+    obj = make_objective(run, device=device)
+    if run.optimizer == "lars":
+        top = lars_top(obj, _lars_ratios(obj), tol=PREDICT_TOL)
+        return top.top, "LARS, trust ratios frozen at initialisation", top.hvps
+    top = hessian_top(obj, tol=PREDICT_TOL)
+    return top.top + run.weight_decay, "Hessian at initialisation", top.hvps
+
+
+def encoder_edges(run: RunConfig, device: str = "cpu") -> dict:
+    """The curvature-derived rates of an MLP run (see the module docstring): ``lambda_0``,
+    ``eos_edge`` (the edge of stability at initialisation), ``catapult_max``
+    (:data:`CATAPULT_FACTOR` / 2 times it), how ``lambda_0`` was taken, the HVPs used and
+    the seconds it took. NaN where not derived (Adam; a non-positive top eigenvalue has no
+    edge: inf)."""
+    if not isinstance(run, RunConfig) or run.model != "mlp":
+        raise ValueError(f"run must be a RunConfig with model 'mlp', got {run!r:.80}")
+    t0 = time.perf_counter()
+    lam, how, hvps = _top_curvature(run, device)
+    c = momentum_edge(run.momentum, run.nesterov)
+    if math.isnan(lam):
+        edge = math.nan
+    else:
+        edge = c / lam if lam > 0 else math.inf
+    return {"lambda_0": lam, "eos_edge": edge, "catapult_max": edge * CATAPULT_FACTOR / 2,
+            "curvature": how, "hvps": hvps, "seconds": time.perf_counter() - t0}
+
+
+def predict_encoder_onset(run: RunConfig, level: str = "dimensional", device: str = "cpu") -> float:
+    """Predicted learning rate above which training the MLP ``run`` ends at collapse ``level``
+    (``dimensional``: the catapult's upper end; ``complete``: NaN, not predicted)."""
+    if level not in ("dimensional", "complete"):
+        raise ValueError(f"level must be 'dimensional' or 'complete', got {level!r}")
+    if level == "complete":
+        return math.nan
+    return encoder_edges(run, device)["catapult_max"]

@@ -1,0 +1,113 @@
+"""The predicted onset of collapse of MLP encoders (simulate.stability.encoder_onset) and the
+encoder onset grids: the edges against a dense float64 Hessian of an independent forward,
+and the table's rows."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from simulate.config import RunConfig
+from simulate.stability.encoder_grids import ENCODER_GRIDS, encoder_grid, encoder_onset_table
+from simulate.stability.encoder_onset import CATAPULT_FACTOR, encoder_edges, predict_encoder_onset
+
+TINY = dict(model="mlp", loss="ntxent", temperature=0.5, hidden=5, depth=2, out_dim=3, k=2, d=3,
+            per_class=6, batch_size=4, steps=10, log_every=10, lr=0.1)
+
+
+def _dense_top(run: RunConfig) -> float:
+    """The top eigenvalue of the dense Hessian of NT-Xent of the run's first batch, written
+    from the formula with its own MLP forward (weights (in, out), ReLU between layers)."""
+    from simulate.engine.state import build_state, draw_batch
+
+    state = build_state([run], torch.device("cpu"), torch.float64)
+    _, _, v1, v2 = draw_batch(state)
+    shapes = [p.shape[1:] for p in state.model.parameters()]
+    theta0 = torch.cat([p.detach()[0].reshape(-1) for p in state.model.parameters()])
+    depth = len(shapes) // 2
+
+    def loss(theta):
+        parts, i = [], 0
+        for s in shapes:
+            n = int(np.prod(s))
+            parts.append(theta[i:i + n].view(s))
+            i += n
+        ws, bs = parts[:depth], parts[depth:]
+
+        def f(x):
+            for j, (w, b) in enumerate(zip(ws, bs)):
+                x = x @ w + b
+                if j < depth - 1:
+                    x = torch.relu(x)
+            return x
+
+        z = torch.nn.functional.normalize(torch.cat([f(v1[0]), f(v2[0])]), dim=-1)
+        n = z.shape[0]
+        s = z @ z.T / run.temperature
+        s = s.masked_fill(torch.eye(n, dtype=torch.bool), -math.inf)
+        pos = torch.cat([torch.arange(n // 2, n), torch.arange(0, n // 2)])
+        return (torch.logsumexp(s, 1) - s[torch.arange(n), pos]).mean()
+
+    h = torch.autograd.functional.hessian(loss, theta0)
+    return float(torch.linalg.eigvalsh(h)[-1])
+
+
+@pytest.mark.parametrize("momentum, nesterov, wd", [(0.0, False, 0.0), (0.9, False, 0.0), (0.9, True, 0.01)])
+def test_sgd_edges_follow_the_dense_hessian(momentum, nesterov, wd):
+    run = RunConfig(**TINY, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+    lam = _dense_top(run)
+    c = 2 * (1 + momentum) / ((1 + 2 * momentum) if nesterov else 1.0)
+    e = encoder_edges(run)
+    assert e["lambda_0"] == pytest.approx(lam + wd, rel=1e-3)
+    assert e["eos_edge"] == pytest.approx(c / (lam + wd), rel=1e-3)
+    assert e["catapult_max"] == pytest.approx(e["eos_edge"] * CATAPULT_FACTOR / 2)
+    assert predict_encoder_onset(run) == e["catapult_max"]
+    assert math.isnan(predict_encoder_onset(run, "complete"))
+
+
+def test_adam_is_not_predicted_and_bad_input_is_named():
+    e = encoder_edges(RunConfig(**TINY, optimizer="adam"))
+    assert math.isnan(e["eos_edge"]) and "Adam" in e["curvature"]
+    with pytest.raises(ValueError, match="model 'mlp'"):
+        encoder_edges(RunConfig(**{**TINY, "model": "free"}))
+    with pytest.raises(ValueError, match="level must be"):
+        predict_encoder_onset(RunConfig(**TINY), "partial")
+    with pytest.raises(ValueError, match="grid must be one of"):
+        encoder_grid("huge")
+
+
+def test_lars_edge_uses_the_frozen_ratio_operator():
+    """LARS with trust ratios frozen: the edge is 2 (1 + mu) over the top eigenvalue of
+    P^1/2 H P^1/2, below every layer's own block edge (and so below plain SGD's at trust 1e-3)."""
+    run = RunConfig(**TINY, optimizer="lars", momentum=0.9, lars_trust=1e-3)
+    lars, sgd = encoder_edges(run), encoder_edges(RunConfig(**TINY, momentum=0.9))
+    assert 0 < lars["lambda_0"] < sgd["lambda_0"]
+    assert lars["eos_edge"] == pytest.approx(3.8 / lars["lambda_0"])
+
+
+def test_tiny_encoder_table_reports_both_levels_and_ranks():
+    grid = encoder_grid("tiny")
+    rows = encoder_onset_table("tiny")
+    labels = [label for label, _ in grid]
+    projected = [label for label, run in grid if run.projector_widths]
+    want = {(lab, lev, "projection" if lab in projected else "output") for lab in labels
+            for lev in ("complete", "dimensional")}
+    want |= {(lab, lev, "representation") for lab in projected for lev in ("complete", "dimensional")}
+    assert {(r["config"], r["level"], r["rank"]) for r in rows} == want
+    _, seeds, *_ = ENCODER_GRIDS["tiny"]
+    for r in rows:
+        assert len(r["per_seed"]) == len(seeds) and len(r["reference_rank"]) == len(seeds)
+        if r["level"] == "complete" or r["optimizer"] == "adam":
+            assert math.isnan(r["predicted"]) and r["note"].startswith("not predicted")
+        else:
+            assert r["predicted"] == pytest.approx(r["catapult_max"]) and r["predicted"] > 0
+        assert r["measured"] > 0 and r["predict_s"] >= 0 and r["measure_s"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_cuda_edges_equal_cpu():
+    for extra in ({}, {"optimizer": "lars", "momentum": 0.9, "projector_dims": "4,3"}):
+        run = RunConfig(**TINY, **extra)
+        cpu, gpu = encoder_edges(run, "cpu"), encoder_edges(run, "cuda")
+        assert gpu["lambda_0"] == pytest.approx(cpu["lambda_0"], rel=1e-6)
