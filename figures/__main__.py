@@ -205,105 +205,6 @@ def agreement(argv: list[str]) -> int:
     return 0 if all(r["within_1pct"] for r in rows) else 1
 
 
-def _fmt(v: float) -> str:
-    return "none" if v == math.inf else f"{v:.4g}"
-
-
-def _json_value(v):
-    """``v`` for JSON: NaN as null, infinities as "inf" (lists element by element)."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None if math.isnan(v) else "inf"
-    if isinstance(v, list):
-        return [_json_value(x) for x in v]
-    return v
-
-
-def _ratio_text(ratio: float) -> str:
-    return "-" if math.isnan(ratio) else "inf" if ratio == math.inf else f"{ratio:.3g}"
-
-
-def _print_onset_table(rows: list[dict]) -> None:
-    head = (f"{'configuration':<22} {'level':<11} {'predicted':>10} {'measured':>10} {'ratio':>7} "
-            f"{'seed spread':>11}  {'attract':>8} {'escape':>10}  per seed")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        per = ", ".join(_fmt(v) for v in r["per_seed"])
-        spread = "-" if math.isnan(r["spread"]) else f"{r['spread']:.2f}x"
-        pred = "-" if math.isnan(r["predicted"]) else _fmt(r["predicted"])
-        print(f"{r['config']:<22} {r['level']:<11} {pred:>10} {_fmt(r['measured']):>10} "
-              f"{_ratio_text(r['ratio']):>7} {spread:>11}  {_fmt(r['attraction_edge']):>8} "
-              f"{_fmt(r['escape_edge']):>10}  {per}")
-    for r in rows:
-        if not r["within_2x"]:
-            print(f"  {r['config']} ({r['level']}): {r['note']}")
-
-
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    if not v:
-        return math.nan
-    return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
-
-
-def _print_onset_summary(rows: list[dict], levels: dict, seconds: float) -> None:
-    """The definitions, then one line per level (``levels``: name -> level) over its rows
-    with a prediction: median |ratio - 1|, how many within 2x and 15%, the worst."""
-    defs = "; ".join(f"{name}: {lev.description}" for name, lev in levels.items()
-                     if any(r["level"] == name for r in rows))
-    print(f"collapsed after the run's steps, per level ({defs}); onset: bisection on lr per "
-          f"seed, median over seeds; 'none': no collapse (predicted, or measured up to "
-          f"3000 x 2B tau); '-': not predicted; ratio = predicted / measured (1 when neither "
-          f"collapses)")
-    for name in levels:
-        mine = [r for r in rows if r["level"] == name]
-        if not mine:
-            continue
-        pred = [r for r in mine if not math.isnan(r["ratio"])]
-        if not pred:
-            print(f"{name}: not predicted in any of {len(mine)} rows")
-            continue
-        med = _median([abs(r["ratio"] - 1) for r in pred])
-        worst = max(pred, key=lambda r: abs(math.log(r["ratio"])) if 0 < r["ratio"] < math.inf
-                    else math.inf)
-        within = sum(r["within_2x"] for r in pred)
-        close = sum(abs(r["ratio"] - 1) <= 0.15 for r in pred)
-        print(f"{name}: median |ratio - 1| = {med:.3g} (target <= 0.15); within 2x: {within} of "
-              f"{len(pred)} predicted rows ({len(mine) - len(pred)} not predicted), within 15%: "
-              f"{close}; worst: {worst['config']} (ratio {_ratio_text(worst['ratio'])})")
-    print(f"{seconds:.0f} s")
-
-
-def onset(argv: list[str]) -> int:
-    from simulate.cli import CliParser, check_device_here, parse_device
-    from simulate.config import SpecError
-
-    ap = CliParser(prog="python -m figures onset",
-                   description="Predicted against measured learning rate of the onset of "
-                               "collapse, per collapse level (complete, dimensional).")
-    ap.add_argument("--grid", default="quick", help="quick | full | heldout | tiny (default: quick)")
-    ap.add_argument("--steps", type=int, default=None, help="training steps per run, >= 1 "
-                    "(default: the grid's: tiny 60, quick, full and heldout 1000)")
-    ap.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N (default: cpu)")
-    args = ap.parse_args(argv)
-    from simulate.stability import LEVELS, ONSET_GRIDS, onset_table
-
-    if args.grid not in ONSET_GRIDS:
-        ap.error(f"--grid must be one of {', '.join(ONSET_GRIDS)}, got {args.grid!r}")
-    if args.steps is not None and args.steps < 1:
-        ap.error(f"--steps must be an integer >= 1, got {args.steps}")
-    try:
-        device = check_device_here(parse_device(args.device, "--device"), "--device")
-    except SpecError as exc:
-        ap.error(str(exc))
-    t0 = time.perf_counter()
-    rows = onset_table(args.grid, device=device, steps=args.steps)
-    _print_onset_table(rows)
-    _print_onset_summary(rows, LEVELS, time.perf_counter() - t0)
-    print(json.dumps([{k: _json_value(v) for k, v in r.items()} for r in rows]))
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -313,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["agreement"]:
             return agreement(argv[1:])
         if argv[:1] == ["onset"]:
+            from .onset_command import onset
+
             return onset(argv[1:])
         return draw(argv)
     except KeyboardInterrupt:

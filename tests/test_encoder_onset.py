@@ -111,3 +111,23 @@ def test_cuda_edges_equal_cpu():
         run = RunConfig(**TINY, **extra)
         cpu, gpu = encoder_edges(run, "cpu"), encoder_edges(run, "cuda")
         assert gpu["lambda_0"] == pytest.approx(cpu["lambda_0"], rel=1e-6)
+
+
+def test_figures_onset_command_runs_an_encoder_grid(capsys):
+    """``python -m figures onset --grid encoder-tiny``: the table, one summary line per level
+    and the JSON list last; a wrong grid is one line naming --grid and the accepted names."""
+    import json
+
+    from figures.__main__ import main
+
+    assert main(["onset", "--grid", "encoder-tiny"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    rows = json.loads(out[-1])
+    assert {r["rank"] for r in rows} == {"output", "projection", "representation"}
+    assert any(line.startswith("dimensional: median |ratio - 1|") for line in out)
+    assert any(line.startswith("complete: not predicted in any of") for line in out)
+    with pytest.raises(SystemExit) as info:
+        main(["onset", "--grid", "mlp-huge"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--grid must be one of" in err and "mlp-heldout" in err

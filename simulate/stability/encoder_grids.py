@@ -147,7 +147,7 @@ def _encoder_note(level: str, pred: float, meas: float, p: dict, run: RunConfig)
         return f"not predicted: {p['curvature']}"
     if not math.isfinite(meas):
         return (f"miss: no run collapsed up to the scan's end; predicted above {pred:.3g} "
-                f"({CATAPULT_FACTOR:g} / lambda_0 through {run.optimizer})")
+                f"({CATAPULT_FACTOR / 2:g} x the edge of stability of {run.optimizer})")
     r = pred / meas
     side = "below" if r < 1 else "above"
     where = meas / p["eos_edge"] if p["eos_edge"] > 0 else math.nan
