@@ -3,7 +3,8 @@
     python -m figures [--preset quick|paper] [--only ID ...] [--device auto] [--results DIR]
                       [--wait SECONDS]
     python -m figures agreement [--small] [--steps N]
-    python -m figures onset [--grid quick|full|heldout|tiny] [--steps N] [--device cpu]
+    python -m figures onset [--grid quick|full|heldout|optimizers|mlp|mlp-heldout|paper|tiny|encoder-tiny]
+                            [--steps N] [--device cpu]
 """
 
 from __future__ import annotations

@@ -113,10 +113,10 @@ def onset(argv: list[str]) -> int:
                    description="Predicted against measured learning rate of the onset of "
                                "collapse, per collapse level (complete, dimensional).")
     ap.add_argument("--grid", default="quick",
-                    help="free embeddings: quick | full | heldout | tiny; MLP encoders: mlp | "
+                    help="free embeddings: quick | full | heldout | optimizers | tiny; MLP encoders: mlp | "
                          "mlp-heldout | paper | encoder-tiny (default: quick)")
     ap.add_argument("--steps", type=int, default=None, help="training steps per run, >= 1 "
-                    "(default: the grid's: tiny 60, quick, full and heldout 1000, encoder "
+                    "(default: the grid's: tiny 60, quick, full, heldout and optimizers 1000, encoder "
                     "grids 300, encoder-tiny 30)")
     ap.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N (default: cpu)")
     args = ap.parse_args(argv)

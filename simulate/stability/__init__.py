@@ -9,6 +9,12 @@
     onset.py     the predicted onset per level (complete: COLLAPSED_RANK; dimensional)
     measure.py   the measured onset per level: scans and bisections of the rate, by training
     grids.py     the onset grids and the predicted-against-measured table (figures onset)
+    optimizer_onset.py  SGD momentum's drift factor on the pair map; why LARS and Adam are out
+                 of reach
+    curvature.py the Hessian of an MLP encoder's training loss: HVPs, Lanczos, per-layer LARS
+    optimizer_edges.py  the optimizers' edges of stability on a quadratic (derived)
+    encoder_onset.py    the predicted onset of MLP encoders from the curvature at initialisation
+    encoder_grids.py    the encoder onset grids (mlp, mlp-heldout, paper) and their table
 
 The public names are re-exported here. ``DENSE_LIMIT`` is not: :func:`spectrum` reads it from
 :mod:`simulate.stability.spectra`, so that is where to change it.
@@ -55,7 +61,17 @@ from .spectra import free_mode_split, rotation_modes, spectrum, tangent_projecto
 from .states import STATE_KINDS, collapsed_state, initial_sq_norm, rate_scale, reference_state
 from .step import DT, StepMap, cosine_clop, make_step
 
+from .curvature import Objective, TopEigen, hessian_top, lanczos_top, lars_top, layer_curvature, make_objective
+from .encoder_grids import ENCODER_GRIDS, encoder_grid, encoder_onset_table
+from .encoder_onset import CATAPULT_FACTOR, encoder_edges, predict_encoder_onset
+from .optimizer_edges import lars_edges, momentum_edge, sgd_edge
+from .optimizer_onset import predict_optimizer_onset, why_not_predicted
+
 __all__ = [
+    "CATAPULT_FACTOR", "ENCODER_GRIDS", "Objective", "TopEigen", "encoder_edges", "encoder_grid",
+    "encoder_onset_table", "hessian_top", "lanczos_top", "lars_edges", "lars_top",
+    "layer_curvature", "make_objective", "momentum_edge", "predict_encoder_onset",
+    "predict_optimizer_onset", "sgd_edge", "why_not_predicted",
     "CLASS", "CLASS_RANK_MARGIN", "COLLAPSED_RANK", "COMPLETE", "DIMENSIONAL",
     "DIMENSIONAL_FRACTION", "DT", "ESCAPE_ANGLE", "FULL_GRID_STEPS", "LEVELS", "ONSET_BASE",
     "ONSET_GRIDS", "RANK_METRICS", "REFERENCE_RATE_FACTOR", "STATE_KINDS", "TABLE_LEVELS",
