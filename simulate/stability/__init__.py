@@ -9,8 +9,8 @@
     onset.py     the predicted onset per level (complete: COLLAPSED_RANK; dimensional)
     measure.py   the measured onset per level: scans and bisections of the rate, by training
     grids.py     the onset grids and the predicted-against-measured table (figures onset)
-    optimizer_onset.py  SGD momentum's drift factor on the pair map; why LARS and Adam are out
-                 of reach
+    optimizer_onset.py  why momentum, LARS and Adam on free embeddings are out of the pair
+                 map's reach (measured)
     curvature.py the Hessian of an MLP encoder's training loss: HVPs, Lanczos, per-layer LARS
     optimizer_edges.py  the optimizers' edges of stability on a quadratic (derived)
     encoder_onset.py    the predicted onset of MLP encoders from the curvature at initialisation

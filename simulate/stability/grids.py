@@ -53,8 +53,8 @@ ONSET_GRIDS = {
         "dcl, tau=0.2": {"loss": "dcl", "temperature": 0.2},
         "dcl, clop=1": {"loss": "dcl", "clop_weight": 1.0},
     }, (0, 1, 2), 9, 4),
-    # the optimizers of the table step (simulate.stability.optimizer_onset): momentum
-    # predicted at the dimensional level, LARS and Adam out of reach (written once, run once)
+    # the optimizers of the table step: measured, out of the pair map's reach
+    # (simulate.stability.optimizer_onset says why, from these rows)
     "optimizers": ({
         "momentum=0.5": {"momentum": 0.5}, "momentum=0.9": {"momentum": 0.9},
         "nesterov 0.9": {"momentum": 0.9, "nesterov": True},
@@ -165,7 +165,7 @@ def _dimensional_note(pred: float, meas: float, run: RunConfig) -> str:
     if not math.isfinite(pred):
         return f"miss: dimensional collapse {none} although the pairs do not split in time"
     r = pred / meas
-    edge = "escape edge" if run.momentum == 0 else f"escape edge x (1 - mu) = {1 - run.momentum:g}"
+    edge = "escape edge"
     if 0.85 <= r <= 1.15:
         return f"within 15% ({edge})"
     side = "above" if r > 1 else "below"
