@@ -123,9 +123,8 @@ def onset(argv: list[str]) -> int:
     from simulate.stability import LEVELS, ONSET_GRIDS, onset_table
     from simulate.stability.encoder_grids import ENCODER_GRIDS, encoder_onset_table
 
-    encoders = {("encoder-tiny" if g == "tiny" else g): g for g in ENCODER_GRIDS}
-    if args.grid not in ONSET_GRIDS and args.grid not in encoders:
-        ap.error(f"--grid must be one of {', '.join([*ONSET_GRIDS, *encoders])}, got {args.grid!r}")
+    if args.grid not in ONSET_GRIDS and args.grid not in ENCODER_GRIDS:
+        ap.error(f"--grid must be one of {', '.join([*ONSET_GRIDS, *ENCODER_GRIDS])}, got {args.grid!r}")
     if args.steps is not None and args.steps < 1:
         ap.error(f"--steps must be an integer >= 1, got {args.steps}")
     try:
@@ -134,10 +133,10 @@ def onset(argv: list[str]) -> int:
         ap.error(str(exc))
     t0 = time.perf_counter()
     scan = None
-    if args.grid in encoders:
-        rows = encoder_onset_table(encoders[args.grid], device=device, steps=args.steps)
+    if args.grid in ENCODER_GRIDS:
+        rows = encoder_onset_table(args.grid, device=device, steps=args.steps)
         _print_encoder_table(rows)
-        scan = ENCODER_GRIDS[encoders[args.grid]][-1]
+        scan = ENCODER_GRIDS[args.grid][-1]
     else:
         rows = onset_table(args.grid, device=device, steps=args.steps)
         _print_onset_table(rows)

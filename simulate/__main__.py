@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         where = (f"; the finished chunks are kept in {args.out}: run the same command again to "
                  "resume") if args.command == "sweep" else ""
         return _fail(f"interrupted{where}", 130)
+    except BrokenPipeError:  # the reader of stdout (| head) has gone: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _bench(args) -> int:
@@ -188,7 +191,7 @@ def _bench(args) -> int:
             raise SpecError("--no-loop is not available with --model mlp")
         return main_bench_mlp(device, args.steps, args.repeats, parse_optimizers(args.optimizer),
                               args.projector)
-    if args.projector:
+    if args.projector.strip().lower() not in ("", "none"):
         raise SpecError("--projector needs --model mlp (free embeddings have no projector)")
     return main_bench(device, args.steps, args.repeats, not args.no_loop, parse_optimizers(args.optimizer))
 

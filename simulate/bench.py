@@ -53,6 +53,7 @@ from .losses import clop_term, nt_xent
 from .engine import resolve_device, train_chunk
 from .engine.evaluate import evaluate
 from .engine.state import build_state, draw_batch, forward_views
+from .cli import json_value
 from .plan import plan_chunks
 
 
@@ -286,5 +287,5 @@ def parse_optimizers(text: str) -> list[str]:
 
 def main_bench(device: str, steps: int, repeats: int = 3, loop: bool = True, optimizers=("sgd",)) -> int:
     result = run_bench(device, steps, repeats, loop, optimizers=optimizers)
-    print(json.dumps(result))
+    print(json.dumps(json_value(result), allow_nan=False))
     return 0

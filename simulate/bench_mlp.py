@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from .bench import OPTIMIZER_SETTINGS
+from .cli import json_value
 from .config import RunConfig, SpecError, expand
 from .engine import resolve_device, train_chunk
 from .mlp_references import loop_one, mlp_floor_s, stacked_flat, vmap_chunk
@@ -193,13 +194,32 @@ def run_mlp_bench(device: str = "auto", steps: int = 300, repeats: int = 3, verb
     return out
 
 
+def _check_fits(runs: list[RunConfig], projector: str) -> None:
+    """Refuse a grid whose runs (:func:`simulate.plan.run_bytes`, the loop's and vmap's copies
+    of the parameters included) would not fit in this machine's memory."""
+    import os
+
+    from .plan import format_bytes, run_bytes
+
+    need = 3 * sum(run_bytes(r) for r in runs)
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return
+    if need > have:
+        raise SpecError(f"--projector must be layer widths whose runs fit in memory: {projector!r} "
+                        f"needs about {format_bytes(need)} for the bench's {len(runs)} runs, more "
+                        f"than this machine's {format_bytes(have)} (the default shape uses 64,16)")
+
+
 def main_bench_mlp(device, steps: int, repeats: int = 3, optimizers=("sgd",), projector: str = "") -> int:
     names = list(dict.fromkeys(optimizers))
     for name in names:  # every name is checked before anything runs
         try:
-            mlp_grid(1, optimizer=name, projector=projector)
+            grid = mlp_grid(steps, optimizer=name, projector=projector)
         except SpecError as exc:
             raise SpecError(str(exc).replace("projector_dims", "--projector", 1)) from None
+    _check_fits(grid, projector)
     per = {name: run_mlp_bench(device, steps, repeats, optimizer=name, projector=projector) for name in names}
-    print(json.dumps({**per[names[0]], "optimizers": per}))
+    print(json.dumps(json_value({**per[names[0]], "optimizers": per}), allow_nan=False))
     return 0

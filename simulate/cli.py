@@ -68,3 +68,14 @@ class CliParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {_one_line(message)}\n")
+
+
+def json_value(v):
+    """``v`` for strict JSON: NaN as null, infinities as "inf" / "-inf" (containers too)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, dict):
+        return {k: json_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_value(x) for x in v]
+    return v

@@ -78,10 +78,32 @@ def test_mlp_bench_other_optimizers_and_projector_equal_their_loop(optimizer):
         assert out["f64_err_engine"] < 1e-4 and out["f64_err_loop"] < 1e-4
 
 
+def test_mlp_bench_json_is_strict_and_a_closed_pipe_is_quiet():
+    """The JSON line parses without NaN or Infinity (NaN is null); ``| head -1`` ends the
+    command without a traceback."""
+    import json
+
+    env_root = Path(__file__).resolve().parents[1]
+    args = [sys.executable, "-m", "simulate", "bench", "--model", "mlp", "--optimizer", "sgd,lars",
+            "--steps", "2", "--repeats", "1", "--device", "cpu"]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=env_root, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+    def refuse(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    out = json.loads(done.stdout.strip().splitlines()[-1], parse_constant=refuse)
+    assert out["optimizers"]["lars"]["vmap_max_abs_diff"] is None
+    pipe = subprocess.run(" ".join(args) + " | head -1", shell=True, capture_output=True, text=True,
+                          cwd=env_root, timeout=300)
+    assert "Traceback" not in pipe.stderr and pipe.stdout.strip(), pipe.stderr
+
+
 def test_mlp_bench_refuses_bad_options_in_one_line():
     env_root = Path(__file__).resolve().parents[1]
     cases = [(["--model", "mlp", "--optimizer", "rmsprop"], "--optimizer"),
              (["--model", "mlp", "--projector", "64,x"], "--projector"),
+             (["--model", "mlp", "--projector", "1000000000", "--steps", "1"], "--projector must be layer widths whose runs fit"),
              (["--projector", "64,16"], "--projector needs --model mlp")]
     for args, needle in cases:
         bad = subprocess.run([sys.executable, "-m", "simulate", "bench", *args],

@@ -113,8 +113,13 @@ def test_spec_files_yaml_json_and_presets(tmp_path):
 def test_plan_chunks_groups_by_shape_and_budget():
     runs = expand({**TINY, "batch_size": [8, 16]})
     chunks = plan_chunks(runs, 10**12)
-    # batch size x CLOP on/off: a CLOP term is another program
-    assert len(chunks) == 4 and all(len({(r.batch_size, r.clop_weight > 0) for r in c}) == 1 for c in chunks)
+    # one chunk per batch size: NT-Xent with cosine CLOP takes the fused pass, where a zero CLOP
+    # weight adds exact zeros, so CLOP on and off share a program
+    assert len(chunks) == 2 and all(len({r.batch_size for r in c}) == 1 for c in chunks)
+    assert all({r.clop_weight > 0 for r in c} == {False, True} for c in chunks)
+    # a loss without the fused pass: a CLOP term is another program
+    supcon = plan_chunks(expand({**TINY, "loss": "supcon", "batch_size": [8, 16]}), 10**12)
+    assert len(supcon) == 4 and all(len({(r.batch_size, r.clop_weight > 0) for r in c}) == 1 for c in supcon)
     one_each = plan_chunks(runs, max(run_bytes(r) for r in runs))
     assert sum(len(c) for c in one_each) == len(runs)
     with pytest.raises(ValueError, match=r"max_memory .* less than one run of this sweep needs"):
@@ -192,9 +197,10 @@ def test_dry_run_plans_without_writing(tmp_path):
 
     out = tmp_path / "dry"
     lines = dry_run(TINY, out, device="cpu", max_memory=run_bytes(expand(TINY)[0]) * 3)
-    assert lines[0].startswith("sweep (one)") and "8 runs, 0 already done, 4 chunk(s)" in lines[0]
+    # one chunk key (CLOP on and off share the fused pass), at most 3 runs a chunk: 3 + 3 + 2
+    assert lines[0].startswith("sweep (one)") and "8 runs, 0 already done, 3 chunk(s)" in lines[0]
     chunk_lines = [ln for ln in lines if ln.strip().startswith("chunk")]
-    assert len(chunk_lines) == 4 and all(" MB" in ln or " kB" in ln for ln in chunk_lines)
+    assert len(chunk_lines) == 3 and all(" MB" in ln or " kB" in ln for ln in chunk_lines)
     assert sum(int(ln.split(":")[1].split()[0]) for ln in chunk_lines) == 8
     assert "estimated wall time on cpu" in lines[-1] and not out.exists()
     run_sweep(TINY, out, device="cpu", quiet=True)

@@ -49,7 +49,7 @@ ENCODER_GRIDS = {
         "digits, tau=0.2": {**DIGITS, "temperature": 0.2},
     }, (0, 1), 9, 3, (1e-3, 1e5)),
     # the tests' grid: seconds on one core
-    "tiny": ({"base": {}, "projector": {"projector_dims": "6,3"}, "lars": LARS, "adam": {"optimizer": "adam"}},
+    "encoder-tiny": ({"base": {}, "projector": {"projector_dims": "6,3"}, "lars": LARS, "adam": {"optimizer": "adam"}},
              (0,), 4, 1, (1e-2, 1e4)),
     "paper": ({
         "mixture": PAPER_RECIPE, "mixture, clop=1": {**PAPER_RECIPE, "clop_weight": 1.0},
@@ -62,11 +62,11 @@ ENCODER_LEVELS = ("complete", "dimensional")
 
 def encoder_grid(name: str, steps: int | None = None) -> list[tuple[str, RunConfig]]:
     """``(label, run)`` rows of the encoder grid ``name`` (``mlp``, ``mlp-heldout``, ``paper`` or
-    ``tiny``)."""
-    if name not in ENCODER_GRIDS:
+    ``encoder-tiny``)."""
+    if not isinstance(name, str) or name not in ENCODER_GRIDS:
         raise ValueError(f"grid must be one of {', '.join(ENCODER_GRIDS)}, got {name!r}")
     base = dict(ENCODER_BASE)
-    if name == "tiny":
+    if name == "encoder-tiny":
         base.update(hidden=8, depth=2, out_dim=4, k=2, d=4, per_class=16, batch_size=8, steps=30,
                     log_every=30)
     if steps is not None:
@@ -97,7 +97,10 @@ def encoder_onset_table(name: str, device: str = "cpu", steps: int | None = None
     """Predicted against measured onset per row, level and rank of the encoder grid ``name``."""
     from .grids import onset_ratio
 
+    from ..engine import resolve_device
+
     grid = encoder_grid(name, steps)
+    device = str(resolve_device(device))
     _, seeds, points, rounds, (lo, hi) = ENCODER_GRIDS[name]
     preds = _predictions(grid, seeds, device)
     if progress:
@@ -131,15 +134,18 @@ def encoder_onset_table(name: str, device: str = "cpu", steps: int | None = None
                     "within_2x": bool(0.5 <= ratio <= 2.0), "reference_rank": m["reference_rank"],
                     **{k: p[k] for k in ("lambda_0", "eos_edge", "catapult_max", "curvature")},
                     "predict_s": p["predict_s"], "measure_s": seconds,
-                    "note": _encoder_note(level, pred, m["onset"], p, run),
+                    "note": _encoder_note(level, pred, m["onset"], p, run, lo),
                 })
         if progress:
             progress(f"measured {metric}")
     return out
 
 
-def _encoder_note(level: str, pred: float, meas: float, p: dict, run: RunConfig) -> str:
+def _encoder_note(level: str, pred: float, meas: float, p: dict, run: RunConfig, lo: float) -> str:
     """Which anchor the row is set against and how far off it is."""
+    if meas <= lo:
+        return (f"no onset inside the scan: its smallest rate, {lo:g} (the reference), already "
+                f"ends collapsed at this level")
     if level == "complete":
         return ("not predicted: complete collapse of an encoder follows the norm's growth after "
                 "the catapult, which the curvature at initialisation does not see")

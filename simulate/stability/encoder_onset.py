@@ -37,6 +37,7 @@ import math
 import time
 
 from ..config import RunConfig
+from ..engine import resolve_device
 from ..engine.optimizers import lars_ratio
 from .curvature import LayerCurvature, hessian_top, lars_top, make_objective
 from .optimizer_edges import momentum_edge
@@ -78,14 +79,23 @@ def _top_curvature(run: RunConfig, device: str):
     return top.top + run.weight_decay, "Hessian at initialisation", top.hvps
 
 
+def _check_run(run) -> RunConfig:
+    if not isinstance(run, RunConfig):
+        raise ValueError(f"run must be a simulate.config.RunConfig, got {type(run).__name__}")
+    if run.model != "mlp":
+        raise ValueError(f"run.model must be 'mlp' (the encoder predictor acts on an MLP's "
+                         f"parameters), got {run.model!r}")
+    return run
+
+
 def encoder_edges(run: RunConfig, device: str = "cpu") -> dict:
     """The curvature-derived rates of an MLP run (see the module docstring): ``lambda_0``,
     ``eos_edge`` (the edge of stability at initialisation), ``catapult_max``
     (:data:`CATAPULT_FACTOR` / 2 times it), how ``lambda_0`` was taken, the HVPs used and
     the seconds it took. NaN where not derived (Adam; a non-positive top eigenvalue has no
     edge: inf)."""
-    if not isinstance(run, RunConfig) or run.model != "mlp":
-        raise ValueError(f"run must be a RunConfig with model 'mlp', got {run!r:.80}")
+    run = _check_run(run)
+    device = str(resolve_device(device))
     t0 = time.perf_counter()
     lam, how, hvps = _top_curvature(run, device)
     c = momentum_edge(run.momentum, run.nesterov)
@@ -102,6 +112,7 @@ def predict_encoder_onset(run: RunConfig, level: str = "dimensional", device: st
     (``dimensional``: the catapult's upper end; ``complete``: NaN, not predicted)."""
     if level not in ("dimensional", "complete"):
         raise ValueError(f"level must be 'dimensional' or 'complete', got {level!r}")
+    _check_run(run)
     if level == "complete":
         return math.nan
     return encoder_edges(run, device)["catapult_max"]
