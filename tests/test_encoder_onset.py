@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from simulate.config import RunConfig
-from simulate.stability.encoder_grids import ENCODER_GRIDS, encoder_grid, encoder_onset_table
+from simulate.stability.encoder_grids import ENCODER_GRIDS, encoder_grid, encoder_onset_table  # noqa: F401
 from simulate.stability.encoder_onset import CATAPULT_FACTOR, encoder_edges, predict_encoder_onset
 
 TINY = dict(model="mlp", loss="ntxent", temperature=0.5, hidden=5, depth=2, out_dim=3, k=2, d=3,
@@ -99,26 +99,6 @@ def test_lars_edge_uses_the_frozen_ratio_operator():
     assert lars["eos_edge"] == pytest.approx(3.8 / lars["lambda_0"])
 
 
-def test_tiny_encoder_table_reports_both_levels_and_ranks():
-    grid = encoder_grid("encoder-tiny")
-    rows = encoder_onset_table("encoder-tiny")
-    labels = [label for label, _ in grid]
-    projected = [label for label, run in grid if run.projector_widths]
-    want = {(lab, lev, "projection" if lab in projected else "output") for lab in labels
-            for lev in ("complete", "dimensional")}
-    want |= {(lab, lev, "representation") for lab in projected for lev in ("complete", "dimensional")}
-    assert {(r["config"], r["level"], r["rank"]) for r in rows} == want
-    _, seeds, *_ = ENCODER_GRIDS["encoder-tiny"]
-    for r in rows:
-        assert len(r["per_seed"]) == len(seeds) and len(r["reference_rank"]) == len(seeds)
-        if r["level"] == "complete" or r["optimizer"] == "adam":
-            assert math.isnan(r["predicted"])
-            assert r["note"].startswith(("not predicted", "no onset inside the scan")), r["note"]
-        else:
-            assert r["predicted"] == pytest.approx(r["catapult_max"]) and r["predicted"] > 0
-        assert r["measured"] > 0 and r["predict_s"] >= 0 and r["measure_s"] > 0
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
 def test_cuda_edges_equal_cpu():
     for extra in ({}, {"optimizer": "lars", "momentum": 0.9, "projector_dims": "4,3"}):
@@ -129,17 +109,34 @@ def test_cuda_edges_equal_cpu():
 
 def test_figures_onset_command_runs_an_encoder_grid(capsys):
     """``python -m figures onset --grid encoder-tiny``: the table, one summary line per level
-    and the JSON list last; a wrong grid is one line naming --grid and the accepted names."""
+    and the JSON list last, one row per configuration, level and rank (output; projection and
+    representation with a projector); a wrong grid is one line naming --grid and the
+    accepted names."""
     import json
 
     from figures.__main__ import main
 
     assert main(["onset", "--grid", "encoder-tiny"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    rows = json.loads(out[-1])
-    assert {r["rank"] for r in rows} == {"output", "projection", "representation"}
+    rows = json.loads(out[-1], parse_constant=lambda name: pytest.fail(f"non-standard JSON {name}"))
     assert any(line.startswith("dimensional: median |ratio - 1|") for line in out)
     assert any(line.startswith("complete: not predicted in any of") for line in out)
+    grid = encoder_grid("encoder-tiny")
+    projected = [label for label, run in grid if run.projector_widths]
+    want = {(lab, lev, "projection" if lab in projected else "output") for lab, _ in grid
+            for lev in ("complete", "dimensional")}
+    want |= {(lab, lev, "representation") for lab in projected for lev in ("complete", "dimensional")}
+    assert {(r["config"], r["level"], r["rank"]) for r in rows} == want
+    _, seeds, *_ = ENCODER_GRIDS["encoder-tiny"]
+    for r in rows:
+        assert len(r["per_seed"]) == len(seeds) and len(r["reference_rank"]) == len(seeds)
+        if r["level"] == "complete" or r["optimizer"] == "adam":
+            assert r["predicted"] is None  # NaN: not predicted
+            assert r["note"].startswith(("not predicted", "no onset inside the scan")), r["note"]
+        else:
+            assert r["predicted"] == pytest.approx(r["catapult_max"]) and r["predicted"] > 0
+        assert r["measured"] == "inf" or r["measured"] > 0
+        assert r["predict_s"] >= 0 and r["measure_s"] > 0
     with pytest.raises(SystemExit) as info:
         main(["onset", "--grid", "mlp-huge"])
     assert info.value.code == 2
