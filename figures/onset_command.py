@@ -27,18 +27,25 @@ def _ratio_text(ratio: float) -> str:
     return "-" if math.isnan(ratio) else "inf" if ratio == math.inf else f"{ratio:.3g}"
 
 
+def _cells(r: dict) -> str:
+    """A row's predicted, measured, ratio and seed spread, aligned ("-": not predicted)."""
+    spread = "-" if math.isnan(r["spread"]) else f"{r['spread']:.2f}x"
+    pred = "-" if math.isnan(r["predicted"]) else _fmt(r["predicted"])
+    return f"{pred:>10} {_fmt(r['measured']):>10} {_ratio_text(r['ratio']):>7} {spread:>11}"
+
+
+def _per_seed(r: dict) -> str:
+    return ", ".join(_fmt(v) for v in r["per_seed"])
+
+
 def _print_onset_table(rows: list[dict]) -> None:
     head = (f"{'configuration':<22} {'level':<11} {'predicted':>10} {'measured':>10} {'ratio':>7} "
             f"{'seed spread':>11}  {'attract':>8} {'escape':>10}  per seed")
     print(head)
     print("-" * len(head))
     for r in rows:
-        per = ", ".join(_fmt(v) for v in r["per_seed"])
-        spread = "-" if math.isnan(r["spread"]) else f"{r['spread']:.2f}x"
-        pred = "-" if math.isnan(r["predicted"]) else _fmt(r["predicted"])
-        print(f"{r['config']:<22} {r['level']:<11} {pred:>10} {_fmt(r['measured']):>10} "
-              f"{_ratio_text(r['ratio']):>7} {spread:>11}  {_fmt(r['attraction_edge']):>8} "
-              f"{_fmt(r['escape_edge']):>10}  {per}")
+        print(f"{r['config']:<22} {r['level']:<11} {_cells(r)}  {_fmt(r['attraction_edge']):>8} "
+              f"{_fmt(r['escape_edge']):>10}  {_per_seed(r)}")
     for r in rows:
         if not r["within_2x"]:
             print(f"  {r['config']} ({r['level']}): {r['note']}")
@@ -52,11 +59,8 @@ def _print_encoder_table(rows: list[dict]) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        per = ", ".join(_fmt(v) for v in r["per_seed"])
-        spread = "-" if math.isnan(r["spread"]) else f"{r['spread']:.2f}x"
-        pred = "-" if math.isnan(r["predicted"]) else _fmt(r["predicted"])
-        print(f"{r['config']:<18} {r['level']:<11} {r['rank']:<14} {pred:>10} {_fmt(r['measured']):>10} "
-              f"{_ratio_text(r['ratio']):>7} {spread:>11}  {r['lambda_0']:>9.4g} {_fmt(r['eos_edge']):>8}  {per}")
+        print(f"{r['config']:<18} {r['level']:<11} {r['rank']:<14} {_cells(r)}  {r['lambda_0']:>9.4g} "
+              f"{_fmt(r['eos_edge']):>8}  {_per_seed(r)}")
     for r in rows:
         if r["level"] != "complete" and not r["within_2x"]:
             print(f"  {r['config']} ({r['level']}, {r['rank']}): {r['note']}")

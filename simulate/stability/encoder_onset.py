@@ -39,7 +39,7 @@ import time
 from ..config import RunConfig
 from ..engine import resolve_device
 from ..engine.optimizers import lars_ratio
-from .curvature import LayerCurvature, hessian_top, lars_top, make_objective
+from .curvature import LayerCurvature, _check_run, hessian_top, lars_top, make_objective
 from .optimizer_edges import momentum_edge
 
 #: the catapult phase's upper end in units of ``1 / lambda_0`` for wide ReLU networks under
@@ -77,15 +77,6 @@ def _top_curvature(run: RunConfig, device: str):
         return top.top, "LARS, trust ratios frozen at initialisation", top.hvps
     top = hessian_top(obj, tol=PREDICT_TOL)
     return top.top + run.weight_decay, "Hessian at initialisation", top.hvps
-
-
-def _check_run(run) -> RunConfig:
-    if not isinstance(run, RunConfig):
-        raise ValueError(f"run must be a simulate.config.RunConfig, got {type(run).__name__}")
-    if run.model != "mlp":
-        raise ValueError(f"run.model must be 'mlp' (the encoder predictor acts on an MLP's "
-                         f"parameters), got {run.model!r}")
-    return run
 
 
 def encoder_edges(run: RunConfig, device: str = "cpu") -> dict:
