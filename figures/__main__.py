@@ -18,8 +18,11 @@ import sys
 import time
 from pathlib import Path
 
+from simulate.interrupts import interrupts_held  # noqa: E402  (standard library only)
+
 try:  # the registry imports numpy, sympy, pandas and matplotlib (about a second)
-    from . import FIGURES, write, write_index
+    with interrupts_held():
+        from . import FIGURES, write, write_index
 except KeyboardInterrupt:
     if __name__ != "__main__":
         raise

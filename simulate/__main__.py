@@ -14,10 +14,13 @@ import os
 import sys
 import typing
 
+from .interrupts import interrupts_held
+
 try:  # these import pandas and torch (about a second): Ctrl-C then is one line too
-    from .cli import CliParser, check_device_here, parse_bool, parse_device, parse_seconds
-    from .config import RunConfig, SpecError
-    from .store import check_out_folder
+    with interrupts_held():
+        from .cli import CliParser, check_device_here, parse_bool, parse_device, parse_seconds
+        from .config import RunConfig, SpecError
+        from .store import check_out_folder
 except KeyboardInterrupt:
     if __name__ != "__main__":
         raise

@@ -1,0 +1,37 @@
+"""Ctrl-C during a command's start-up imports (standard library only, so it can come first).
+
+A SIGINT that lands while a C extension initialises (numpy importing ``datetime``, say) does
+not surface as a KeyboardInterrupt: the extension's import fails and Python reports an
+ImportError with a traceback. :func:`interrupts_held` holds SIGINT back while a block runs
+and raises KeyboardInterrupt after it, so the command's own handler prints its one line.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+
+
+@contextmanager
+def interrupts_held():
+    """Run the block with SIGINT blocked; if one came meanwhile, consume it and raise
+    KeyboardInterrupt when the block ends. Threads started inside the block (a numerical
+    library's pool) keep SIGINT blocked, so later signals still reach the main thread, as
+    Python expects. Where signals cannot be masked (no ``pthread_sigmask``, or not the main
+    thread) the block runs as it is."""
+    if not (hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigtimedwait")
+            and threading.current_thread() is threading.main_thread()):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    pending = False
+    try:
+        yield
+    finally:
+        pending = signal.SIGINT in signal.sigpending()
+        if pending:
+            signal.sigtimedwait({signal.SIGINT}, 0)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    if pending:
+        raise KeyboardInterrupt
