@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from simulate.interrupts import interrupts_held  # noqa: E402  (standard library only)
+from simulate.interrupts import caused_by_interrupt, interrupts_held  # noqa: E402  (standard library only)
 
 try:  # the registry imports numpy, sympy, pandas and matplotlib (about a second)
     with interrupts_held():
@@ -222,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return onset(argv[1:])
         return draw(argv)
+    except Exception as exc:  # noqa: BLE001  (an import that Ctrl-C cut short is not a KeyboardInterrupt)
+        if not caused_by_interrupt(exc):
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

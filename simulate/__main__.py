@@ -14,7 +14,7 @@ import os
 import sys
 import typing
 
-from .interrupts import interrupts_held
+from .interrupts import caused_by_interrupt, interrupts_held
 
 try:  # these import pandas and torch (about a second): Ctrl-C then is one line too
     with interrupts_held():
@@ -175,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         where = (f"; the finished chunks are kept in {args.out}: run the same command again to "
                  "resume") if args.command == "sweep" else ""
         return _fail(f"interrupted{where}", 130)
+    except (ImportError, RuntimeError) as exc:  # an import that Ctrl-C cut short
+        if not caused_by_interrupt(exc):
+            raise
+        return _fail("interrupted", 130)
     except BrokenPipeError:  # the reader of stdout (| head) has gone: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

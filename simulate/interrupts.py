@@ -35,3 +35,17 @@ def interrupts_held():
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
     if pending:
         raise KeyboardInterrupt
+
+
+def caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` came from a Ctrl-C: a KeyboardInterrupt itself, or an error raised
+    while one was being handled or because of one (an import or a class body that Ctrl-C
+    cut short surfaces as ImportError or RuntimeError, with the KeyboardInterrupt in its
+    chain)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
