@@ -18,16 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from simulate.interrupts import caused_by_interrupt, interrupts_held  # noqa: E402  (standard library only)
+from simulate.interrupts import caused_by_interrupt, startup_imports  # noqa: E402  (standard library only)
 
-try:  # the registry imports numpy, sympy, pandas and matplotlib (about a second)
-    with interrupts_held():
-        from . import FIGURES, write, write_index
-except KeyboardInterrupt:
-    if __name__ != "__main__":
-        raise
-    print("error: interrupted", file=sys.stderr)
-    sys.exit(130)
+with startup_imports(__name__):  # the registry imports numpy, sympy, pandas and matplotlib (about a second)
+    from . import FIGURES, write, write_index
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "out"

@@ -14,18 +14,12 @@ import os
 import sys
 import typing
 
-from .interrupts import caused_by_interrupt, interrupts_held
+from .interrupts import caused_by_interrupt, startup_imports
 
-try:  # these import pandas and torch (about a second): Ctrl-C then is one line too
-    with interrupts_held():
-        from .cli import CliParser, check_device_here, parse_bool, parse_device, parse_seconds
-        from .config import RunConfig, SpecError
-        from .store import check_out_folder
-except KeyboardInterrupt:
-    if __name__ != "__main__":
-        raise
-    print("error: interrupted", file=sys.stderr)
-    sys.exit(130)
+with startup_imports(__name__):  # these import pandas and torch (about a second)
+    from .cli import CliParser, check_device_here, parse_bool, parse_device, parse_seconds
+    from .config import RunConfig, SpecError
+    from .store import check_out_folder
 
 #: what each field type accepts on the command line
 _ACCEPTED = {bool: "true or false", int: "an integer", float: "a number", str: "text"}

@@ -9,6 +9,7 @@ and raises KeyboardInterrupt after it, so the command's own handler prints its o
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -49,3 +50,18 @@ def caused_by_interrupt(exc: BaseException) -> bool:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+@contextmanager
+def startup_imports(module_name: str):
+    """A command's start-up imports under :func:`interrupts_held`; a Ctrl-C during them ends
+    the command (when ``module_name`` is ``"__main__"``) with the one line ``error:
+    interrupted`` and exit status 130, and is re-raised for an importer."""
+    try:
+        with interrupts_held():
+            yield
+    except KeyboardInterrupt:
+        if module_name != "__main__":
+            raise
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -50,6 +50,7 @@ well below the healthy rank (k = 4 in d = 16: 3.5 against about 16).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 #: complete collapse: a run is collapsed when its final rank is at or below this value. A
@@ -68,7 +69,7 @@ REFERENCE_RATE_FACTOR = 0.03
 
 
 @dataclass(frozen=True)
-class CollapseLevel:
+class CollapseLevel(ABC):
     """A collapse level: ``threshold(reference_rank, k)`` is the largest final rank that
     counts as collapsed; ``needs_reference``: the threshold reads the reference rank;
     ``needs_k``: it reads the number of classes."""
@@ -78,8 +79,9 @@ class CollapseLevel:
     needs_reference: bool = False
     needs_k: bool = False
 
+    @abstractmethod
     def threshold(self, reference_rank: float = math.nan, k: int | None = None) -> float:
-        raise NotImplementedError
+        """The largest final rank that counts as collapsed at this level."""
 
     def collapsed(self, final_rank: float, reference_rank: float = math.nan,
                   k: int | None = None) -> bool:
