@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from simulate.interrupts import caused_by_interrupt, startup_imports  # noqa: E402  (standard library only)
+from simulate.interrupts import caused_by_interrupt, exit_after, startup_imports  # noqa: E402  (standard library only)
 
 with startup_imports(__name__):  # the registry imports numpy, sympy, pandas and matplotlib (about a second)
     from . import FIGURES, write, write_index
@@ -237,4 +237,4 @@ def _entry() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_entry())
+    exit_after(_entry)

@@ -14,7 +14,7 @@ import os
 import sys
 import typing
 
-from .interrupts import caused_by_interrupt, startup_imports
+from .interrupts import caused_by_interrupt, exit_after, startup_imports
 
 with startup_imports(__name__):  # these import pandas and torch (about a second)
     from .cli import CliParser, check_device_here, parse_bool, parse_device, parse_seconds
@@ -297,4 +297,4 @@ def _entry() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_entry())
+    exit_after(_entry)

@@ -65,3 +65,24 @@ def startup_imports(module_name: str):
             raise
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def _block_sigint() -> None:
+    if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def exit_after(entry) -> None:
+    """``sys.exit(entry())`` for a command's ``__main__``, with SIGINT blocked once ``entry``
+    has returned. The interpreter restores SIGINT's default action while it shuts down, so a
+    Ctrl-C in that window would kill the process (status -2 to its parent, no message) after
+    the work was done; blocked, it is dropped and the command's own status stands. A Ctrl-C
+    that ``entry`` did not handle ends as the one line ``error: interrupted``, status 130."""
+    try:
+        status = entry()
+        _block_sigint()
+    except KeyboardInterrupt:
+        _block_sigint()
+        print("error: interrupted", file=sys.stderr)
+        status = 130
+    sys.exit(status)

@@ -408,3 +408,40 @@ def test_ctrl_c_at_start_up_is_one_line(tmp_path, args):
     assert proc.returncode == 130, (proc.returncode, err)
     assert "Traceback" not in err, err
     assert err.splitlines()[-1].startswith("error: interrupted"), err
+
+
+# ---------------------------------------------------------------------- Ctrl-C at shut-down
+EXIT_AFTER = """
+import atexit, os, signal, sys
+from simulate.interrupts import exit_after
+# the interpreter's shut-down: a Ctrl-C once the command's work is done
+atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))
+exit_after(lambda: int(sys.argv[1]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="needs pthread_sigmask")
+@pytest.mark.parametrize("status", [0, 2])
+def test_ctrl_c_at_shut_down_keeps_the_commands_status(status):
+    """``exit_after`` (both commands' ``__main__``): a Ctrl-C after the command returned (here
+    from an exit hook) neither kills the process (-2, no message) nor prints a traceback."""
+    done = subprocess.run([sys.executable, "-c", EXIT_AFTER, str(status)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (status, "")
+
+
+def test_ctrl_c_that_the_entry_does_not_handle_is_one_line():
+    from simulate.interrupts import exit_after
+
+    def entry():
+        raise KeyboardInterrupt
+
+    import signal
+
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    try:
+        with pytest.raises(SystemExit) as info:
+            exit_after(entry)
+        assert info.value.code == 130
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
