@@ -83,11 +83,12 @@ register(Figure(
              "8x8 digits (bottom), NT-Xent with (solid) and without (dashed) CLOP: held-out "
              "linear-probe accuracy of the representation, variance of the normalised projections "
              "and the representation's effective rank at the end of training, mean and std over "
-             "seeds. On the rank panels, vertical lines mark the edge of stability at "
-             "initialisation (grey) and the predicted onset of dimensional collapse (red, "
-             "simulate.stability.encoder_onset: the catapult's upper end, 6 times that edge, with "
-             "the trust ratios frozen), dashed without and solid with CLOP; values beyond the swept "
-             "rates are written in the panel. The paper reports three regimes on CIFAR-10 (not learning at 1e-7 to 1e-5, "
+             "seeds. On the rank panels, grey vertical lines mark the edge of stability at "
+             "initialisation (simulate.stability.encoder_onset, the trust ratios frozen), dashed "
+             "without and solid with CLOP; values beyond the swept rates are written in the panel. "
+             "No onset of collapse is drawn: the encoders' estimate (the catapult's end, 6 times "
+             "the edge) misses this recipe's measured onsets by two orders of magnitude "
+             "(docs/onset.md, python -m figures onset --grid paper). The paper reports three regimes on CIFAR-10 (not learning at 1e-7 to 1e-5, "
              "mild at 1e-4 to 1e-3, collapse at 1e-2 to 1); the figure shows what these small "
              "settings give, without tuning."),
     preset_sweeps=("paper_mixture", "paper_digits"), build=build_paper_lr_regimes))

@@ -116,3 +116,28 @@ def test_levels_are_named_and_nested():
     from simulate.stability.onset import COLLAPSED_RANK
 
     assert COLLAPSED_RANK == S.COLLAPSED_RANK
+
+
+# ---------------------------------------------------------------- the scan's bracket rule
+GRID = [1.0, 10.0, 100.0, 1000.0, 10000.0]
+
+
+@pytest.mark.parametrize("ranks, bracket, dip", [
+    ([16, 15, 3, 1.2, 1.1], (10.0, 100.0), None),          # monotone: the first collapsed rate
+    ([16, 3, 9, 2.0, 1.0], (100.0, 1000.0), 10.0),         # a dip at 10, healthy again at 100
+    ([16, 15, 14, 13, 12], (10000.0, math.inf), None),     # none collapses
+    ([16, 2, 2, 2, 9], (10000.0, math.inf), 10.0),         # the largest rate is healthy: none
+    ([16, 15, float("nan"), 1.0, 1.0], (10.0, 100.0), None),  # diverged counts as collapsed
+])
+def test_scan_bracket_is_where_every_larger_rate_collapses(ranks, bracket, dip):
+    """The onset ("the rate above which runs end collapsed") is bracketed by the largest
+    healthy scanned rate and the next one; a dip below a healthy rate is reported, not taken.
+    Dimensional level, reference = the first rate's rank (16): collapsed when rank <= 8."""
+    from simulate.stability.measure import _scan_brackets, _scan_dips, dip_note
+
+    scans = [(0, 7, GRID)]
+    test = lambda ci, seed, v: L.DIMENSIONAL.collapsed(v, ranks[0])  # noqa: E731
+    assert _scan_brackets(scans, ranks, test) == {(0, 7): bracket}
+    assert _scan_dips(scans, ranks, test) == {(0, 7): dip}
+    note = dip_note({"dips": [dip]}, [7])
+    assert (note == "") == (dip is None) and (dip is None or "seed 7 at 10" in note)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..config import RunConfig
 from .encoder_onset import CATAPULT_FACTOR, encoder_edges
-from .measure import measure_levels
+from .measure import dip_note, measure_levels
 
 #: the quick preset's MLP lr-sweep shape (figure lr_regimes): every ``mlp`` row changes one
 #: thing of it
@@ -134,7 +134,8 @@ def encoder_onset_table(name: str, device: str = "cpu", steps: int | None = None
                     "within_2x": bool(0.5 <= ratio <= 2.0), "reference_rank": m["reference_rank"],
                     **{k: p[k] for k in ("lambda_0", "eos_edge", "catapult_max", "curvature")},
                     "predict_s": p["predict_s"], "measure_s": seconds,
-                    "note": _encoder_note(level, pred, m["onset"], p, run, lo),
+                    "dips": m["dips"],
+                    "note": _encoder_note(level, pred, m["onset"], p, run, lo) + dip_note(m, seeds),
                 })
         if progress:
             progress(f"measured {metric}")

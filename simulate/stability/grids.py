@@ -9,7 +9,7 @@ from typing import Callable
 
 from ..config import RunConfig
 from .edges import attraction_edge, collective_edge
-from .measure import measure_levels
+from .measure import dip_note, measure_levels
 from .optimizer_onset import predict_optimizer_onset, sgd_base, why_not_predicted
 from .pair_map import escape_edge, splitting_edge, updates_per_point
 
@@ -117,24 +117,28 @@ def onset_table(name: str, device: str = "cpu", steps: int | None = None,
     out = []
     for i, ((label, run), e, p) in enumerate(zip(grid, edges, preds)):
         for level, per_level in zip(TABLE_LEVELS, measured):
-            out.append(_table_row(label, run, level, p[level], e, per_level[i]))
+            out.append(_table_row(label, run, level, p[level], e, per_level[i], seeds))
     return out
 
 
 def _table_row(label: str, run: RunConfig, level: str, pred: float, edges: dict,
-               m: dict) -> dict:
+               m: dict, seeds) -> dict:
     """One row of :func:`onset_table`: configuration ``label`` at ``level``, predicted
-    ``pred``, measured ``m`` (a result of :func:`measure_levels`)."""
+    ``pred``, measured ``m`` (a result of :func:`measure_levels` over ``seeds``)."""
     ratio = onset_ratio(pred, m["onset"])
     a, e = edges["attraction_edge"], edges["escape_edge"]
     why = why_not_predicted(run, level)
     if why is not None:
         none = "none measured" if not math.isfinite(m["onset"]) else f"measured {m['onset']:.3g}"
         note = f"not predicted ({why}); {none}"
+    elif math.isfinite(pred) and not math.isfinite(m["onset"]) and any(d is not None for d in m["dips"]):
+        note = (f"miss: collapse predicted above {pred:.3g}, but the runs end collapsed only in a "
+                f"band of rates and keep more rank above it (up to 3000 x 2B tau)")
     elif level == "complete":
         note = _miss_note(pred, m["onset"], a, e, run)
     else:
         note = _dimensional_note(pred, m["onset"], run)
+    note += dip_note(m, seeds)
     return {
         "config": label, "level": level, "loss": run.loss, "update_mode": run.update_mode,
         "temperature": run.temperature, "batch_size": run.batch_size, "d": run.d, "k": run.k,
@@ -143,7 +147,7 @@ def _table_row(label: str, run: RunConfig, level: str, pred: float, edges: dict,
         "steps": run.steps, "updates_per_point": updates_per_point(run),
         "predicted": pred, **edges,
         "measured": m["onset"], "per_seed": m["per_seed"], "spread": m["spread"],
-        "reference_rank": m["reference_rank"],
+        "reference_rank": m["reference_rank"], "dips": m["dips"],
         "ratio": ratio, "within_2x": bool(0.5 <= ratio <= 2.0), "note": note,
     }
 

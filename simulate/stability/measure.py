@@ -47,8 +47,9 @@ def measure_onsets(runs: list[RunConfig], seeds=(0, 1, 2), lo: float | None = No
     For every configuration and seed: a scan of ``points`` learning rates log-spaced over
     ``[lo, hi]`` (free embeddings: default ``[0.03, 3000]`` times :func:`rate_scale`; MLP
     encoders: ``lo`` and ``hi`` must be given), then ``rounds`` bisections (geometric
-    midpoints) between the largest healthy rate below the first collapsed one and that one.
-    Every round trains all brackets of all configurations as stacks (runs sharing a chunk
+    midpoints) between the largest healthy scanned rate and the next one, above which every
+    scanned rate collapses (where the rank is not monotone in the rate, a dip at small rates
+    that later rates climb out of is not the onset). Every round trains all brackets of all configurations as stacks (runs sharing a chunk
     key train together). A seed's onset is the geometric midpoint of its final bracket;
     ``math.inf`` when no scanned rate collapses, ``lo`` when the smallest does. A run's rank
     is its final ``metric`` (``effective_rank``, or ``repr_effective_rank``: the
@@ -59,7 +60,8 @@ def measure_onsets(runs: list[RunConfig], seeds=(0, 1, 2), lo: float | None = No
 
     Returns one dict per configuration: ``onset`` (median over seeds), ``per_seed``,
     ``spread`` (largest over smallest finite per-seed onset), ``brackets``, ``runs_trained``,
-    ``level``, ``metric``, ``reference_rank`` (per seed).
+    ``level``, ``metric``, ``reference_rank`` (per seed), ``dips`` (per seed: the smallest
+    scanned rate that collapsed below a healthy one, or None; :func:`dip_note`).
     """
     return measure_levels(runs, (level,), seeds, lo, hi, points, rounds, device, metric)[0]
 
@@ -82,10 +84,12 @@ def measure_levels(runs: list[RunConfig], levels=("complete", "dimensional"), se
     refs = _reference_ranks(scans, ranks)
     tests = [_level_test(lev, runs, refs) for lev in levels]
     brackets = [_scan_brackets(scans, ranks, t) for t in tests]
+    dips = [_scan_dips(scans, ranks, t) for t in tests]
     trained = len(jobs) + _bisect(brackets, tests, runs, rounds, device, metric)
     return [[{**_onset_summary(b, ci, seeds, trained), "level": lev.name, "metric": metric,
-              "reference_rank": [refs[(ci, s)] for s in seeds]} for ci in range(len(runs))]
-            for lev, b in zip(levels, brackets)]
+              "reference_rank": [refs[(ci, s)] for s in seeds],
+              "dips": [dip[(ci, s)] for s in seeds]} for ci in range(len(runs))]
+            for lev, b, dip in zip(levels, brackets, dips)]
 
 
 def _check_onset_args(runs: list[RunConfig], seeds, points: int, rounds: int, lo, hi,
@@ -145,21 +149,45 @@ def _level_test(level: CollapseLevel, runs: list[RunConfig], refs: dict):
 
 def _scan_brackets(scans: list[tuple], ranks: list[float], test) -> dict:
     """``(config, seed) -> (a, b)`` from the scans' final ranks (in the order of ``scans``):
-    the largest healthy rate below the first collapsed one and that one; ``(0, first)`` when
-    the smallest rate collapses, ``(last, inf)`` when none does."""
+    the largest healthy scanned rate and the next one (from there on every scanned rate
+    collapses); ``(0, grid[0])`` when every rate collapses, ``(last, inf)`` when the largest
+    does not."""
     brackets = {}
     k = 0
     for ci, seed, grid in scans:
         rk = ranks[k:k + len(grid)]
         k += len(grid)
-        first = next((i for i, v in enumerate(rk) if test(ci, seed, v)), None)
-        if first is None:
-            brackets[(ci, seed)] = (grid[-1], math.inf)
-        elif first == 0:
+        healthy = [i for i, v in enumerate(rk) if not test(ci, seed, v)]
+        if not healthy:
             brackets[(ci, seed)] = (0.0, grid[0])
+        elif healthy[-1] == len(grid) - 1:
+            brackets[(ci, seed)] = (grid[-1], math.inf)
         else:
-            brackets[(ci, seed)] = (grid[first - 1], grid[first])
+            brackets[(ci, seed)] = (grid[healthy[-1]], grid[healthy[-1] + 1])
     return brackets
+
+
+def _scan_dips(scans: list[tuple], ranks: list[float], test) -> dict:
+    """``(config, seed) -> rate``: the smallest scanned rate that ends collapsed although a
+    larger scanned rate does not (the rank is not monotone in the rate there), or None."""
+    dips = {}
+    k = 0
+    for ci, seed, grid in scans:
+        hit = [test(ci, seed, v) for v in ranks[k:k + len(grid)]]
+        k += len(grid)
+        healthy = [i for i, h in enumerate(hit) if not h]
+        first = next((i for i, h in enumerate(hit) if h), None)
+        dips[(ci, seed)] = grid[first] if first is not None and healthy and first < healthy[-1] else None
+    return dips
+
+
+def dip_note(measured: dict, seeds) -> str:
+    """A sentence for a table row whose scan dipped (see :func:`_scan_dips`), or ``""``."""
+    parts = [f"seed {s} at {d:.3g}" for s, d in zip(seeds, measured["dips"]) if d is not None]
+    if not parts:
+        return ""
+    return (f"; rank not monotone in lr: collapsed at a smaller rate, healthy again above it "
+            f"({', '.join(parts)}); the onset is where every larger rate collapses")
 
 
 def _bisect(brackets: list[dict], tests: list, runs: list[RunConfig], rounds: int, device: str,
