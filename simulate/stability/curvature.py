@@ -8,7 +8,9 @@ is the parameters in the order of ``model.named_parameters()`` (encoder weights,
 biases, then the projector's), each flattened with its leading run dimension of 1.
 
 Hessian-vector products ``H v = d/de grad L(theta + e v)`` are forward-over-reverse
-(``torch.func.jvp`` of ``torch.func.grad``); the Hessian is never formed. The engine's NT-Xent
+(``torch.func.jvp`` of ``torch.func.grad``, :meth:`Objective.hvp`) or, for the many products
+Lanczos takes at one point, reverse-over-reverse through a gradient graph built once
+(:meth:`Objective.hvp_operator`); the Hessian is never formed. The engine's NT-Xent
 (``_NTXentGram``) and cosine CLOP (``_CosineCLOP``) are custom autograd Functions with a
 hand-written first derivative: torch.func refuses them (no ``setup_context``), and autograd's
 double backward would be silently wrong (their backward reads intermediates saved without a
@@ -130,6 +132,20 @@ class Objective:
         """``H(theta) v`` (forward-over-reverse: ``jvp`` of ``grad``)."""
         return jvp(grad(lambda t: self(t, batch)), (theta.detach(),), (v,))[1]
 
+    def hvp_operator(self, theta, batch=None):
+        """``v -> H(theta) v`` for many ``v`` at one point (what Lanczos needs): the gradient's
+        graph is built once (``create_graph``), then every product is one reverse pass
+        through it (double backward, as PyHessian does); the same values as :meth:`hvp`."""
+        t = theta.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self(t, batch), t, create_graph=True)
+
+        def matvec(v):
+            with torch.enable_grad():
+                return torch.autograd.grad(g, t, grad_outputs=v, retain_graph=True)[0].detach()
+
+        return matvec
+
     def block_hvp(self, theta, name: str, v, batch=None) -> torch.Tensor:
         """``H_ll v``: the diagonal block of parameter ``name`` applied to ``v`` (its size)."""
         s = self.slices[name]
@@ -226,7 +242,7 @@ def hessian_top(obj: Objective, theta=None, k: int = 1, tol: float = 1e-6, max_i
     """The ``k`` largest algebraic eigenvalues of the Hessian of ``obj`` at ``theta`` (None:
     the initial parameters) on its fixed minibatch (or ``batch``), by :func:`lanczos_top`."""
     theta = obj.theta0 if theta is None else theta.detach()
-    return lanczos_top(lambda v: obj.hvp(theta, v, batch), obj.size, k, tol, max_iter, seed,
+    return lanczos_top(obj.hvp_operator(theta, batch), obj.size, k, tol, max_iter, seed,
                        theta.dtype, theta.device)
 
 
@@ -322,5 +338,6 @@ def lars_top(obj: Objective, layers: list[LayerCurvature], theta=None, tol: floa
         scale[obj.slices[layer.name]] = math.sqrt(layer.ratio)
         mask[obj.slices[layer.name]] = float(layer.adapted)
     wd = float(obj.state.weight_decay[0])
-    op = lambda v: scale * (obj.hvp(theta, scale * v, batch) + wd * mask * scale * v)  # noqa: E731
+    hvp = obj.hvp_operator(theta, batch)
+    op = lambda v: scale * (hvp(scale * v) + wd * mask * scale * v)  # noqa: E731
     return lanczos_top(op, obj.size, 1, tol, max_iter, seed, theta.dtype, theta.device)
