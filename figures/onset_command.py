@@ -40,12 +40,12 @@ def _per_seed(r: dict) -> str:
 
 def _print_onset_table(rows: list[dict]) -> None:
     head = (f"{'configuration':<22} {'level':<11} {'predicted':>10} {'measured':>10} {'ratio':>7} "
-            f"{'seed spread':>11}  {'attract':>8} {'escape':>10}  per seed")
+            f"{'seed spread':>11}  {'attract':>8} {'escape':>10} {'mirror':>10}  per seed")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['config']:<22} {r['level']:<11} {_cells(r)}  {_fmt(r['attraction_edge']):>8} "
-              f"{_fmt(r['escape_edge']):>10}  {_per_seed(r)}")
+              f"{_fmt(r['escape_edge']):>10} {_fmt(r['mirror_edge']):>10}  {_per_seed(r)}")
     for r in rows:
         if not r["within_2x"]:
             print(f"  {r['config']} ({r['level']}): {r['note']}")

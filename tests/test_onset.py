@@ -170,6 +170,50 @@ def test_escape_edge_against_the_closed_form_for_dcl():
     assert S.escape_edge(short) == math.inf
 
 
+def test_mirror_edge_against_the_closed_form_for_dcl():
+    """DCL's ratio r does not depend on the angle, so the pair reaches the mirror of its
+    initial angle, pi - theta0, in n updates iff r^n >= tan((pi - theta0) / 2) / tan(theta0 / 2)
+    = tan(theta0 / 2)^-2: the escape edge's closed form with the exponent doubled."""
+    run = RunConfig(**{**RAW, "loss": "dcl", "steps": 300})
+    n = math.floor(S.updates_per_point(run))
+    theta0 = math.acos(S.initial_pair_cosine(run))
+    assert S.mirror_angle(theta0) == pytest.approx(math.pi - theta0)
+    qc = S.isotropic_statistics(run)["qc"]
+    r = math.tan(theta0 / 2) ** (-2.0 / n)
+    beta = (1 + r) / (2 * (qc + 1) - 2 * r * (1 - qc))
+    assert S.mirror_edge(run, rel_tol=1e-7) == pytest.approx(beta * 2 * 48 * 0.5, rel=1e-5)
+    assert S.mirror_edge(run) > S.escape_edge(run)
+
+
+def test_mirror_edge_against_a_vector_iteration_of_the_pair():
+    """NT-Xent (the weights p and qc change with the angle): two unit vectors at the views'
+    initial angle, moved by z_i' = (1 - 2 beta qc) z_i + 2 beta (1 - p) z_p (both views at
+    once) and renormalised, update by update; 0.5% above the mirror edge the pair reaches
+    pi - theta0 within the run's updates per point, 0.5% below it does not."""
+    run = RunConfig(**{**RAW, "steps": 300})
+    n = math.floor(S.updates_per_point(run))
+    theta0 = math.acos(S.initial_pair_cosine(run))
+    st1 = S.isotropic_statistics(run)
+
+    def reaches(lr):
+        beta = lr / (2 * run.batch_size * run.temperature)
+        a = np.array([math.cos(theta0 / 2), math.sin(theta0 / 2)])
+        b = np.array([math.cos(theta0 / 2), -math.sin(theta0 / 2)])
+        for _ in range(n):
+            c = float(a @ b)
+            st = S.isotropic_statistics(run, cos_pair=c)
+            a, b = ((1 - 2 * beta * st["qc"]) * a + 2 * beta * (1 - st["p"]) * b,
+                    (1 - 2 * beta * st["qc"]) * b + 2 * beta * (1 - st["p"]) * a)
+            a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+            if math.acos(max(-1.0, min(1.0, float(a @ b)))) >= math.pi - theta0:
+                return True
+        return False
+
+    edge = S.mirror_edge(run)
+    assert st1["p"] > 0 and math.isfinite(edge)
+    assert reaches(edge * 1.005) and not reaches(edge * 0.995)
+
+
 def test_initial_pair_cosine_and_training_points_against_the_engine_state():
     from simulate.engine.state import build_state
 
@@ -182,10 +226,12 @@ def test_initial_pair_cosine_and_training_points_against_the_engine_state():
 
 
 def test_predict_onset_is_the_larger_edge():
+    """Complete collapse: the larger of the +-u* attraction edge and the pairs' mirror edge
+    (the escape edge alone is the dimensional prediction)."""
     run = RunConfig(**{**RAW, "steps": 300})
-    a, e = S.attraction_edge(run), S.escape_edge(run)
-    assert math.isfinite(a) and math.isfinite(e)
-    assert S.predict_onset(run) == max(a, e)
+    a, m = S.attraction_edge(run), S.mirror_edge(run)
+    assert math.isfinite(a) and math.isfinite(m) and m > S.escape_edge(run)
+    assert S.predict_onset(run) == max(a, m)
     assert math.isnan(S.escape_edge(RunConfig(**{**RAW, "update_mode": "sphere"})))
     # views flipped to opposite sides: the initial pair angle is not the data model's
     assert math.isnan(S.escape_edge(RunConfig(**{**RAW, "sign_flip": True})))

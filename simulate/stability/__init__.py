@@ -4,7 +4,7 @@
     spectra.py   spectral radius and leading modes of its Jacobian; the free mode's split
     states.py    states to probe (+-u*, reference arrangements); the run's unit of rate
     edges.py     analytic edges: where +-u* attracts, the isotropic state's collective modes
-    pair_map.py  the raw step's mean-field map of one pair's angle: splitting and escape edges
+    pair_map.py  the raw step's mean-field map of one pair's angle: splitting, escape, mirror edges
     levels.py    what "collapsed" means: the collapse levels (complete, dimensional, class)
     onset.py     the predicted onset per level (complete: COLLAPSED_RANK; dimensional)
     measure.py   the measured onset per level: scans and bisections of the rate, by training
@@ -52,6 +52,8 @@ from .pair_map import (
     ESCAPE_ANGLE,
     escape_edge,
     initial_pair_cosine,
+    mirror_angle,
+    mirror_edge,
     pair_split_ratio,
     splitting_edge,
     training_points,
@@ -79,7 +81,8 @@ __all__ = [
     "attraction_edge", "collapsed", "collapsed_state", "collective_edge", "cosine_clop",
     "escape_edge", "free_mode_split", "get_level", "initial_pair_cosine", "initial_sq_norm",
     "is_collapsed", "isotropic_statistics", "make_step", "measure_levels", "measure_onset",
-    "measure_onsets", "onset_grid", "onset_ratio", "onset_table", "pair_split_ratio",
+    "measure_onsets", "mirror_angle", "mirror_edge", "onset_grid", "onset_ratio", "onset_table",
+    "pair_split_ratio",
     "predict_dimensional_onset", "predict_level_onset", "predict_onset", "rate_scale",
     "reference_state", "rotation_modes", "spectrum", "splitting_edge", "tangent_projector",
     "training_points", "updates_per_point",

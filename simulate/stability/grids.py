@@ -11,7 +11,7 @@ from ..config import RunConfig
 from .edges import attraction_edge, collective_edge
 from .measure import dip_note, measure_levels
 from .optimizer_onset import predict_optimizer_onset, sgd_base, why_not_predicted
-from .pair_map import escape_edge, splitting_edge, updates_per_point
+from .pair_map import escape_edge, mirror_edge, splitting_edge, updates_per_point
 
 #: the configuration every grid row changes one thing of: NT-Xent on free embeddings,
 #: unprojected steps, 4 classes in 16 dimensions, 512 points (384 for training), batch 32
@@ -108,7 +108,8 @@ def onset_table(name: str, device: str = "cpu", steps: int | None = None,
         base = sgd_base(run)  # the edges are plain SGD's (NaN for other optimizers)
         edges.append({name: (math.nan if base is None else f(base)) for name, f in (
             ("attraction_edge", attraction_edge), ("escape_edge", escape_edge),
-            ("splitting_edge", splitting_edge), ("collective_edge", collective_edge))})
+            ("mirror_edge", mirror_edge), ("splitting_edge", splitting_edge),
+            ("collective_edge", collective_edge))})
         preds.append({level: predict_optimizer_onset(run, level) for level in TABLE_LEVELS})
         if progress:
             progress(f"predicted {label}")
@@ -126,7 +127,7 @@ def _table_row(label: str, run: RunConfig, level: str, pred: float, edges: dict,
     """One row of :func:`onset_table`: configuration ``label`` at ``level``, predicted
     ``pred``, measured ``m`` (a result of :func:`measure_levels` over ``seeds``)."""
     ratio = onset_ratio(pred, m["onset"])
-    a, e = edges["attraction_edge"], edges["escape_edge"]
+    a, e = edges["attraction_edge"], edges["mirror_edge"]
     why = why_not_predicted(run, level)
     if why is not None:
         none = "none measured" if not math.isfinite(m["onset"]) else f"measured {m['onset']:.3g}"
@@ -181,13 +182,14 @@ def _dimensional_note(pred: float, meas: float, run: RunConfig) -> str:
     return f"{within}: {edge} {side} the measured onset by {max(r, 1 / r):.2g}x{why}"
 
 
-def _miss_note(pred: float, meas: float, attract: float, escape: float, run: RunConfig) -> str:
-    """Why a row agrees or misses, from which edge binds and which side is infinite."""
+def _miss_note(pred: float, meas: float, attract: float, mirror: float, run: RunConfig) -> str:
+    """Why a complete row agrees or misses, from which edge binds (the +-u* attraction edge
+    or the pairs' mirror edge) and which side is infinite."""
     if not math.isfinite(pred) and not math.isfinite(meas):
         why = ("CLOP makes +-u* non-stationary" if run.clop_weight > 0 else
                "the projected step never makes +-u* attract" if run.update_mode != "sphere_raw" else
                "+-u* is not a fixed point of this loss's step" if not math.isfinite(attract) else
-               "the pairs do not split within the run's updates")
+               "the pairs do not anti-align within the run's updates")
         return f"agree: no collapse ({why})"
     if math.isfinite(pred) and not math.isfinite(meas):
         if run.loss == "supcon":
@@ -196,19 +198,19 @@ def _miss_note(pred: float, meas: float, attract: float, escape: float, run: Run
                     f"edge SupCon's runs end at rank about k (dimensional collapse, see the "
                     f"dimensional row), not on +-u*; the pair map ignores the class positives")
         return (f"miss: collapse predicted above {pred:.3g} but no run collapsed within "
-                f"{run.steps} steps up to 3000 x 2B tau: the pairs split in time "
-                f"({updates_per_point(run):.3g} updates per point), but the gathering onto one "
-                f"line that follows the split is not modelled and takes longer than the run")
+                f"{run.steps} steps up to 3000 x 2B tau: the pair map anti-aligns the pairs in "
+                f"time ({updates_per_point(run):.3g} updates per point), the runs gather onto one "
+                f"line more slowly (far above the edge, 2 to 4x the map's updates)")
     if not math.isfinite(pred):
         return "miss: collapse measured although +-u* does not attract under this step"
     r = pred / meas
-    edge = "escape" if math.isfinite(escape) and escape >= attract else "attraction"
+    edge = "mirror" if math.isfinite(mirror) and mirror >= attract else "attraction"
     if 0.85 <= r <= 1.15:
         return f"within 15% ({edge} edge binds)"
     side = "above" if r > 1 else "below"
     why = ""
-    if r < 1 and edge == "escape":
-        why = (f"; after the split the pairs still gather onto one line, about 20-30 updates "
-               f"per point, which is not modelled: this run has {updates_per_point(run):.3g}")
+    if r < 1 and edge == "mirror":
+        why = (f"; the runs gather onto one line more slowly than the pair map anti-aligns "
+               f"the pairs: this run has {updates_per_point(run):.3g} updates per point")
     within = "within 2x" if 0.5 <= r <= 2 else "miss"
     return f"{within}: prediction {side} the measured onset by {max(r, 1 / r):.2g}x ({edge} edge binds{why})"

@@ -14,7 +14,7 @@ from ..config import RunConfig
 from .edges import attraction_edge
 # COLLAPSED_RANK stays importable from here
 from .levels import COLLAPSED_RANK, COMPLETE, get_level  # noqa: F401
-from .pair_map import escape_edge
+from .pair_map import escape_edge, mirror_edge
 from .step import _check_run
 
 
@@ -31,13 +31,13 @@ def predict_onset(run: RunConfig) -> float:
 
     Collapse needs two things. The collapsed configuration must attract
     (:func:`attraction_edge`; never under the projected steps of the sphere and free modes,
-    never with CLOP, which makes it non-stationary). And the run must leave the healthy state
-    within its steps: in the runs the healthy state is left through its pairs, whose two
-    views split apart (then anti-align, the +-u* pairing, and gather on one line); the
-    collective modes of the spread state do not bind. :func:`escape_edge` is the smallest
-    rate at which a pair, starting at the views' initial angle (:func:`initial_pair_cosine`)
-    and moved by the raw step's mean-field pair map (:func:`pair_split_ratio`, isotropic
-    other rows), reaches :data:`ESCAPE_ANGLE` within the updates a point takes
+    never with CLOP, which makes it non-stationary). And the run must get there within its
+    steps: in the runs the healthy state is left through the pairs, whose two views split
+    apart, anti-align (the +-u* pairing) and gather on one line; the collective modes of the
+    spread state do not bind. :func:`mirror_edge` is the smallest rate at which a pair,
+    starting at the views' initial angle theta0 (:func:`initial_pair_cosine`) and moved by
+    the raw step's mean-field pair map (:func:`pair_split_ratio`, isotropic other rows),
+    reaches the mirror of that angle, pi - theta0, within the updates a point takes
     (:func:`updates_per_point`). The prediction is the larger of the two edges;
     ``math.inf``: no collapse predicted. (In the free mode the edges would be at
     ``lr = e * |z|^2``, the effective rate times the initial squared norm, and norm growth
@@ -46,33 +46,30 @@ def predict_onset(run: RunConfig) -> float:
     the digits data and sign-flipped views get the attraction edge alone.
 
     Accuracy (``python -m figures onset``, 1000 steps, 3 seeds; measured brackets are about
-    +-5% wide). ``--grid full`` (18 rows): median ``|pred / meas - 1|`` 0.065 (target 0.15),
-    13 rows within 15%, 15 within 2x (tau = 0.1 misses: its runs collapse completely only in
-    a band of rates). ``--grid heldout`` (13 rows, values the full grid does
-    not use; run once, after the predictor was fixed): median 0.083, 11 within 15%, all 13
-    within 2x, worst B = 16 (0.73) and tau = 0.15 (0.79). Short runs are outside its reach:
-    the full grid's rows at 300 steps (25 updates per point, ``--steps 300``) give median
-    0.51, 9 of 18 within 2x, with the prediction far below or collapse predicted where none
-    is measured. Where it is off at 1000 steps the prediction is low (ratios 0.6 to 0.97
-    outside tau <= 0.2): the time the split pairs then need to gather onto one line (about
-    20 to 30 updates per point in runs at very large rates, B = 8 to 32, d = 16 and 64) is
-    not modelled, and it counts most where the pair map grows slowly (d = 64: 0.61, tau = 1:
-    0.79) or a point takes few updates (B = 16). Misses: B = 8 (21 updates per point: the
-    pairs split in time, but no run gathers onto one line within 1000 steps at any rate) and
-    SupCon (no run collapses completely: above the escape edge its runs end at rank about k,
-    3.7 to 3.9 for k = 4 at 2 to 10 times the edge, dimensionally collapsed but not on +-u*
-    and not class-collapsed either: 75 to 83% of the unit rows' spread lies within classes;
-    the pair map leaves out its class positives). The sphere and free modes and
-    CLOP agree (no collapse). Nothing here was fitted to a grid: the escape angle pi/2 is the
-    views' orthogonality (pi/3 or 2 pi/3 move the full grid's ratios by at most 0.09, at
-    d = 64), the initial angle comes from the data model, the statistics from an isotropic
-    sphere.
+    +-5% wide). ``--grid full`` (18 rows): median ``|pred / meas - 1|`` 0.022 (target 0.15),
+    14 rows within 15%, 15 within 2x (tau = 0.1 misses: its runs collapse completely only in
+    a band of rates). ``--grid heldout`` (13 rows, values the full grid does not use): median
+    0.040, 11 within 15%, all 13 within 2x, worst tau = 0.15 (0.79) and B = 16 (0.81). With
+    pi/2 (:func:`escape_edge`) in place of the mirror the medians were 0.065 and 0.083; the
+    mirror was the one angle tried. Where it is off the prediction is low: the pair map moves
+    the pairs faster than the runs lose rank, by 2 to 4x at rates far above the edge (tau =
+    0.5: the map anti-aligns in 10 to 12 updates per point at lr 1000 to 5000, the runs reach
+    rank 1.5 after 25 to 27). So short runs, where only such rates collapse in time, are
+    missed: at 300 steps (25 updates per point) the full grid gives median 0.11, 11 of 18
+    within 2x, the held-out grid 0.33, 7 of 13. Misses at 1000 steps: B = 8 (21 updates per
+    point: no run gathers onto one line at any rate) and SupCon (no run collapses completely:
+    above the escape edge its runs end at rank about k, 3.7 to 3.9 for k = 4 at 2 to 10
+    times the edge, dimensionally collapsed but not on +-u* and not class-collapsed either:
+    75 to 83% of the unit rows' spread lies within classes; the pair map leaves out its class
+    positives). The sphere and free modes and CLOP agree (no collapse). Nothing here was
+    fitted to a grid: the mirror angle is the geometry of the pairing, the initial angle
+    comes from the data model, the statistics from an isotropic sphere.
     """
     run = _check_run(run)
     a = attraction_edge(run)
     if not math.isfinite(a):
         return math.inf
-    e = escape_edge(run)
+    e = mirror_edge(run)
     return a if math.isnan(e) else max(a, e)
 
 
@@ -81,16 +78,16 @@ def predict_dimensional_onset(run: RunConfig) -> float:
     (:data:`simulate.stability.levels.DIMENSIONAL`: half the reference rank or less), from
     the stability analysis alone; NaN where nothing derived applies ("not predicted").
 
-    Dimensional collapse needs only the first of the two things complete collapse needs:
-    the run must leave the healthy state within its steps, through its pairs
-    (:func:`escape_edge`); where the split pairs go next (+-u* attracting or not) decides
-    whether the rank falls to 1 or stays at a few. So the prediction is the escape edge
-    alone, ``math.inf`` when the pairs do not split in time. Not predicted (NaN): CLOP (the
-    pair map leaves out the prototype pull, which acts on both views of a labelled point),
+    Dimensional collapse needs less than complete collapse: the run must leave the healthy
+    state within its steps, through its pairs, whose views must reach orthogonality
+    (:func:`escape_edge`, the pair map carried to pi/2 instead of the mirror); where the split
+    pairs go next (anti-aligned on one line with +-u* attracting, or not) decides whether the
+    rank falls to 1 or stays at a few. So the prediction is the escape edge alone,
+    ``math.inf`` when the pairs do not split in time. Not predicted (NaN): CLOP (the pair
+    map leaves out the prototype pull, which acts on both views of a labelled point),
     and wherever the pair map does not apply (update modes other than ``sphere_raw``, losses
     without a temperature, the digits data, sign-flipped views); there the escape edge is
-    NaN. Nothing was fitted: it is :func:`escape_edge` as it was built for the complete
-    level.
+    NaN. Nothing was fitted: pi/2 is the views' orthogonality.
 
     Accuracy (``python -m figures onset``, the ``dimensional`` rows; 1000 steps, 3 seeds).
     ``--grid full``: 13 predicted rows, median ``|pred / meas - 1|`` 0.070, 9 within 15%, 12

@@ -2,9 +2,11 @@
 
 A point's two views at an angle, the other rows isotropic (:func:`isotropic_statistics`):
 one raw update multiplies ``tan(theta / 2)`` by :func:`pair_split_ratio`. From it come the
-rate at which a pair starts to split (:func:`splitting_edge`) and the rate at which the
+rate at which a pair starts to split (:func:`splitting_edge`), the rate at which the
 run's pairs reach :data:`ESCAPE_ANGLE` within the updates a point takes
-(:func:`escape_edge`), starting from the views' initial angle (:func:`initial_pair_cosine`)."""
+(:func:`escape_edge`) and the rate at which they reach the mirror of their initial angle,
+anti-aligned (:func:`mirror_edge`), starting from the views' initial angle
+(:func:`initial_pair_cosine`)."""
 
 from __future__ import annotations
 
@@ -102,6 +104,15 @@ def splitting_edge(run: RunConfig, cos_pair: float | None = None) -> float:
 ESCAPE_ANGLE = math.pi / 2
 
 
+def mirror_angle(theta0: float) -> float:
+    """The angle at which a pair that started at ``theta0`` counts as anti-aligned: its mirror
+    image ``pi - theta0``, as close to antipodal as it was to aligned at the start. The pair
+    map multiplies ``tan(theta / 2)`` and ``tan((pi - theta0) / 2) = 1 / tan(theta0 / 2)``, so
+    at a constant ratio the way from pi/2 to the mirror takes as many updates as the way from
+    ``theta0`` to pi/2."""
+    return math.pi - theta0
+
+
 def _pair_weights(run: RunConfig):
     """``cos_pair -> (p, qc)`` of :func:`isotropic_statistics`, its integrals done once."""
     st = isotropic_statistics(run)  # at cos_pair = 1: recover the integrals from p and qc
@@ -119,9 +130,12 @@ def _pair_weights(run: RunConfig):
     return weights
 
 
-def _escapes(beta: float, theta0: float, updates: int, weights, w: float = 0.0) -> bool:
+def _escapes(beta: float, theta0: float, updates: int, weights, w: float = 0.0,
+             angle: float = ESCAPE_ANGLE) -> bool:
+    """Whether the pair map at ``beta`` takes a pair from ``theta0`` to ``angle`` within
+    ``updates`` updates."""
     t = math.tan(theta0 / 2)
-    target = math.tan(ESCAPE_ANGLE / 2)
+    target = math.tan(angle / 2)
     for _ in range(updates):
         th = 2 * math.atan(t)
         p, qc = weights(math.cos(th))
@@ -141,17 +155,37 @@ def escape_edge(run: RunConfig, rel_tol: float = 1e-4) -> float:
     ``(qc + 1 - p) / (1 - p - qc)``) do not split the pairs in time (few updates per point);
     NaN unless the update mode is ``sphere_raw`` with a temperature loss on mixture data
     without ``sign_flip``. Rates in the engine's units, ``lr = beta * 2 B tau``."""
+    return _pair_edge(run, lambda theta0: ESCAPE_ANGLE, rel_tol)
+
+
+def mirror_edge(run: RunConfig, rel_tol: float = 1e-4) -> float:
+    """Smallest learning rate at which the run's pairs anti-align within its steps: as
+    :func:`escape_edge`, with the pair map iterated on to :func:`mirror_angle` of the views'
+    initial angle instead of pi/2. Complete collapse puts a point's two views on opposite
+    ends of one line (+-u*), so it needs the split carried that far; the dimensional level
+    needs only the escape. Never below the escape edge; ``math.inf`` and NaN as there."""
+    return _pair_edge(run, mirror_angle, rel_tol)
+
+
+def _pair_edge(run: RunConfig, angle_of, rel_tol: float) -> float:
+    """Smallest rate at which the pair map takes the views' initial angle ``theta0`` to
+    ``angle_of(theta0)`` within the run's updates per point (bisection on the rate)."""
     if not _raw_temperature_run(run):
         return math.nan
     theta0 = math.acos(min(1.0, max(-1.0, initial_pair_cosine(run))))
+    angle = angle_of(theta0)
     updates = int(math.floor(updates_per_point(run)))
     weights = _pair_weights(run)
     w = _decay_per_beta(run)
     big = 1e12
-    if updates < 1 or theta0 <= 0 or not _escapes(big, theta0, updates, weights, w):
+
+    def reaches(beta):
+        return _escapes(beta, theta0, updates, weights, w, angle)
+
+    if updates < 1 or theta0 <= 0 or not reaches(big):
         return math.inf
     lo, hi = 1e-6, big
     while hi / lo - 1 > rel_tol:
         mid = math.sqrt(lo * hi)
-        lo, hi = (lo, mid) if _escapes(mid, theta0, updates, weights, w) else (mid, hi)
+        lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
     return hi * 2 * run.batch_size * run.temperature
