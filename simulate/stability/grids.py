@@ -199,8 +199,9 @@ def _miss_note(pred: float, meas: float, attract: float, mirror: float, run: Run
                     f"dimensional row), not on +-u*; the pair map ignores the class positives")
         return (f"miss: collapse predicted above {pred:.3g} but no run collapsed within "
                 f"{run.steps} steps up to 3000 x 2B tau: the pair map anti-aligns the pairs in "
-                f"time ({updates_per_point(run):.3g} updates per point), the runs gather onto one "
-                f"line more slowly (far above the edge, 2 to 4x the map's updates)")
+                f"time ({updates_per_point(run):.3g} updates per point), but the merging of the "
+                f"points' lines that follows is not modelled (far above the edge it takes 13-17 "
+                f"more updates per point)")
     if not math.isfinite(pred):
         return "miss: collapse measured although +-u* does not attract under this step"
     r = pred / meas
@@ -210,7 +211,7 @@ def _miss_note(pred: float, meas: float, attract: float, mirror: float, run: Run
     side = "above" if r > 1 else "below"
     why = ""
     if r < 1 and edge == "mirror":
-        why = (f"; the runs gather onto one line more slowly than the pair map anti-aligns "
-               f"the pairs: this run has {updates_per_point(run):.3g} updates per point")
+        why = (f"; after the pairs anti-align, the points' lines still merge, which is not "
+               f"modelled: this run has {updates_per_point(run):.3g} updates per point")
     within = "within 2x" if 0.5 <= r <= 2 else "miss"
     return f"{within}: prediction {side} the measured onset by {max(r, 1 / r):.2g}x ({edge} edge binds{why})"

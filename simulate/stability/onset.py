@@ -51,10 +51,12 @@ def predict_onset(run: RunConfig) -> float:
     a band of rates). ``--grid heldout`` (13 rows, values the full grid does not use): median
     0.040, 11 within 15%, all 13 within 2x, worst tau = 0.15 (0.79) and B = 16 (0.81). With
     pi/2 (:func:`escape_edge`) in place of the mirror the medians were 0.065 and 0.083; the
-    mirror was the one angle tried. Where it is off the prediction is low: the pair map moves
-    the pairs faster than the runs lose rank, by 2 to 4x at rates far above the edge (tau =
-    0.5: the map anti-aligns in 10 to 12 updates per point at lr 1000 to 5000, the runs reach
-    rank 1.5 after 25 to 27). So short runs, where only such rates collapse in time, are
+    mirror was the one angle tried. Where it is off the prediction is low: the map follows
+    the runs' pairs (median pair angle within 13 degrees of it at tau = 0.5, lr 300 and
+    5000), but the rank falls only once the anti-aligned pairs' lines merge, which takes a
+    further 13 to 17 updates per point far above the edge and is not modelled (lr 1000 to
+    5000: mirror reached after 10 to 12 updates per point, rank 1.5 after 25 to 27). So
+    short runs, where only such rates collapse in time, are
     missed: at 300 steps (25 updates per point) the full grid gives median 0.11, 11 of 18
     within 2x, the held-out grid 0.33, 7 of 13. Misses at 1000 steps: B = 8 (21 updates per
     point: no run gathers onto one line at any rate) and SupCon (no run collapses completely:
