@@ -115,7 +115,8 @@ def onset(argv: list[str]) -> int:
 
     ap = CliParser(prog="python -m figures onset",
                    description="Predicted against measured learning rate of the onset of "
-                               "collapse, per collapse level (complete, dimensional).")
+                               "collapse, per collapse level (complete, dimensional; class for "
+                                "SupCon).")
     ap.add_argument("--grid", default="quick",
                     help="free embeddings: quick | full | heldout | optimizers | tiny; MLP encoders: mlp | "
                          "mlp-heldout | paper | encoder-tiny (default: quick)")

@@ -373,3 +373,53 @@ def test_optimizers_other_than_plain_sgd_are_not_predicted_and_say_why():
         for level in ("complete", "dimensional"):
             assert math.isnan(predict_optimizer_onset(run, level))
             assert word in why_not_predicted(run, level)
+
+
+SUPCON = dict(TINY, loss="supcon", batch_size=8, k=4, d=8, per_class=16, temperature=0.5)
+
+
+def test_class_collapsed_state_is_a_simplex_of_the_classes():
+    run = RunConfig(**{**SUPCON, "k": 4})
+    z = S.class_collapsed_state(run)
+    b = run.batch_size
+    assert z.shape == (2 * b, run.d)
+    cls = torch.arange(b) % 4
+    assert torch.equal(z[:b], z[b:])
+    g = z[:b] @ z[:b].T
+    same = cls[:, None] == cls[None, :]
+    assert float((g[same] - 1).abs().max()) < 1e-12
+    assert float((g[~same] + 1 / 3).abs().max()) < 1e-12
+    assert torch.linalg.matrix_rank(z).item() == 3
+
+
+def _gram_distance_after(run, lr, updates, seed=0):
+    """Gram-matrix distance (rotation-free) to the class-collapsed state after ``updates``
+    literal steps from a small random perturbation of it, over the distance at the start."""
+    from simulate.stability.edges import _batch_labels
+
+    z0 = S.class_collapsed_state(run)
+    g = torch.Generator().manual_seed(seed)
+    z = z0 + 1e-4 * torch.randn(z0.shape, generator=g, dtype=z0.dtype)
+    z = z / z.norm(dim=1, keepdim=True)
+    step = S.make_step(run, labels=_batch_labels(run), lr=lr)
+    start = float((z @ z.T - z0 @ z0.T).norm())
+    for _ in range(updates):
+        z = step(z)
+    return float((z @ z.T - z0 @ z0.T).norm()) / start
+
+
+def test_class_attraction_edge_against_iterating_the_literal_step():
+    """All points labelled: the simplex attracts over the whole scan (the edge is the scan's
+    lower end) and 200 literal steps at a mid-range rate shrink a perturbation's Gram
+    distance; half labelled: it attracts nowhere (math.inf) and the same steps grow it. Not
+    SupCon: not predicted (NaN)."""
+    full = RunConfig(**{**SUPCON, "label_fraction": 1.0})
+    half = RunConfig(**{**SUPCON, "label_fraction": 0.5})
+    lr = 1.0 * 2 * full.batch_size * full.temperature
+    assert S.class_attraction_edge(full) == pytest.approx(1e-3 * 2 * 8 * 0.5)
+    assert _gram_distance_after(full, lr, 200) < 1e-3
+    assert S.class_attraction_edge(half) == math.inf
+    assert _gram_distance_after(half, lr, 200) > 10
+    assert math.isnan(S.class_attraction_edge(RunConfig(**{**SUPCON, "loss": "ntxent"})))
+    assert S.predict_level_onset(half, "class") == math.inf
+    assert math.isnan(S.predict_level_onset(RunConfig(**{**TINY}), "class"))

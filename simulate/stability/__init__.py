@@ -20,7 +20,7 @@ The public names are re-exported here. ``DENSE_LIMIT`` is not: :func:`spectrum` 
 :mod:`simulate.stability.spectra`, so that is where to change it.
 """
 
-from .edges import attraction_edge, collective_edge, isotropic_statistics
+from .edges import attraction_edge, class_attraction_edge, collective_edge, isotropic_statistics
 from .grids import (
     FULL_GRID_STEPS,
     ONSET_BASE,
@@ -47,7 +47,8 @@ from .levels import (
     is_collapsed,
 )
 from .measure import RANK_METRICS, measure_levels, measure_onset, measure_onsets
-from .onset import collapsed, predict_dimensional_onset, predict_level_onset, predict_onset
+from .onset import (collapsed, predict_class_onset, predict_dimensional_onset, predict_level_onset,
+                    predict_onset)
 from .pair_map import (
     ESCAPE_ANGLE,
     escape_edge,
@@ -60,7 +61,8 @@ from .pair_map import (
     updates_per_point,
 )
 from .spectra import free_mode_split, rotation_modes, spectrum, tangent_projector
-from .states import STATE_KINDS, collapsed_state, initial_sq_norm, rate_scale, reference_state
+from .states import (STATE_KINDS, class_collapsed_state, collapsed_state, initial_sq_norm,
+                     rate_scale, reference_state)
 from .step import DT, StepMap, cosine_clop, make_step
 
 from .curvature import Objective, TopEigen, hessian_top, lanczos_top, lars_top, layer_curvature, make_objective
@@ -78,12 +80,13 @@ __all__ = [
     "DIMENSIONAL_FRACTION", "DT", "ESCAPE_ANGLE", "FULL_GRID_STEPS", "LEVELS", "ONSET_BASE",
     "ONSET_GRIDS", "RANK_METRICS", "REFERENCE_RATE_FACTOR", "STATE_KINDS", "TABLE_LEVELS",
     "ClassCollapse", "CollapseLevel", "CompleteCollapse", "DimensionalCollapse", "StepMap",
-    "attraction_edge", "collapsed", "collapsed_state", "collective_edge", "cosine_clop",
-    "escape_edge", "free_mode_split", "get_level", "initial_pair_cosine", "initial_sq_norm",
-    "is_collapsed", "isotropic_statistics", "make_step", "measure_levels", "measure_onset",
-    "measure_onsets", "mirror_angle", "mirror_edge", "onset_grid", "onset_ratio", "onset_table",
-    "pair_split_ratio",
-    "predict_dimensional_onset", "predict_level_onset", "predict_onset", "rate_scale",
-    "reference_state", "rotation_modes", "spectrum", "splitting_edge", "tangent_projector",
+    "attraction_edge", "class_attraction_edge", "class_collapsed_state", "collapsed",
+    "collapsed_state", "collective_edge", "cosine_clop", "escape_edge", "free_mode_split",
+    "get_level", "initial_pair_cosine", "initial_sq_norm", "is_collapsed", "isotropic_statistics",
+    "make_step", "measure_levels", "measure_onset", "measure_onsets", "mirror_angle",
+    "mirror_edge", "onset_grid", "onset_ratio", "onset_table", "pair_split_ratio",
+    "predict_class_onset", "predict_dimensional_onset", "predict_level_onset", "predict_onset",
+    "rate_scale", "reference_state", "rotation_modes", "spectrum", "splitting_edge",
+    "tangent_projector",
     "training_points", "updates_per_point",
 ]

@@ -49,20 +49,30 @@ def attraction_edge(run: RunConfig, lo: float | None = None, hi: float | None = 
                                                        n=run.batch_size)
     sphere_run = replace(run, update_mode="sphere" if run.update_mode == "free" else run.update_mode,
                          init_norm=None)
+    dim = 2 if run.clop_weight == 0 else max(2, run.embedding_dim)
+    z = collapsed_state(run, dim)
+    rot = rotation_modes(z) if run.clop_weight == 0 else None
+    return _attracts_above(sphere_run, z, rot, lo, hi, rel_tol) * nu2
+
+
+def _attracts_above(run: RunConfig, z: torch.Tensor, deflate, lo: float | None, hi: float | None,
+                    rel_tol: float) -> float:
+    """Smallest rate in ``[lo, hi]`` (default ``[1e-3, 1e4]`` times the run's rate unit
+    ``2 B tau``) at which the state ``z`` of the analysis batch attracts under the run's step:
+    a 15-point scan, then a bisection on the two-step spectral radius (modes ``deflate``
+    removed). ``math.inf`` when ``z`` is not a fixed point of two steps or attracts nowhere in
+    the range; ``lo`` when it attracts already there."""
     scale = 2 * run.batch_size * (run.temperature if run.loss in ("ntxent", "supcon", "dcl") else 1.0)
     lo = 1e-3 * scale if lo is None else lo
     hi = 1e4 * scale if hi is None else hi
-    dim = 2 if run.clop_weight == 0 else max(2, run.embedding_dim)
-    z = collapsed_state(run, dim)
     labels = _batch_labels(run)
-    rot = rotation_modes(z) if run.clop_weight == 0 else None
 
     def radius(eta):
-        step = make_step(sphere_run, labels=labels, lr=eta)
+        step = make_step(run, labels=labels, lr=eta)
         back = step.iterate(z, 2)
         if not torch.allclose(back, z, atol=1e-9):
             return math.inf
-        return spectrum(step, z, steps=2, k=1, deflate=rot)["radius"]
+        return spectrum(step, z, steps=2, k=1, deflate=deflate)["radius"]
 
     grid = np.geomspace(lo, hi, 15)
     rs = [radius(float(e)) for e in grid]
@@ -71,12 +81,36 @@ def attraction_edge(run: RunConfig, lo: float | None = None, hi: float | None = 
         return math.inf
     i = below[0]
     if i == 0:
-        return float(grid[0]) * nu2
+        return float(grid[0])
     a, b = float(grid[i - 1]), float(grid[i])
     while b / a - 1 > rel_tol:
         m = math.sqrt(a * b)
         a, b = (a, m) if radius(m) < 1 else (m, b)
-    return math.sqrt(a * b) * nu2
+    return math.sqrt(a * b)
+
+
+def class_attraction_edge(run: RunConfig, lo: float | None = None, hi: float | None = None,
+                          rel_tol: float = 1e-3) -> float:
+    """Learning rate above which the class-collapsed configuration
+    (:func:`simulate.stability.states.class_collapsed_state`: every point at its class's
+    simplex vertex, rank k - 1) attracts under a SupCon run's step, as
+    :func:`attraction_edge` does for +-u*. The state is a fixed point for any labelled
+    fraction (each row's gradient points along its own vertex); whether it attracts depends
+    on it: SupCon's class positives pull a labelled point back to its vertex, while an
+    unlabelled one (label -1, its other view its only positive) is pushed off a vertex it
+    shares with other points. ``lo`` when it attracts over the whole range (it is the loss's
+    minimiser there: reaching it is then a matter of steps, not of the rate); ``math.inf``
+    when it attracts nowhere in ``[lo, hi]``. NaN for losses other than SupCon and with CLOP
+    (no other loss of the pair map uses labels), update modes other than ``sphere_raw``, or k
+    outside ``[2, D + 1]``."""
+    from .states import class_collapsed_state
+
+    run = _check_run(run)
+    if (run.loss != "supcon" or run.clop_weight > 0 or run.update_mode != "sphere_raw"
+            or not 2 <= run.k <= run.embedding_dim + 1):
+        return math.nan
+    z = class_collapsed_state(run)
+    return _attracts_above(run, z, rotation_modes(z), lo, hi, rel_tol)
 
 
 def isotropic_statistics(run: RunConfig, grid: int = 4001, cos_pair: float = 1.0) -> dict:

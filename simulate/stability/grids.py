@@ -84,6 +84,13 @@ def onset_grid(name: str, steps: int | None = None) -> list[tuple[str, RunConfig
 TABLE_LEVELS = ("complete", "dimensional")
 
 
+def table_levels(run: RunConfig) -> tuple[str, ...]:
+    """The levels of a configuration's rows: :data:`TABLE_LEVELS`, and ``class`` for SupCon,
+    the one loss of the grids whose positives are its labels (for the others a rank at or
+    below k - 1 + 0.5 is dimensional or complete collapse, not class collapse)."""
+    return TABLE_LEVELS + ("class",) if run.loss == "supcon" else TABLE_LEVELS
+
+
 def onset_ratio(predicted: float, measured: float) -> float:
     """``predicted / measured``; 1 when neither collapses (both infinite), inf or 0 when
     only one does; NaN when either is NaN (not predicted)."""
@@ -99,8 +106,9 @@ def onset_ratio(predicted: float, measured: float) -> float:
 def onset_table(name: str, device: str = "cpu", steps: int | None = None,
                 progress: Callable[[str], None] | None = None) -> list[dict]:
     """Predicted against measured onset for every row of grid ``name`` at every level of
-    :data:`TABLE_LEVELS`: one row per configuration and level (configuration by
-    configuration, the levels in that order), from one scan per configuration and seed."""
+    :func:`table_levels` (:data:`TABLE_LEVELS`; SupCon adds ``class``): one row per
+    configuration and level (configuration by configuration, the levels in that order), from
+    one scan per configuration and seed."""
     grid = onset_grid(name, steps)
     _, seeds, points, rounds = ONSET_GRIDS[name]
     edges, preds = [], []
@@ -110,16 +118,22 @@ def onset_table(name: str, device: str = "cpu", steps: int | None = None,
             ("attraction_edge", attraction_edge), ("escape_edge", escape_edge),
             ("mirror_edge", mirror_edge), ("splitting_edge", splitting_edge),
             ("collective_edge", collective_edge))})
-        preds.append({level: predict_optimizer_onset(run, level) for level in TABLE_LEVELS})
+        preds.append({level: predict_optimizer_onset(run, level) for level in table_levels(run)})
         if progress:
             progress(f"predicted {label}")
-    measured = measure_levels([r for _, r in grid], TABLE_LEVELS, seeds, points=points,
-                              rounds=rounds, device=device)
-    out = []
-    for i, ((label, run), e, p) in enumerate(zip(grid, edges, preds)):
-        for level, per_level in zip(TABLE_LEVELS, measured):
-            out.append(_table_row(label, run, level, p[level], e, per_level[i], seeds))
-    return out
+    # configurations that report the same levels are measured together (a run's trajectory
+    # does not depend on the others it trains with)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, (_, run) in enumerate(grid):
+        groups.setdefault(table_levels(run), []).append(i)
+    measured: dict[tuple[int, str], dict] = {}
+    for levels, idx in groups.items():
+        per_level = measure_levels([grid[i][1] for i in idx], levels, seeds, points=points,
+                                   rounds=rounds, device=device)
+        for level, results in zip(levels, per_level):
+            measured.update({(i, level): m for i, m in zip(idx, results)})
+    return [_table_row(label, run, level, p[level], e, measured[(i, level)], seeds)
+            for i, ((label, run), e, p) in enumerate(zip(grid, edges, preds)) for level in p]
 
 
 def _table_row(label: str, run: RunConfig, level: str, pred: float, edges: dict,
@@ -137,6 +151,8 @@ def _table_row(label: str, run: RunConfig, level: str, pred: float, edges: dict,
                 f"band of rates and keep more rank above it (up to 3000 x 2B tau)")
     elif level == "complete":
         note = _miss_note(pred, m["onset"], a, e, run)
+    elif level == "class":
+        note = _class_note(pred, m["onset"], run)
     else:
         note = _dimensional_note(pred, m["onset"], run)
     note += dip_note(m, seeds)
@@ -180,6 +196,29 @@ def _dimensional_note(pred: float, meas: float, run: RunConfig) -> str:
                f"not modelled ({updates_per_point(run):.3g} updates per point)")
     within = "within 2x" if 0.5 <= r <= 2 else "miss"
     return f"{within}: {edge} {side} the measured onset by {max(r, 1 / r):.2g}x{why}"
+
+
+def _class_note(pred: float, meas: float, run: RunConfig) -> str:
+    """Why a class row (SupCon) agrees or misses: the class-collapsed simplex attracts or
+    repels (:func:`simulate.stability.edges.class_attraction_edge`)."""
+    if not math.isfinite(pred) and not math.isfinite(meas):
+        why = ("unlabelled points are pushed off the vertex they share" if run.label_fraction < 1
+               else "it does not attract in the scanned range")
+        return f"agree: no class collapse (the class-collapsed simplex repels at every rate: {why})"
+    if not math.isfinite(meas):
+        return (f"miss: the class-collapsed simplex attracts above {pred:.3g}, but no run reached "
+                f"rank k - 1 + 0.5 within {run.steps} steps up to 3000 x 2B tau")
+    if not math.isfinite(pred):
+        return (f"miss: class-level rank measured from {meas:.3g} although the class-collapsed "
+                f"simplex repels at every rate (the level tests the rank alone)")
+    r = pred / meas
+    if 0.85 <= r <= 1.15:
+        return "within 15% (class-collapsed simplex attracts)"
+    within = "within 2x" if 0.5 <= r <= 2 else "miss"
+    side = "above" if r > 1 else "below"
+    return (f"{within}: the simplex attracts {side} the measured onset by {max(r, 1 / r):.2g}x; "
+            f"where it attracts at every rate the onset is set by the steps the run needs to "
+            f"reach it, which is not modelled")
 
 
 def _miss_note(pred: float, meas: float, attract: float, mirror: float, run: RunConfig) -> str:

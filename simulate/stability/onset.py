@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from ..config import RunConfig
-from .edges import attraction_edge
+from .edges import attraction_edge, class_attraction_edge
 # COLLAPSED_RANK stays importable from here
 from .levels import COLLAPSED_RANK, COMPLETE, get_level  # noqa: F401
 from .pair_map import escape_edge, mirror_edge
@@ -110,14 +110,30 @@ def predict_dimensional_onset(run: RunConfig) -> float:
     return escape_edge(run)
 
 
+def predict_class_onset(run: RunConfig) -> float:
+    """Predicted learning rate above which a SupCon run ends class-collapsed
+    (:data:`simulate.stability.levels.CLASS`): the rate above which the class-collapsed
+    configuration attracts (:func:`simulate.stability.edges.class_attraction_edge`). NaN for
+    the other losses ("not predicted": they use no labels as positives, and a run collapsed
+    onto fewer lines passes the class level's rank test too).
+
+    Measured (``python -m figures onset --grid full``, the SupCon row: half the points
+    labelled): the state repels at every rate (its unlabelled points are pushed off the
+    vertex they share), so none is predicted, and no run ends at rank k - 1 or below (they
+    end at 3.7 to 3.9 for k = 4). With every point labelled the state attracts at every rate
+    (0.90 labelled still repels): class collapse is then SupCon's minimiser and its onset a
+    matter of steps (1000 steps reach it from lr 3.5 on), which the edge does not predict."""
+    run = _check_run(run)
+    return class_attraction_edge(run)
+
+
 def predict_level_onset(run: RunConfig, level="complete") -> float:
     """The predicted onset at ``level`` (a name or a :class:`CollapseLevel`):
-    :func:`predict_onset` (complete), :func:`predict_dimensional_onset` (dimensional); the
-    class level is not predicted (NaN): the pair map leaves out SupCon's class positives."""
+    :func:`predict_onset` (complete), :func:`predict_dimensional_onset` (dimensional),
+    :func:`predict_class_onset` (class; SupCon only)."""
     name = get_level(level).name
     if name == "complete":
         return predict_onset(run)
     if name == "dimensional":
         return predict_dimensional_onset(run)
-    _check_run(run)
-    return math.nan
+    return predict_class_onset(run)
