@@ -44,8 +44,12 @@ def _print_onset_table(rows: list[dict]) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['config']:<22} {r['level']:<11} {_cells(r)}  {_fmt(r['attraction_edge']):>8} "
-              f"{_fmt(r['escape_edge']):>10} {_fmt(r['mirror_edge']):>10}  {_per_seed(r)}")
+        if r["level"] == "class":  # the edge of the class-collapsed simplex; the pair map's are not its
+            edges = f"{_fmt(r['class_attraction_edge']):>8} {'-':>10} {'-':>10}"
+        else:
+            edges = (f"{_fmt(r['attraction_edge']):>8} {_fmt(r['escape_edge']):>10} "
+                     f"{_fmt(r['mirror_edge']):>10}")
+        print(f"{r['config']:<22} {r['level']:<11} {_cells(r)}  {edges}  {_per_seed(r)}")
     for r in rows:
         if not r["within_2x"]:
             print(f"  {r['config']} ({r['level']}): {r['note']}")

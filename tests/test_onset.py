@@ -331,6 +331,45 @@ def test_onset_command_prints_both_levels(capsys):
     assert "not predicted" in sphere[1]["note"]
 
 
+def test_onset_command_adds_the_class_level_for_supcon(capsys, monkeypatch):
+    """A SupCon configuration gets a third row, the class level, predicted by the
+    class-collapsed simplex's attraction edge (shown in the edge columns, the pair map's
+    edges left out); the NT-Xent configuration keeps two rows, in the grid's order."""
+    import json
+
+    from figures.__main__ import main
+
+    rows_spec = {"tau=0.2": {"temperature": 0.2}, "supcon": {"loss": "supcon", "temperature": 0.5}}
+    monkeypatch.setitem(S.ONSET_GRIDS, "tiny", (rows_spec, (0,), 4, 1))
+    assert main(["onset", "--grid", "tiny", "--steps", "8"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = json.loads(lines[-1])
+    assert [(r["config"], r["level"]) for r in rows] == [
+        ("tau=0.2", "complete"), ("tau=0.2", "dimensional"),
+        ("supcon", "complete"), ("supcon", "dimensional"), ("supcon", "class")]
+    cls = rows[-1]
+    supcon = dict(S.onset_grid("tiny", steps=8))["supcon"]
+    expected = S.class_attraction_edge(supcon)
+    assert expected == math.inf  # half the points unlabelled: the simplex repels
+    assert cls["predicted"] == cls["class_attraction_edge"] == "inf"
+    assert all(r["class_attraction_edge"] is None for r in rows[:-1])
+    agree = cls["measured"] == "inf"
+    assert cls["note"].startswith("agree: no class collapse" if agree else "miss: class-level rank")
+    table_line = next(line for line in lines if line.startswith("supcon") and " class " in line)
+    assert table_line.split()[6:9] == ["none", "-", "-"]
+    assert any(line.startswith("class: median |ratio - 1|") for line in lines)
+
+
+def test_class_note_says_not_predicted_where_the_class_edge_is_nan():
+    from simulate.stability.grids import _class_note
+
+    run = RunConfig(**{**SUPCON, "clop_weight": 1.0})
+    assert math.isnan(S.class_attraction_edge(run))
+    assert _class_note(math.nan, math.inf, run).startswith("not predicted (CLOP")
+    assert _class_note(math.nan, 3.0, RunConfig(**{**SUPCON, "update_mode": "sphere"})).startswith(
+        "not predicted (the projected steps")
+
+
 def test_phase_diagram_predictions_read_the_rows_data_model():
     """The phase diagram's runs take the data model from the sweep's rows (the initial pair
     angle depends on aug_sigma), and draw no onset where a level predicts none or nothing."""

@@ -6,7 +6,7 @@
     edges.py     analytic edges: where +-u* attracts, the isotropic state's collective modes
     pair_map.py  the raw step's mean-field map of one pair's angle: splitting, escape, mirror edges
     levels.py    what "collapsed" means: the collapse levels (complete, dimensional, class)
-    onset.py     the predicted onset per level (complete: COLLAPSED_RANK; dimensional)
+    onset.py     the predicted onset per level (complete: COLLAPSED_RANK; dimensional; class)
     measure.py   the measured onset per level: scans and bisections of the rate, by training
     grids.py     the onset grids and the predicted-against-measured table (figures onset)
     optimizer_onset.py  why momentum, LARS and Adam on free embeddings are out of the pair

@@ -98,8 +98,9 @@ def class_attraction_edge(run: RunConfig, lo: float | None = None, hi: float | N
     fraction (each row's gradient points along its own vertex); whether it attracts depends
     on it: SupCon's class positives pull a labelled point back to its vertex, while an
     unlabelled one (label -1, its other view its only positive) is pushed off a vertex it
-    shares with other points. ``lo`` when it attracts over the whole range (it is the loss's
-    minimiser there: reaching it is then a matter of steps, not of the rate); ``math.inf``
+    shares with other points. ``lo`` when it attracts already at the smallest scanned rate
+    (with every point labelled it is the loss's minimiser: reaching it is then a matter of
+    steps, not of the rate); ``math.inf``
     when it attracts nowhere in ``[lo, hi]``. NaN for losses other than SupCon and with CLOP
     (no other loss of the pair map uses labels), update modes other than ``sphere_raw``, or k
     outside ``[2, D + 1]``."""

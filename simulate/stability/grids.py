@@ -42,7 +42,9 @@ ONSET_GRIDS = {
         "free, init_norm=0.3": {"update_mode": "free", "init_norm": 0.3},
     }, (0, 1, 2), 9, 4),
     # values the full grid does not use, checked separately (the predictor was built
-    # against the full grid's measurements; this grid was not looked at while building it)
+    # against the full grid's measurements; this grid was run once the predictor was fixed,
+    # and again, with the full grid, when the complete level's angle moved from pi/2 to the
+    # mirror, the one angle tried)
     "heldout": ({
         "tau=0.15": {"temperature": 0.15}, "tau=0.3": {"temperature": 0.3},
         "tau=0.7": {"temperature": 0.7},
@@ -163,6 +165,8 @@ def _table_row(label: str, run: RunConfig, level: str, pred: float, edges: dict,
         "optimizer": run.optimizer, "momentum": run.momentum, "nesterov": run.nesterov,
         "steps": run.steps, "updates_per_point": updates_per_point(run),
         "predicted": pred, **edges,
+        # the edge behind a class row's prediction (the class-collapsed simplex attracts)
+        "class_attraction_edge": pred if level == "class" else math.nan,
         "measured": m["onset"], "per_seed": m["per_seed"], "spread": m["spread"],
         "reference_rank": m["reference_rank"], "dips": m["dips"],
         "ratio": ratio, "within_2x": bool(0.5 <= ratio <= 2.0), "note": note,
@@ -199,8 +203,14 @@ def _dimensional_note(pred: float, meas: float, run: RunConfig) -> str:
 
 
 def _class_note(pred: float, meas: float, run: RunConfig) -> str:
-    """Why a class row (SupCon) agrees or misses: the class-collapsed simplex attracts or
-    repels (:func:`simulate.stability.edges.class_attraction_edge`)."""
+    """Why a class row (SupCon) agrees, misses or is not predicted: the class-collapsed
+    simplex attracts or repels (:func:`simulate.stability.edges.class_attraction_edge`)."""
+    if math.isnan(pred):
+        none = "none measured" if not math.isfinite(meas) else f"measured {meas:.3g}"
+        why = ("CLOP's prototype pull is not in the class state's analysis" if run.clop_weight > 0
+               else "the projected steps are not analysed" if run.update_mode != "sphere_raw"
+               else "k must lie in [2, D + 1] for a simplex of the classes")
+        return f"not predicted ({why}); {none}"
     if not math.isfinite(pred) and not math.isfinite(meas):
         why = ("unlabelled points are pushed off the vertex they share" if run.label_fraction < 1
                else "it does not attract in the scanned range")
@@ -232,7 +242,8 @@ def _miss_note(pred: float, meas: float, attract: float, mirror: float, run: Run
         return f"agree: no collapse ({why})"
     if math.isfinite(pred) and not math.isfinite(meas):
         if run.loss == "supcon":
-            return (f"miss: collapse predicted above {pred:.3g} (the +-u* attraction edge) but no "
+            edge = "the +-u* attraction edge" if pred == attract else "the mirror edge"
+            return (f"miss: collapse predicted above {pred:.3g} ({edge}) but no "
                     f"run collapsed within {run.steps} steps up to 3000 x 2B tau: above the escape "
                     f"edge SupCon's runs end at rank about k (dimensional collapse, see the "
                     f"dimensional row), not on +-u*; the pair map ignores the class positives")

@@ -113,9 +113,10 @@ def predict_dimensional_onset(run: RunConfig) -> float:
 def predict_class_onset(run: RunConfig) -> float:
     """Predicted learning rate above which a SupCon run ends class-collapsed
     (:data:`simulate.stability.levels.CLASS`): the rate above which the class-collapsed
-    configuration attracts (:func:`simulate.stability.edges.class_attraction_edge`). NaN for
-    the other losses ("not predicted": they use no labels as positives, and a run collapsed
-    onto fewer lines passes the class level's rank test too).
+    configuration attracts (:func:`simulate.stability.edges.class_attraction_edge`). NaN
+    ("not predicted") for the other losses (they use no labels as positives, and a run
+    collapsed onto fewer lines passes the class level's rank test too), with CLOP, update
+    modes other than ``sphere_raw`` and k outside ``[2, D + 1]``.
 
     Measured (``python -m figures onset --grid full``, the SupCon row: half the points
     labelled): the state repels at every rate (its unlabelled points are pushed off the
