@@ -14,7 +14,7 @@ import torch
 
 from ..config import RunConfig
 from .spectra import rotation_modes, spectrum
-from .states import collapsed_state, initial_sq_norm
+from .states import class_collapsed_state, collapsed_state, initial_sq_norm
 from .step import _check_run, make_step
 
 
@@ -100,12 +100,9 @@ def class_attraction_edge(run: RunConfig, lo: float | None = None, hi: float | N
     unlabelled one (label -1, its other view its only positive) is pushed off a vertex it
     shares with other points. ``lo`` when it attracts already at the smallest scanned rate
     (with every point labelled it is the loss's minimiser: reaching it is then a matter of
-    steps, not of the rate); ``math.inf``
-    when it attracts nowhere in ``[lo, hi]``. NaN for losses other than SupCon and with CLOP
-    (no other loss of the pair map uses labels), update modes other than ``sphere_raw``, or k
-    outside ``[2, D + 1]``."""
-    from .states import class_collapsed_state
-
+    steps, not of the rate); ``math.inf`` when it attracts nowhere in ``[lo, hi]``. NaN for
+    losses other than SupCon and with CLOP (no other loss of the pair map uses labels),
+    update modes other than ``sphere_raw``, or k outside ``[2, D + 1]``."""
     run = _check_run(run)
     if (run.loss != "supcon" or run.clop_weight > 0 or run.update_mode != "sphere_raw"
             or not 2 <= run.k <= run.embedding_dim + 1):
