@@ -89,6 +89,19 @@ def _attracts_above(run: RunConfig, z: torch.Tensor, deflate, lo: float | None, 
     return math.sqrt(a * b)
 
 
+def why_no_class_edge(run: RunConfig) -> str | None:
+    """Why :func:`class_attraction_edge` has nothing to say about ``run`` (None: it has)."""
+    if run.loss != "supcon":
+        return "only SupCon takes its labels as positives"
+    if run.clop_weight > 0:
+        return "CLOP's prototype pull is not in the class state's analysis"
+    if run.update_mode != "sphere_raw":
+        return "the projected steps are not analysed"
+    if not 2 <= run.k <= run.embedding_dim + 1:
+        return "k must lie in [2, D + 1] for a simplex of the classes"
+    return None
+
+
 def class_attraction_edge(run: RunConfig, lo: float | None = None, hi: float | None = None,
                           rel_tol: float = 1e-3) -> float:
     """Learning rate above which the class-collapsed configuration
@@ -102,10 +115,10 @@ def class_attraction_edge(run: RunConfig, lo: float | None = None, hi: float | N
     (with every point labelled it is the loss's minimiser: reaching it is then a matter of
     steps, not of the rate); ``math.inf`` when it attracts nowhere in ``[lo, hi]``. NaN for
     losses other than SupCon and with CLOP (no other loss of the pair map uses labels),
-    update modes other than ``sphere_raw``, or k outside ``[2, D + 1]``."""
+    update modes other than ``sphere_raw``, or k outside ``[2, D + 1]``
+    (:func:`why_no_class_edge` says which)."""
     run = _check_run(run)
-    if (run.loss != "supcon" or run.clop_weight > 0 or run.update_mode != "sphere_raw"
-            or not 2 <= run.k <= run.embedding_dim + 1):
+    if why_no_class_edge(run) is not None:
         return math.nan
     z = class_collapsed_state(run)
     return _attracts_above(run, z, rotation_modes(z), lo, hi, rel_tol)

@@ -8,7 +8,7 @@ import math
 from typing import Callable
 
 from ..config import RunConfig
-from .edges import attraction_edge, collective_edge
+from .edges import attraction_edge, collective_edge, why_no_class_edge
 from .measure import dip_note, measure_levels
 from .optimizer_onset import predict_optimizer_onset, sgd_base, why_not_predicted
 from .pair_map import escape_edge, mirror_edge, splitting_edge, updates_per_point
@@ -207,10 +207,7 @@ def _class_note(pred: float, meas: float, run: RunConfig) -> str:
     simplex attracts or repels (:func:`simulate.stability.edges.class_attraction_edge`)."""
     if math.isnan(pred):
         none = "none measured" if not math.isfinite(meas) else f"measured {meas:.3g}"
-        why = ("CLOP's prototype pull is not in the class state's analysis" if run.clop_weight > 0
-               else "the projected steps are not analysed" if run.update_mode != "sphere_raw"
-               else "k must lie in [2, D + 1] for a simplex of the classes")
-        return f"not predicted ({why}); {none}"
+        return f"not predicted ({why_no_class_edge(run)}); {none}"
     if not math.isfinite(pred) and not math.isfinite(meas):
         why = ("unlabelled points are pushed off the vertex they share" if run.label_fraction < 1
                else "it does not attract in the scanned range")
@@ -234,6 +231,7 @@ def _class_note(pred: float, meas: float, run: RunConfig) -> str:
 def _miss_note(pred: float, meas: float, attract: float, mirror: float, run: RunConfig) -> str:
     """Why a complete row agrees or misses, from which edge binds (the +-u* attraction edge
     or the pairs' mirror edge) and which side is infinite."""
+    edge = "mirror" if math.isfinite(mirror) and mirror >= attract else "attraction"
     if not math.isfinite(pred) and not math.isfinite(meas):
         why = ("CLOP makes +-u* non-stationary" if run.clop_weight > 0 else
                "the projected step never makes +-u* attract" if run.update_mode != "sphere_raw" else
@@ -242,8 +240,8 @@ def _miss_note(pred: float, meas: float, attract: float, mirror: float, run: Run
         return f"agree: no collapse ({why})"
     if math.isfinite(pred) and not math.isfinite(meas):
         if run.loss == "supcon":
-            edge = "the +-u* attraction edge" if pred == attract else "the mirror edge"
-            return (f"miss: collapse predicted above {pred:.3g} ({edge}) but no "
+            name = "the +-u* attraction edge" if edge == "attraction" else "the mirror edge"
+            return (f"miss: collapse predicted above {pred:.3g} ({name}) but no "
                     f"run collapsed within {run.steps} steps up to 3000 x 2B tau: above the escape "
                     f"edge SupCon's runs end at rank about k (dimensional collapse, see the "
                     f"dimensional row), not on +-u*; the pair map ignores the class positives")
@@ -255,7 +253,6 @@ def _miss_note(pred: float, meas: float, attract: float, mirror: float, run: Run
     if not math.isfinite(pred):
         return "miss: collapse measured although +-u* does not attract under this step"
     r = pred / meas
-    edge = "mirror" if math.isfinite(mirror) and mirror >= attract else "attraction"
     if 0.85 <= r <= 1.15:
         return f"within 15% ({edge} edge binds)"
     side = "above" if r > 1 else "below"

@@ -130,8 +130,7 @@ def _pair_weights(run: RunConfig):
     return weights
 
 
-def _escapes(beta: float, theta0: float, updates: int, weights, w: float = 0.0,
-             angle: float = ESCAPE_ANGLE) -> bool:
+def _reaches(beta: float, theta0: float, angle: float, updates: int, weights, w: float) -> bool:
     """Whether the pair map at ``beta`` takes a pair from ``theta0`` to ``angle`` within
     ``updates`` updates."""
     t = math.tan(theta0 / 2)
@@ -180,7 +179,7 @@ def _pair_edge(run: RunConfig, angle_of, rel_tol: float) -> float:
     big = 1e12
 
     def reaches(beta):
-        return _escapes(beta, theta0, updates, weights, w, angle)
+        return _reaches(beta, theta0, angle, updates, weights, w)
 
     if updates < 1 or theta0 <= 0 or not reaches(big):
         return math.inf
