@@ -47,19 +47,13 @@ def class_collapsed_state(run: RunConfig) -> torch.Tensor:
     """The class-collapsed configuration: rows ``[z1; z2]`` (2B, D), both views of every point
     of the analysis batch (classes cycling through the k classes, as
     :func:`simulate.stability.edges.attraction_edge`'s batch) at its class's vertex of a
-    regular simplex of k unit vectors (pairwise cosine ``-1 / (k - 1)``; rank k - 1), the
-    minimiser SupCon's class positives pull towards. Needs ``2 <= k <= D + 1``."""
+    regular simplex of k unit vectors (the simplex prototypes of
+    :func:`simulate.losses.make_prototypes`: pairwise cosine ``-1 / (k - 1)``, rank k - 1),
+    the minimiser SupCon's class positives pull towards. Needs ``2 <= k <= D + 1``
+    (ValueError otherwise)."""
     run = _check_run(run)
-    k, d, b = run.k, run.embedding_dim, run.batch_size
-    if not 2 <= k <= d + 1:
-        raise ValueError(f"k must lie in [2, D + 1] = [2, {d + 1}] for a simplex of the classes, "
-                         f"got {k}")
-    centred = torch.eye(k, dtype=DT) - 1.0 / k  # k points in the (k - 1)-dim plane sum = 0
-    basis = torch.linalg.svd(centred)[2][: k - 1]  # an orthonormal basis of that plane
-    vertices = torch.zeros(k, d, dtype=DT)
-    vertices[:, : k - 1] = centred @ basis.T
-    vertices /= vertices.norm(dim=1, keepdim=True)
-    cls = torch.arange(b) % k
+    vertices = make_prototypes(run.k, run.embedding_dim, "simplex").to(DT)
+    cls = torch.arange(run.batch_size) % run.k
     return torch.cat([vertices[cls], vertices[cls]])
 
 
