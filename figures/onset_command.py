@@ -56,21 +56,20 @@ def _print_onset_table(rows: list[dict]) -> None:
 
 
 def _print_encoder_table(rows: list[dict]) -> None:
-    """Encoder rows: the rank measured (output, projection or representation), the
-    curvature at initialisation and the edge of stability beside the prediction."""
+    """Encoder rows: the rank measured (output, projection or representation), what predicts
+    it (``law``: the recovery law; ``catapult``; ``-``: nothing), the kick rate, the curvature
+    at initialisation and the edge of stability beside the prediction."""
     head = (f"{'configuration':<18} {'level':<11} {'rank':<14} {'predicted':>10} {'measured':>10} "
-            f"{'ratio':>7} {'seed spread':>11}  {'lambda_0':>9} {'edge':>8}  per seed")
+            f"{'ratio':>7} {'seed spread':>11}  {'by':<8} {'kick':>7} {'lambda_0':>9} {'edge':>8}  per seed")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['config']:<18} {r['level']:<11} {r['rank']:<14} {_cells(r)}  {r['lambda_0']:>9.4g} "
-              f"{_fmt(r['eos_edge']):>8}  {_per_seed(r)}")
+        by = {"law": "law", "catapult": "catapult"}.get(r["predicted_by"], "-")
+        print(f"{r['config']:<18} {r['level']:<11} {r['rank']:<14} {_cells(r)}  {by:<8} "
+              f"{'-' if math.isnan(r['kick_rate']) else _fmt(r['kick_rate']):>7} {r['lambda_0']:>9.4g} {_fmt(r['eos_edge']):>8}  {_per_seed(r)}")
     for r in rows:
-        if r["level"] != "complete" and not r["within_2x"]:
+        if not r["within_2x"]:
             print(f"  {r['config']} ({r['level']}, {r['rank']}): {r['note']}")
-    complete = next((r for r in rows if r["level"] == "complete"), None)
-    if complete is not None:
-        print(f"  complete (every row): {complete['note']}")
 
 
 def _median(values: list[float]) -> float:

@@ -120,7 +120,7 @@ def test_figures_onset_command_runs_an_encoder_grid(capsys):
     out = capsys.readouterr().out.strip().splitlines()
     rows = json.loads(out[-1], parse_constant=lambda name: pytest.fail(f"non-standard JSON {name}"))
     assert any(line.startswith("dimensional: median |ratio - 1|") for line in out)
-    assert any(line.startswith("complete: not predicted in any of") for line in out)
+    assert any(line.startswith("complete: median |ratio - 1|") for line in out)
     grid = encoder_grid("encoder-tiny")
     projected = [label for label, run in grid if run.projector_widths]
     want = {(lab, lev, "projection" if lab in projected else "output") for lab, _ in grid
@@ -130,11 +130,22 @@ def test_figures_onset_command_runs_an_encoder_grid(capsys):
     _, seeds, *_ = ENCODER_GRIDS["encoder-tiny"]
     for r in rows:
         assert len(r["per_seed"]) == len(seeds) and len(r["reference_rank"]) == len(seeds)
-        if r["level"] == "complete" or r["optimizer"] == "adam":
+        if r["optimizer"] == "sgd":  # the recovery law, per seed; NaN when a seed is below its range
+            assert r["predicted_by"] == "law" and len(r["predicted_per_seed"]) == len(seeds)
+            if None in r["predicted_per_seed"]:
+                assert r["predicted"] is None and "below the recovery law's range" in r["note"]
+            else:
+                want = sorted(math.inf if v == "inf" else v for v in r["predicted_per_seed"])
+                got = math.inf if r["predicted"] == "inf" else r["predicted"]
+                assert got == pytest.approx(want[0] if len(want) == 1 else (want[0] + want[1]) / 2)
+                assert "recovery law" in r["note"]
+            assert min(min(p) for p in r["probe_rates"]) == pytest.approx(2 * r["kick_rate"], rel=0.5)
+        elif r["level"] == "dimensional" and r["optimizer"] == "lars":
+            assert r["predicted_by"] == "catapult"
+            assert r["predicted"] == pytest.approx(r["catapult_max"]) and r["predicted"] > 0
+        else:
             assert r["predicted"] is None  # NaN: not predicted
             assert r["note"].startswith(("not predicted", "no onset inside the scan")), r["note"]
-        else:
-            assert r["predicted"] == pytest.approx(r["catapult_max"]) and r["predicted"] > 0
         assert r["measured"] == "inf" or r["measured"] > 0
         assert r["predict_s"] >= 0 and r["measure_s"] > 0
     with pytest.raises(SystemExit) as info:

@@ -94,8 +94,14 @@ def _seeded(run: RunConfig, seed: int) -> RunConfig:
 
 def encoder_onset_table(name: str, device: str = "cpu", steps: int | None = None,
                         progress: Callable[[str], None] | None = None) -> list[dict]:
-    """Predicted against measured onset per row, level and rank of the encoder grid ``name``."""
+    """Predicted against measured onset per row, level and rank of the encoder grid ``name``.
+
+    Plain SGD and heavy ball at a constant rate are predicted by the recovery law
+    (:mod:`simulate.stability.recovery`; its dimensional threshold reads the measured reference
+    rank, which defines the level), LARS's dimensional level by the catapult estimate
+    (:mod:`simulate.stability.encoder_onset`); the rest is not predicted."""
     from .grids import onset_ratio
+    from .recovery import recovery_onsets
 
     from ..engine import resolve_device
 
@@ -103,23 +109,42 @@ def encoder_onset_table(name: str, device: str = "cpu", steps: int | None = None
     device = str(resolve_device(device))
     _, seeds, points, rounds, (lo, hi) = ENCODER_GRIDS[name]
     preds = _predictions(grid, seeds, device)
-    if progress:
-        progress("predicted")
     metrics = [("effective_rank", [i for i in range(len(grid))]),
                ("repr_effective_rank", [i for i, (_, r) in enumerate(grid) if r.projector_widths])]
-    out = []
+    measured, seconds = {}, {}
     for metric, idx in metrics:
         if not idx:
             continue
         t0 = time.perf_counter()
         per_level = measure_levels([grid[i][1] for i in idx], ENCODER_LEVELS, seeds, lo, hi, points,
                                    rounds, device, metric)
-        seconds = (time.perf_counter() - t0) / len(idx)
-        for level, measured in zip(ENCODER_LEVELS, per_level):
-            for i, m in zip(idx, measured):
+        seconds[metric] = (time.perf_counter() - t0) / len(idx)
+        for level, ms in zip(ENCODER_LEVELS, per_level):
+            for i, m in zip(idx, ms):
+                measured[(i, level, metric)] = m
+        if progress:
+            progress(f"measured {metric}")
+    seeded = [(i, j, _seeded(run, s)) for i, (_, run) in enumerate(grid) for j, s in enumerate(seeds)]
+    refs = [{metric: measured[(i, "dimensional", metric)]["reference_rank"][j]
+             for metric, idx in metrics if i in idx} for i, j, _ in seeded]
+    law = recovery_onsets([r for *_, r in seeded], refs, ENCODER_LEVELS,
+                          tuple(m for m, idx in metrics if idx), device)
+    if progress:
+        progress("predicted")
+    out = []
+    for metric, idx in metrics:
+        for level in ENCODER_LEVELS:
+            for i in idx:
                 label, run = grid[i]
-                p = preds[i]
-                pred = p["catapult_max"] if level == "dimensional" else math.nan
+                m, p = measured[(i, level, metric)], preds[i]
+                mine = [law[k] for k, (ii, *_) in enumerate(seeded) if ii == i]
+                per_seed = [o["onsets"][(level, metric)] for o in mine]
+                if not mine[0]["why"]:
+                    pred, how = _median(per_seed), "law"
+                elif level == "dimensional" and run.optimizer == "lars":
+                    pred, how = p["catapult_max"], "catapult"
+                else:
+                    pred, how = math.nan, "none"
                 ratio = onset_ratio(pred, m["onset"]) if not math.isnan(pred) else math.nan
                 out.append({
                     "config": label, "level": level,
@@ -129,35 +154,53 @@ def encoder_onset_table(name: str, device: str = "cpu", steps: int | None = None
                     "depth": run.depth, "projector_dims": run.projector_dims,
                     "temperature": run.temperature, "batch_size": run.batch_size, "data": run.data,
                     "clop_weight": run.clop_weight, "steps": run.steps,
-                    "predicted": pred, "measured": m["onset"], "per_seed": m["per_seed"],
+                    "predicted": pred, "predicted_by": how, "predicted_per_seed": per_seed,
+                    "measured": m["onset"], "per_seed": m["per_seed"],
                     "spread": m["spread"], "ratio": ratio,
                     "within_2x": bool(0.5 <= ratio <= 2.0), "reference_rank": m["reference_rank"],
                     **{k: p[k] for k in ("lambda_0", "eos_edge", "catapult_max", "curvature")},
-                    "predict_s": p["predict_s"], "measure_s": seconds,
+                    "kick_rate": _median([o["kick"] for o in mine]),
+                    "probe_rates": [o["probe_rates"] for o in mine],
+                    "predict_s": p["predict_s"] + sum(o["seconds"] for o in mine),
+                    "measure_s": seconds[metric],
                     "dips": m["dips"],
-                    "note": _encoder_note(level, pred, m["onset"], p, run, lo) + dip_note(m, seeds),
+                    "note": _encoder_note(level, pred, m["onset"], p, run, lo, how, mine)
+                            + dip_note(m, seeds),
                 })
-        if progress:
-            progress(f"measured {metric}")
     return out
 
 
-def _encoder_note(level: str, pred: float, meas: float, p: dict, run: RunConfig, lo: float) -> str:
-    """Which anchor the row is set against and how far off it is."""
+def _median(values) -> float:
+    """The median of ``values``; NaN when any is NaN (a seed not predicted)."""
+    v = np.asarray(values, dtype=float)
+    return math.nan if np.isnan(v).any() else float(np.median(v))
+
+
+def _encoder_note(level: str, pred: float, meas: float, p: dict, run: RunConfig, lo: float,
+                  how: str, law: list[dict]) -> str:
+    """Which prediction the row is set against and how far off it is."""
     if meas <= lo:
         return (f"no onset inside the scan: its smallest rate, {lo:g} (the reference), already "
                 f"ends collapsed at this level")
-    if level == "complete":
-        return ("not predicted: complete collapse of an encoder follows the norm's growth after "
-                "the catapult, which the curvature at initialisation does not see")
+    if how == "none":
+        if run.optimizer == "adam" or run.optimizer == "adamw":
+            return f"not predicted: {law[0]['why']}"
+        return (f"not predicted: {law[0]['why']}; complete collapse under {run.optimizer} is "
+                "not derived")
     if math.isnan(pred):
-        return f"not predicted: {p['curvature']}"
+        low = [f"{o['probe_rates'][0]:.3g}" for o in law]
+        return ("not predicted: below the recovery law's range (the lowest probe, at "
+                f"{' / '.join(low)} by seed, still ends collapsed)")
+    anchor = (f"recovery law, onset = steps / s*, kick rate {_median([o['kick'] for o in law]):.3g}"
+              if how == "law" else
+              f"catapult: {CATAPULT_FACTOR / 2:g} x the edge of stability of {run.optimizer}")
+    if not math.isfinite(meas) and not math.isfinite(pred):
+        return f"agree: none predicted, none measured ({anchor})"
     if not math.isfinite(meas):
-        return (f"miss: no run collapsed up to the scan's end; predicted above {pred:.3g} "
-                f"({CATAPULT_FACTOR / 2:g} x the edge of stability of {run.optimizer})")
+        return f"miss: no run collapsed up to the scan's end; predicted {pred:.3g} ({anchor})"
+    if not math.isfinite(pred):
+        return f"miss: none predicted (no probe collapsed), measured {meas:.3g} ({anchor})"
     r = pred / meas
     side = "below" if r < 1 else "above"
-    where = meas / p["eos_edge"] if p["eos_edge"] > 0 else math.nan
     within = "within 2x" if 0.5 <= r <= 2 else "miss"
-    return (f"{within}: prediction {side} the measured onset by {max(r, 1 / r):.2g}x; measured at "
-            f"{where:.3g} x the edge of stability 2(1+mu)/lambda_0")
+    return f"{within}: prediction {side} the measured onset by {max(r, 1 / r):.2g}x ({anchor})"

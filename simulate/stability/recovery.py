@@ -1,0 +1,184 @@
+"""The onset of collapse of MLP encoders under SGD, from the kick and the recovery law.
+
+An encoder trained by SGD on a cosine loss does not collapse at an edge: above a rate set at
+initialisation its first steps take the outputs' rank at once, and the rank then comes back,
+slowly. Its final rank after ``T`` steps is how far that recovery got, and the onset of a
+collapse level is where the recovery falls short of the level's threshold.
+
+**Why the first steps collapse (the kick).** The loss sees normalised outputs ``z / |z|``, and
+the outputs are linear in the output layer's weights and bias ``W_L``, so the loss does not
+change when ``W_L`` is scaled: its gradient is orthogonal to ``W_L`` and shrinks as
+``1 / |W_L|``. A step of rate ``lr`` then adds ``lr^2 |g|^2`` to ``|W_L|^2``. Above the *kick
+rate* ``lr_k = (1 - mu) |W_L| / |g_L|`` (at initialisation, on the first minibatch; heavy
+ball's steps build up to ``lr g / (1 - mu)``) the first steps are longer than the layer, which
+becomes ``-lr g_0``: a matrix spanned by the few directions the first batches' gradients
+share, and the outputs lose rank.
+
+**Why the recovery takes a time proportional to lr (the law).** After the kick ``|W_L| ~ lr``
+and its gradient ``~ 1 / lr``, so each step turns the layer by an angle ``~ lr |g| / |W_L| ~
+1 / lr``: the dynamics after the kick depend on the number of steps ``t`` only through
+``s = t / lr``. The final rank after ``T`` steps at rate ``lr`` is ``R(T / lr)``, one function
+``R`` per configuration and seed, rising from the kick's low rank. So a level whose threshold
+``R`` crosses at ``s*`` (for good) has its onset at ``T / s*``: onsets grow in proportion to
+the number of steps.
+
+**The prediction.** ``R`` is read off probes: runs of the configuration and seed for its ``T``
+steps at :data:`PROBES` rates ``lr_j = KICK_MARGIN x lr_k x PROBE_FACTOR^j``, each logged
+:data:`PROBE_LOGS` times, giving ``R`` on ``s`` in ``[e / lr_j, T / lr_j]`` (``e`` the logging
+interval); ``s*`` is read from all of them together. The ranges overlap on purpose: a probe
+near the kick rate is less collapsed in its first steps than the law's limit, and where a
+higher probe covers the same ``s`` its collapsed points count. (Probes that stop where the
+next lower one starts cost a third as much but put the complete onsets of the ``mlp`` grid
+off by a median 24% instead of 3%.) Nothing is fitted: the probes' rates follow from ``lr_k``
+and the onset is ``T / s*``. Where
+the lowest probe still ends collapsed the onset lies below the law's range (``lr_0``): NaN,
+not predicted. Where no probe collapses, none is predicted (``inf``).
+
+Where it holds: plain SGD and heavy ball (the norm argument needs a step proportional to the
+gradient) at a constant rate (a schedule ties the rate to the run's length). Not LARS (its step
+is ``lr x trust x |W|``, whatever the norm: the layer turns by the same angle at every norm,
+so nothing slows down) and not Adam. The references' measurements are in docs/onset.md.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+
+from ..config import RunConfig
+from .curvature import _check_run, make_objective
+from .levels import get_level
+
+#: the lowest probe's rate in units of the kick rate (above it the first step is longer than
+#: the output layer, so the kick has happened)
+KICK_MARGIN = 2.0
+#: the ratio of successive probes' rates
+PROBE_FACTOR = 10.0
+#: how many probes: the highest is ``PROBE_FACTOR ** (PROBES - 1)`` times the lowest, which
+#: reaches onsets above the onset scan's top for the grids' configurations
+PROBES = 4
+#: logged points of the lowest probe (its logging interval is ``steps // PROBE_LOGS``)
+PROBE_LOGS = 30
+#: the reference rate of MLP encoders (the dimensional level's reference rank is the final
+#: rank there): the encoder grids' scan starts at it
+REFERENCE_LR = 1e-3
+
+
+def law_applies(run: RunConfig) -> str:
+    """``""`` when the recovery law applies to ``run``, else why not (a sentence)."""
+    if run.model != "mlp":
+        return "the recovery law is for MLP encoders"
+    if run.optimizer != "sgd":
+        return (f"the recovery law needs a step proportional to the gradient; {run.optimizer} "
+                "scales it per layer or coordinate")
+    if run.warmup_steps or run.schedule != "constant":
+        return "the recovery law needs a constant rate (a schedule ties the rate to the run's length)"
+    return ""
+
+
+def output_layer(obj) -> str:
+    """The name of the output layer's weights in :class:`Objective` ``obj`` (the projector's
+    last layer when there is one): the layer whose scale the normalisation removes."""
+    return [n for n in obj.names if "bias" not in n][-1]
+
+
+def kick_rate(run: RunConfig, device: str = "cpu") -> float:
+    """``(1 - mu) |W_L| / |dL/dW_L|`` at initialisation on the first minibatch: the rate whose
+    first steps are as long as the output layer (module docstring)."""
+    obj = make_objective(_check_run(run), device=device)
+    g = obj.gradient(obj.theta0)
+    sl = obj.slices[output_layer(obj)]
+    return float((1 - run.momentum) * obj.theta0[sl].norm() / g[sl].norm())
+
+
+def probe_runs(run: RunConfig, kick: float) -> list[RunConfig]:
+    """The probes of ``run`` (module docstring), lowest rate first."""
+    every = max(1, run.steps // PROBE_LOGS)
+    return [replace(run, lr=KICK_MARGIN * kick * PROBE_FACTOR ** j, log_every=every, name="")
+            for j in range(PROBES)]
+
+
+def _trajectories(runs: list[RunConfig], device: str, metrics) -> list[dict]:
+    """Per run, per metric: its logged ``(step, value)`` after step 0, training runs that share
+    a chunk key together."""
+    from ..engine import train_chunk
+
+    groups: dict = {}
+    for i, r in enumerate(runs):
+        groups.setdefault(r.chunk_key(), []).append(i)
+    out: list[dict] = [{} for _ in runs]
+    for idx in groups.values():
+        rows = train_chunk([runs[i] for i in idx], device).rows
+        for i in idx:
+            mine = sorted((r["step"], r) for r in rows if r["run_id"] == runs[i].run_id and r["step"] > 0)
+            out[i] = {m: [(s, float(r[m])) for s, r in mine] for m in metrics}
+    return out
+
+
+def law_onset(points, threshold: float, steps: int) -> float:
+    """The onset ``steps / s*`` from ``points``, ``(s, rank)`` of the probes in the law's
+    variable ``s = t / lr``: ``s*`` is the geometric midpoint between the last ``s`` at which the
+    rank is at or below ``threshold`` (NaN counts as collapsed: diverged) and the next.
+    ``inf`` when no point is collapsed; NaN when the last point is (the onset lies below the
+    probes' range)."""
+    pts = sorted(points)
+    below = [i for i, (_, r) in enumerate(pts) if not r > threshold]
+    if not below:
+        return math.inf
+    if below[-1] == len(pts) - 1:
+        return math.nan
+    i = below[-1]
+    return steps / math.sqrt(pts[i][0] * pts[i + 1][0])
+
+
+def recovery_onsets(runs: list[RunConfig], references: list[dict], levels=("complete", "dimensional"),
+                    metrics=("effective_rank",), device: str = "cpu") -> list[dict]:
+    """The predicted onset of each run at each level and metric, from its probes.
+
+    ``references[i][metric]`` is the run's reference rank at that metric (the dimensional
+    level's; see :mod:`simulate.stability.levels`). Returns per run ``{"kick": lr_k,
+    "probe_rates": [...], "onsets": {(level, metric): onset}, "why": ""|reason,
+    "seconds": ...}``; runs the law does not cover have NaN onsets and say why."""
+    levels = [get_level(v) for v in levels]
+    t0 = time.perf_counter()
+    out, probes, owner = [], [], []
+    for i, run in enumerate(runs):
+        why = law_applies(run)
+        kick = math.nan if why else kick_rate(run, device)
+        mine = [] if why else probe_runs(run, kick)
+        probes += mine
+        owner += [i] * len(mine)
+        out.append({"kick": kick, "probe_rates": [p.lr for p in mine], "why": why, "onsets": {}})
+    traj = _trajectories(probes, device, metrics) if probes else []
+    for i, (run, ref) in enumerate(zip(runs, references)):
+        mine = [(p, t) for p, t, o in zip(probes, traj, owner) if o == i]
+        for level in levels:
+            for m in metrics:
+                if out[i]["why"]:
+                    out[i]["onsets"][(level.name, m)] = math.nan
+                    continue
+                pts = [(s / p.lr, r) for p, t in mine for s, r in t[m]]
+                thr = level.threshold(ref.get(m, math.nan))
+                out[i]["onsets"][(level.name, m)] = law_onset(pts, thr, run.steps)
+    seconds = time.perf_counter() - t0
+    for o in out:
+        o["seconds"] = seconds / max(1, len(runs))
+    return out
+
+
+def predict_recovery_onset(run: RunConfig, level: str = "dimensional", reference_rank: float | None = None,
+                           metric: str = "effective_rank", device: str = "cpu") -> float:
+    """The predicted onset of ``run`` at ``level`` by the recovery law (NaN where it does not
+    apply or the onset lies below its range). The dimensional level's reference rank is
+    ``reference_rank`` or, when None, the final ``metric`` of ``run`` trained at
+    :data:`REFERENCE_LR`."""
+    run = _check_run(run)
+    lvl = get_level(level)
+    if reference_rank is None and lvl.needs_reference:
+        from .measure import _train_final_ranks
+
+        reference_rank = _train_final_ranks([replace(run, lr=REFERENCE_LR, log_every=run.steps)],
+                                            device, metric)[0]
+    ref = math.nan if reference_rank is None else reference_rank
+    return recovery_onsets([run], [{metric: ref}], (lvl,), (metric,), device)[0]["onsets"][(lvl.name, metric)]

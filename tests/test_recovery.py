@@ -1,0 +1,84 @@
+"""The recovery law of MLP encoders under SGD (simulate.stability.recovery): the scale
+invariance it rests on, the kick rate against a literal step, the onset read from
+trajectories, and the probes' rates."""
+
+import math
+
+import pytest
+import torch
+
+from simulate.config import RunConfig
+from simulate.stability.curvature import make_objective
+from simulate.stability.recovery import (KICK_MARGIN, PROBE_FACTOR, PROBES, kick_rate, law_applies,
+                                         law_onset, output_layer, predict_recovery_onset, probe_runs)
+
+TINY = dict(model="mlp", loss="ntxent", temperature=0.5, hidden=8, depth=2, out_dim=4, k=2, d=4,
+            per_class=16, batch_size=8, steps=30, log_every=30, lr=0.1)
+
+
+@pytest.mark.parametrize("extra", [{}, {"projector_dims": "6,3"}, {"clop_weight": 1.0}])
+def test_loss_is_blind_to_the_output_layers_scale(extra):
+    """The law's premise: scaling the output layer's weights and bias together leaves the loss
+    unchanged (to float64 rounding), so its gradient is orthogonal to that layer."""
+    run = RunConfig(**TINY, **extra)
+    obj = make_objective(run)
+    theta = obj.theta0.clone()
+    w = output_layer(obj)
+    b = w.replace("weights", "biases")
+    scaled = theta.clone()
+    for name in (w, b):
+        scaled[obj.slices[name]] *= 7.0
+    assert float(obj(scaled)) == pytest.approx(float(obj(theta)), rel=1e-12, abs=1e-12)
+    g = obj.gradient(theta)
+    sl_w, sl_b = obj.slices[w], obj.slices[b]
+    radial = float(g[sl_w] @ theta[sl_w] + g[sl_b] @ theta[sl_b])
+    assert abs(radial) < 1e-10 * float(g.norm() * theta.norm())
+    # a hidden layer is not scale-free: the check can fail
+    hidden = scaled.clone()
+    hidden[obj.slices[[n for n in obj.names if "bias" in n][0]]] *= 7.0
+    assert float(obj(hidden)) != pytest.approx(float(obj(theta)), rel=1e-6)
+
+
+def test_kick_rate_is_the_rate_whose_first_step_is_as_long_as_the_output_layer():
+    """Against one literal torch.optim.SGD step of a float64 copy of the output layer on the
+    run's first minibatch: at the kick rate the step's length equals the layer's norm."""
+    run = RunConfig(**TINY)
+    obj = make_objective(run)
+    name = output_layer(obj)
+    sl = obj.slices[name]
+    theta = obj.theta0.clone().requires_grad_(True)
+    opt = torch.optim.SGD([theta], lr=kick_rate(run))
+    before = theta.detach().clone()
+    opt.zero_grad()
+    obj(theta).backward()
+    opt.step()
+    step = (theta.detach() - before)[sl].norm()
+    assert float(step) == pytest.approx(float(before[sl].norm()), rel=1e-9)
+    # heavy ball: the kick rate is (1 - mu) times plain SGD's
+    assert kick_rate(RunConfig(**TINY, momentum=0.9)) == pytest.approx(0.1 * kick_rate(run), rel=1e-9)
+
+
+def test_law_onset_reads_the_last_collapsed_time():
+    # rank rises through the threshold 2 between s = 0.5 and s = 2: onset = T / sqrt(0.5 * 2)
+    pts = [(0.1, 1.2), (0.5, 1.9), (2.0, 3.0), (8.0, 6.0)]
+    assert law_onset(pts, 2.0, 300) == pytest.approx(300.0)
+    # a dip back below the threshold later moves s* to the later crossing
+    assert law_onset(pts + [(10.0, 1.0), (20.0, 5.0)], 2.0, 300) == pytest.approx(300 / math.sqrt(200))
+    # order of points does not matter; NaN (diverged) counts as collapsed
+    assert law_onset(list(reversed(pts)), 2.0, 300) == pytest.approx(300.0)
+    assert law_onset([(0.1, math.nan), (1.0, 5.0)], 2.0, 100) == pytest.approx(100 / math.sqrt(0.1))
+    assert law_onset([(0.1, 3.0), (1.0, 5.0)], 2.0, 100) == math.inf  # never collapsed
+    assert math.isnan(law_onset([(0.1, 3.0), (1.0, 1.0)], 2.0, 100))  # collapsed at the end
+
+
+def test_probes_and_where_the_law_applies():
+    run = RunConfig(**TINY)
+    probes = probe_runs(run, 2.0)
+    assert [p.lr for p in probes] == pytest.approx([KICK_MARGIN * 2.0 * PROBE_FACTOR ** j for j in range(PROBES)])
+    assert all(p.steps == run.steps and p.seed == run.seed and p.log_every >= 1 for p in probes)
+    assert law_applies(run) == ""
+    assert "lars" in law_applies(RunConfig(**{**TINY, "optimizer": "lars"}))
+    assert "constant rate" in law_applies(RunConfig(**TINY, schedule="cosine"))
+    assert "MLP" in law_applies(RunConfig(**{**TINY, "model": "free"}))
+    assert math.isnan(predict_recovery_onset(RunConfig(**{**TINY, "optimizer": "adam"}), "complete"))
+
