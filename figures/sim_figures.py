@@ -23,7 +23,10 @@ register(Figure(
     preset_sweeps=("lr",), build=build_lr_regimes))
 register(Figure(
     id="variance_vs_lr", title="Embedding variance and effective rank against learning rate",
-    caption="Variance of the normalised embeddings and RankMe effective rank at the end of training, same runs as lr_regimes.",
+    caption=("Variance of the normalised embeddings and RankMe effective rank at the end of training, same "
+             "runs as lr_regimes. Vertical lines: the onsets of complete (black) and dimensional (grey) "
+             "collapse of NT-Xent that the recovery law predicts (simulate.stability.recovery; dashed "
+             "without, solid with CLOP)."),
     preset_sweeps=("lr",), build=build_variance_vs_lr))
 register(Figure(
     id="toy_3d", title="Rank-1 clusters in 3-D: learned embeddings on the sphere",

@@ -80,11 +80,56 @@ def build_variance_vs_lr(data):
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
     _lr_curves(a1, fin, "variance", rows, "embedding variance (normalised embeddings)")
     _lr_curves(a2, fin, "effective_rank", rows, "effective rank (RankMe)")
+    _draw_recovery_onsets(a2, fin, rows)
     a2.legend(fontsize=7, ncol=2)
     fig.suptitle("Collapse at large learning rates: variance and effective rank (solid: with CLOP)",
                  fontsize=10)
     fig.tight_layout()
     return fig, Table(("metric", "loss", "clop_weight", "lr", "mean", "std", "runs", "diverged_frac"), rows)
+
+
+#: the loss whose onsets :func:`_draw_recovery_onsets` draws, and the levels' colours (apart
+#: from the losses' C0-C4)
+RECOVERY_LOSS = "ntxent"
+LEVEL_COLOURS = {"complete": "black", "dimensional": "0.55"}
+
+
+def _draw_recovery_onsets(ax, fin: pd.DataFrame, rows: list):
+    """Vertical lines at the onsets of complete and dimensional collapse that the recovery law
+    predicts (:mod:`simulate.stability.recovery`) for :data:`RECOVERY_LOSS`, with (solid) and
+    without (dashed) CLOP: the median over the sweep's seeds, each seed's dimensional threshold
+    read from its run at the sweep's smallest rate (the reference). A note lists onsets right of
+    the swept rates or not predicted; nothing is drawn where the law does not apply."""
+    from simulate.stability.recovery import law_applies, recovery_onsets
+
+    part = fin[fin["loss"] == RECOVERY_LOSS]
+    if part.empty:
+        return
+    lo, hi = float(fin["lr"].min()), float(fin["lr"].max())
+    notes = []
+    for clop in sorted(set(part["clop_weight"])):
+        ref_rows = part[(part["clop_weight"] == clop) & (part["lr"] == part["lr"].min())]
+        ref_rows = ref_rows.drop_duplicates("seed").sort_values("seed")
+        runs = [run_of_row(r) for _, r in ref_rows.iterrows()]
+        if not runs or law_applies(runs[0]):
+            continue
+        refs = [{"effective_rank": float(r["effective_rank"])} for _, r in ref_rows.iterrows()]
+        law = recovery_onsets(runs, refs, tuple(LEVEL_COLOURS))
+        for level in tuple(LEVEL_COLOURS):
+            per_seed = np.array([o["onsets"][(level, "effective_rank")] for o in law], dtype=float)
+            onset = math.nan if np.isnan(per_seed).any() else float(np.median(per_seed))
+            rows.append(("predicted_onset", f"{RECOVERY_LOSS}:{level}", clop, onset, math.nan,
+                         math.nan, len(per_seed), 0.0))
+            what = f"NT-Xent{' + CLOP' if clop > 0 else ''}: {level} onset (recovery law)"
+            if math.isfinite(onset) and lo <= onset <= hi:
+                ax.axvline(onset, color=LEVEL_COLOURS[level], ls="-" if clop > 0 else "--", lw=1.2,
+                           label=what)
+            else:
+                notes.append(f"{what}: " + ("not predicted (below the law's range)" if math.isnan(onset)
+                                            else "none" if onset == math.inf else f"{onset:.3g}"))
+    if notes:
+        ax.text(0.02, 0.02, "not drawn:\n" + "\n".join(notes), transform=ax.transAxes,
+                fontsize=6, va="bottom")
 
 
 def build_toy_3d(data):

@@ -102,3 +102,41 @@ def test_agreement_small_within_five_percent():
     rows = json.loads(done.stdout.strip().splitlines()[-1])
     assert {r["claim"] for r in rows} == {"anchor_map", "pair_map", "ntxent_pair", "rank1_cycle"}
     assert all(r["rel_error"] <= 0.05 for r in rows)
+
+
+@pytest.mark.parametrize("widen", [False, True])
+def test_variance_vs_lr_draws_the_recovery_laws_onsets_where_its_table_says(tiny_data, widen):
+    """The rank panel's vertical lines are the table's predicted onsets (NT-Xent, each level,
+    with and without CLOP), drawn where they fall inside the swept rates and written in the
+    panel's note otherwise (``widen``: the same runs copied to lr 1e6, so that the swept range
+    holds the onsets)."""
+    import math
+
+    import pandas as pd
+
+    data = dict(tiny_data)
+    if widen:
+        far = data["lr"].copy()
+        far["lr"] = 1e6
+        far["run_id"] = far["run_id"].astype(str) + "-far"
+        data["lr"] = pd.concat([data["lr"], far], ignore_index=True)
+    fig, table = FIGURES["variance_vs_lr"].build(data)
+    try:
+        pred = [r for r in table.rows if r[0] == "predicted_onset"]
+        clops = {r[2] for r in pred}
+        assert {r[1] for r in pred} == {"ntxent:complete", "ntxent:dimensional"} and len(pred) == 2 * len(clops)
+        ax = fig.axes[1]
+        lines = {round(line.get_xdata()[0], 9) for line in ax.get_lines() if "recovery law" in str(line.get_label())}
+        lrs = sorted({r[3] for r in table.rows if r[0] == "effective_rank"})
+        inside = {round(r[3], 9) for r in pred if math.isfinite(r[3]) and lrs[0] <= r[3] <= lrs[-1]}
+        assert lines == inside
+        outside = [r for r in pred if not (math.isfinite(r[3]) and lrs[0] <= r[3] <= lrs[-1])]
+        note = " ".join(t.get_text() for t in ax.texts)
+        assert all(r[1].split(":")[1] in note for r in outside)
+        if widen:
+            assert lines, "no onset drawn inside a range that holds them"
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+

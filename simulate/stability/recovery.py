@@ -60,6 +60,10 @@ PROBE_FACTOR = 10.0
 PROBES = 4
 #: logged points of the lowest probe (its logging interval is ``steps // PROBE_LOGS``)
 PROBE_LOGS = 30
+#: losses whose value ignores the scale of the embeddings (each embedding normalised, or each
+#: dimension standardised as Barlow Twins does): the law's premise. VICReg's variance and
+#: invariance terms read the scale.
+SCALE_FREE_LOSSES = ("ntxent", "supcon", "dcl", "barlow", "align", "repel")
 #: the reference rate of MLP encoders (the dimensional level's reference rank is the final
 #: rank there): the encoder grids' scan starts at it
 REFERENCE_LR = 1e-3
@@ -69,6 +73,8 @@ def law_applies(run: RunConfig) -> str:
     """``""`` when the recovery law applies to ``run``, else why not (a sentence)."""
     if run.model != "mlp":
         return "the recovery law is for MLP encoders"
+    if run.loss not in SCALE_FREE_LOSSES:
+        return f"the recovery law needs a loss blind to the embeddings' scale; {run.loss} reads it"
     if run.optimizer != "sgd":
         return (f"the recovery law needs a step proportional to the gradient; {run.optimizer} "
                 "scales it per layer or coordinate")
