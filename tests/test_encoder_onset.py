@@ -62,8 +62,20 @@ def test_sgd_edges_follow_the_dense_hessian(momentum, nesterov, wd):
     assert e["lambda_0"] == pytest.approx(lam + wd, rel=1e-3)
     assert e["eos_edge"] == pytest.approx(c / (lam + wd), rel=1e-3)
     assert e["catapult_max"] == pytest.approx(e["eos_edge"] * CATAPULT_FACTOR / 2)
-    assert predict_encoder_onset(run) == e["catapult_max"]
-    assert math.isnan(predict_encoder_onset(run, "complete"))
+
+
+def test_predict_encoder_onset_picks_the_law_the_catapult_or_nothing():
+    from simulate.stability.recovery import predict_recovery_onset
+
+    sgd = RunConfig(**TINY)
+    for level in ("complete", "dimensional"):
+        want = predict_recovery_onset(sgd, level, reference_rank=2.5)
+        got = predict_encoder_onset(sgd, level, reference_rank=2.5)
+        assert got == want or (math.isnan(got) and math.isnan(want))
+    lars = RunConfig(**TINY, optimizer="lars", momentum=0.9)
+    assert predict_encoder_onset(lars) == encoder_edges(lars)["catapult_max"]
+    assert math.isnan(predict_encoder_onset(lars, "complete"))
+    assert math.isnan(predict_encoder_onset(RunConfig(**TINY, optimizer="adam")))
 
 
 def test_adam_is_not_predicted_and_bad_input_is_named():

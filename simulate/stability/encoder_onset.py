@@ -1,5 +1,8 @@
-"""The predicted onset of collapse of MLP encoders, from the curvature of the real training
-loss at initialisation (no training).
+"""The curvature-derived rates of MLP encoders (no training): the edge of stability at
+initialisation and the catapult estimate, which predicts LARS's dimensional onset. Plain SGD
+and heavy ball are predicted by the recovery law (:mod:`simulate.stability.recovery`), which
+:func:`predict_encoder_onset` uses where it applies: the catapult estimate missed those rows'
+measured onsets by 2-40x (docs/onset.md).
 
 The quantity that sets the edge is the largest algebraic eigenvalue ``lambda_0`` of the
 Hessian of the run's objective at its initial parameters, on its first minibatch
@@ -98,12 +101,20 @@ def encoder_edges(run: RunConfig, device: str = "cpu") -> dict:
             "curvature": how, "hvps": hvps, "seconds": time.perf_counter() - t0}
 
 
-def predict_encoder_onset(run: RunConfig, level: str = "dimensional", device: str = "cpu") -> float:
-    """Predicted learning rate above which training the MLP ``run`` ends at collapse ``level``
-    (``dimensional``: the catapult's upper end; ``complete``: NaN, not predicted)."""
+def predict_encoder_onset(run: RunConfig, level: str = "dimensional", device: str = "cpu",
+                          reference_rank: float | None = None) -> float:
+    """Predicted learning rate above which training the MLP ``run`` ends at collapse ``level``:
+    by the recovery law where it applies (SGD and heavy ball at a constant rate on a loss blind
+    to the embeddings' scale, both levels; :mod:`simulate.stability.recovery`, which reads
+    ``reference_rank`` for the dimensional level or trains it); else, for LARS's dimensional
+    level, the catapult's upper end; else NaN (not predicted)."""
+    from .recovery import law_applies, predict_recovery_onset
+
     if level not in ("dimensional", "complete"):
         raise ValueError(f"level must be 'dimensional' or 'complete', got {level!r}")
     _check_run(run)
-    if level == "complete":
-        return math.nan
-    return encoder_edges(run, device)["catapult_max"]
+    if law_applies(run) == "":  # "" means no reason against it
+        return predict_recovery_onset(run, level, reference_rank, device=device)
+    if level == "dimensional" and run.optimizer == "lars":
+        return encoder_edges(run, device)["catapult_max"]
+    return math.nan
