@@ -100,21 +100,30 @@ def encoder_onset_table(name: str, device: str = "cpu", steps: int | None = None
     (:mod:`simulate.stability.recovery`; its dimensional threshold reads the measured reference
     rank, which defines the level), LARS's dimensional level by the catapult estimate
     (:mod:`simulate.stability.encoder_onset`); the rest is not predicted."""
-    from .grids import onset_ratio
-    from .recovery import recovery_onsets
-
     from ..engine import resolve_device
 
     grid = encoder_grid(name, steps)
     device = str(resolve_device(device))
     _, seeds, points, rounds, (lo, hi) = ENCODER_GRIDS[name]
     preds = _predictions(grid, seeds, device)
-    metrics = [("effective_rank", [i for i in range(len(grid))]),
-               ("repr_effective_rank", [i for i, (_, r) in enumerate(grid) if r.projector_widths])]
+    metrics = [(m, idx) for m, idx in
+               [("effective_rank", list(range(len(grid)))),
+                ("repr_effective_rank", [i for i, (_, r) in enumerate(grid) if r.projector_widths])] if idx]
+    measured, seconds = _measure(grid, metrics, seeds, (lo, hi, points, rounds), device, progress)
+    law = _law(grid, metrics, seeds, measured, device)
+    if progress:
+        progress("predicted")
+    return [_row(grid[i], level, metric, measured[(i, level, metric)], preds[i], law[i], seconds[metric],
+                 seeds, lo)
+            for metric, idx in metrics for level in ENCODER_LEVELS for i in idx]
+
+
+def _measure(grid, metrics, seeds, scan, device, progress):
+    """``(measured, seconds)``: per ``(row, level, metric)`` the measured onset's dict; per
+    metric the measuring time per row."""
+    lo, hi, points, rounds = scan
     measured, seconds = {}, {}
     for metric, idx in metrics:
-        if not idx:
-            continue
         t0 = time.perf_counter()
         per_level = measure_levels([grid[i][1] for i in idx], ENCODER_LEVELS, seeds, lo, hi, points,
                                    rounds, device, metric)
@@ -124,50 +133,58 @@ def encoder_onset_table(name: str, device: str = "cpu", steps: int | None = None
                 measured[(i, level, metric)] = m
         if progress:
             progress(f"measured {metric}")
+    return measured, seconds
+
+
+def _law(grid, metrics, seeds, measured, device) -> list[list[dict]]:
+    """Per row, per seed: :func:`simulate.stability.recovery.recovery_onsets` of the row,
+    thresholds from the measured reference ranks."""
+    from .recovery import recovery_onsets
+
     seeded = [(i, j, _seeded(run, s)) for i, (_, run) in enumerate(grid) for j, s in enumerate(seeds)]
     refs = [{metric: measured[(i, "dimensional", metric)]["reference_rank"][j]
              for metric, idx in metrics if i in idx} for i, j, _ in seeded]
-    law = recovery_onsets([r for *_, r in seeded], refs, ENCODER_LEVELS,
-                          tuple(m for m, idx in metrics if idx), device)
-    if progress:
-        progress("predicted")
-    out = []
-    for metric, idx in metrics:
-        for level in ENCODER_LEVELS:
-            for i in idx:
-                label, run = grid[i]
-                m, p = measured[(i, level, metric)], preds[i]
-                mine = [law[k] for k, (ii, *_) in enumerate(seeded) if ii == i]
-                per_seed = [o["onsets"][(level, metric)] for o in mine]
-                if not mine[0]["why"]:
-                    pred, how = _median(per_seed), "law"
-                elif level == "dimensional" and run.optimizer == "lars":
-                    pred, how = p["catapult_max"], "catapult"
-                else:
-                    pred, how = math.nan, "none"
-                ratio = onset_ratio(pred, m["onset"]) if not math.isnan(pred) else math.nan
-                out.append({
-                    "config": label, "level": level,
-                    "rank": "projection" if run.projector_widths and metric == "effective_rank" else
-                            "representation" if metric == "repr_effective_rank" else "output",
-                    "optimizer": run.optimizer, "momentum": run.momentum, "hidden": run.hidden,
-                    "depth": run.depth, "projector_dims": run.projector_dims,
-                    "temperature": run.temperature, "batch_size": run.batch_size, "data": run.data,
-                    "clop_weight": run.clop_weight, "steps": run.steps,
-                    "predicted": pred, "predicted_by": how, "predicted_per_seed": per_seed,
-                    "measured": m["onset"], "per_seed": m["per_seed"],
-                    "spread": m["spread"], "ratio": ratio,
-                    "within_2x": bool(0.5 <= ratio <= 2.0), "reference_rank": m["reference_rank"],
-                    **{k: p[k] for k in ("lambda_0", "eos_edge", "catapult_max", "curvature")},
-                    "kick_rate": _median([o["kick"] for o in mine]),
-                    "probe_rates": [o["probe_rates"] for o in mine],
-                    "predict_s": p["predict_s"] + sum(o["seconds"] for o in mine),
-                    "measure_s": seconds[metric],
-                    "dips": m["dips"],
-                    "note": _encoder_note(level, pred, m["onset"], p, run, lo, how, mine)
-                            + dip_note(m, seeds),
-                })
+    law = recovery_onsets([r for *_, r in seeded], refs, ENCODER_LEVELS, tuple(m for m, _ in metrics), device)
+    out: list[list[dict]] = [[] for _ in grid]
+    for (i, _, _), o in zip(seeded, law):
+        out[i].append(o)
     return out
+
+
+def _row(labelled, level: str, metric: str, m: dict, p: dict, mine: list[dict], seconds: float,
+         seeds, lo: float) -> dict:
+    """One table row: what predicts it (the law, the catapult or nothing) against ``m``."""
+    from .grids import onset_ratio
+
+    label, run = labelled
+    per_seed = [o["onsets"][(level, metric)] for o in mine]
+    if not mine[0]["why"]:
+        pred, how = _median(per_seed), "law"
+    elif level == "dimensional" and run.optimizer == "lars":
+        pred, how = p["catapult_max"], "catapult"
+    else:
+        pred, how = math.nan, "none"
+    ratio = onset_ratio(pred, m["onset"]) if not math.isnan(pred) else math.nan
+    return {
+        "config": label, "level": level,
+        "rank": "projection" if run.projector_widths and metric == "effective_rank" else
+                "representation" if metric == "repr_effective_rank" else "output",
+        "optimizer": run.optimizer, "momentum": run.momentum, "hidden": run.hidden,
+        "depth": run.depth, "projector_dims": run.projector_dims,
+        "temperature": run.temperature, "batch_size": run.batch_size, "data": run.data,
+        "clop_weight": run.clop_weight, "steps": run.steps,
+        "predicted": pred, "predicted_by": how, "predicted_per_seed": per_seed,
+        "measured": m["onset"], "per_seed": m["per_seed"],
+        "spread": m["spread"], "ratio": ratio,
+        "within_2x": bool(0.5 <= ratio <= 2.0), "reference_rank": m["reference_rank"],
+        **{k: p[k] for k in ("lambda_0", "eos_edge", "catapult_max", "curvature")},
+        "kick_rate": _median([o["kick"] for o in mine]),
+        "probe_rates": [o["probe_rates"] for o in mine],
+        "predict_s": p["predict_s"] + sum(o["seconds"] for o in mine),
+        "measure_s": seconds,
+        "dips": m["dips"],
+        "note": _encoder_note(level, pred, m["onset"], p, run, lo, how, mine) + dip_note(m, seeds),
+    }
 
 
 def _median(values) -> float:

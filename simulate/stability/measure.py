@@ -17,25 +17,29 @@ from .states import rate_scale
 RANK_METRICS = ("effective_rank", "repr_effective_rank")
 
 
-def _train_final_ranks(runs: list[RunConfig], device: str = "cpu",
-                       metric: str = "effective_rank") -> list[float]:
-    """Final ``metric`` of each run, training runs that share a chunk key together."""
+def train_logged_rows(runs: list[RunConfig], device: str = "cpu") -> list[list[dict]]:
+    """Each run's logged rows, sorted by step, training runs that share a chunk key together."""
     from ..engine import train_chunk
 
     groups: dict = {}
     for i, r in enumerate(runs):
         groups.setdefault(r.chunk_key(), []).append(i)
-    out = [math.nan] * len(runs)
+    out: list[list[dict]] = [[] for _ in runs]
     for idx in groups.values():
-        chunk = [runs[i] for i in idx]
-        rows = train_chunk(chunk, device).rows
-        last = {}
+        rows = train_chunk([runs[i] for i in idx], device).rows
+        where: dict = {}
+        for i in idx:  # equal runs (equal run_id) each get the rows
+            where.setdefault(runs[i].run_id, []).append(i)
         for row in rows:
-            if row["run_id"] not in last or row["step"] > last[row["run_id"]]["step"]:
-                last[row["run_id"]] = row
-        for i in idx:
-            out[i] = float(last[runs[i].run_id][metric])
-    return out
+            for i in where[row["run_id"]]:
+                out[i].append(row)
+    return [sorted(rows, key=lambda row: row["step"]) for rows in out]
+
+
+def _train_final_ranks(runs: list[RunConfig], device: str = "cpu",
+                       metric: str = "effective_rank") -> list[float]:
+    """Final ``metric`` of each run, training runs that share a chunk key together."""
+    return [float(rows[-1][metric]) for rows in train_logged_rows(runs, device)]
 
 
 def measure_onsets(runs: list[RunConfig], seeds=(0, 1, 2), lo: float | None = None,

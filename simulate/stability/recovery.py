@@ -106,20 +106,11 @@ def probe_runs(run: RunConfig, kick: float) -> list[RunConfig]:
 
 
 def _trajectories(runs: list[RunConfig], device: str, metrics) -> list[dict]:
-    """Per run, per metric: its logged ``(step, value)`` after step 0, training runs that share
-    a chunk key together."""
-    from ..engine import train_chunk
+    """Per run, per metric: its logged ``(step, value)`` after step 0."""
+    from .measure import train_logged_rows
 
-    groups: dict = {}
-    for i, r in enumerate(runs):
-        groups.setdefault(r.chunk_key(), []).append(i)
-    out: list[dict] = [{} for _ in runs]
-    for idx in groups.values():
-        rows = train_chunk([runs[i] for i in idx], device).rows
-        for i in idx:
-            mine = sorted((r["step"], r) for r in rows if r["run_id"] == runs[i].run_id and r["step"] > 0)
-            out[i] = {m: [(s, float(r[m])) for s, r in mine] for m in metrics}
-    return out
+    return [{m: [(r["step"], float(r[m])) for r in rows if r["step"] > 0] for m in metrics}
+            for rows in train_logged_rows(runs, device)]
 
 
 def law_onset(points, threshold: float, steps: int) -> float:
