@@ -241,7 +241,7 @@ def _edges_of_stability(fin: pd.DataFrame) -> list[tuple[float, float]]:
 
 def _draw_edges_of_stability(ax, fin: pd.DataFrame, rows: list, key: str):
     """Vertical lines at the edge of stability at initialisation on a rank panel; a note
-    where it falls right of the swept rates. The onset of collapse is not drawn: the
+    where it falls right of the swept rates. No onset of dimensional collapse is drawn: the
     encoders' estimate (the catapult's end, :mod:`simulate.stability.encoder_onset`) misses
     this recipe's measured onsets by two orders of magnitude (docs/onset.md)."""
     lo, hi = float(fin["lr"].min()), float(fin["lr"].max())
@@ -259,13 +259,41 @@ def _draw_edges_of_stability(ax, fin: pd.DataFrame, rows: list, key: str):
     ax.legend(fontsize=6)
 
 
+def _draw_decay_edge(ax, fin: pd.DataFrame, rows: list, key: str):
+    """Vertical black lines at the predicted onset of complete collapse of the projections,
+    LARS's weight-decay edge (:mod:`simulate.stability.lars_decay`), dashed without and solid
+    with CLOP, and the complete level's rank; a note where the edge falls right of the swept
+    rates or is not derived."""
+    from simulate.stability.lars_decay import decay_edge_applies, lars_decay_edge
+    from simulate.stability.levels import COLLAPSED_RANK
+
+    lo, hi = float(fin["lr"].min()), float(fin["lr"].max())
+    ax.axhline(COLLAPSED_RANK, color="black", lw=0.8, ls=":", label=f"complete collapse (rank {COLLAPSED_RANK:g})")
+    notes = []
+    for clop in sorted(set(fin["clop_weight"])):
+        run = run_of_row(fin[fin["clop_weight"] == clop].iloc[0])
+        edge = lars_decay_edge(run)
+        rows.append((key, "predicted_complete_onset", run.loss, clop, edge, math.nan, math.nan, 0, math.nan))
+        what = f"complete onset, weight-decay edge{' (CLOP)' if clop > 0 else ''}"
+        if math.isfinite(edge) and lo <= edge <= hi:
+            ax.axvline(edge, color="black", ls="-" if clop > 0 else "--", lw=1.2, label=what)
+        else:
+            notes.append(f"{what}: " + (f"{edge:.3g}" if math.isfinite(edge)
+                                        else f"not predicted ({decay_edge_applies(run)})"))
+    if notes:
+        ax.text(0.02, 0.02, "not drawn:\n" + "\n".join(notes), transform=ax.transAxes,
+                fontsize=6, va="bottom")
+    ax.legend(fontsize=6)
+
+
 def build_paper_lr_regimes(data):
     """LARS learning-rate sweep in the paper's recipe, on the mixture and on digits."""
     panels = [("repr_probe_acc", "linear-probe accuracy\n(representation, held out)"),
               ("variance", "variance of the normalised\nprojections"),
-              ("repr_effective_rank", "effective rank of the\nrepresentation (RankMe)")]
+              ("repr_effective_rank", "effective rank of the\nrepresentation (RankMe)"),
+              ("effective_rank", "effective rank of the\nprojections (what the loss sees)")]
     sweeps = [("paper_mixture", "Gaussian mixture"), ("paper_digits", "digits (8x8)")]
-    fig, axes = plt.subplots(len(sweeps), len(panels), figsize=(15, 8), squeeze=False)
+    fig, axes = plt.subplots(len(sweeps), len(panels), figsize=(20, 8), squeeze=False)
     rows: list = []
     for (key, name), line in zip(sweeps, axes):
         fin = final_rows(data[key])
@@ -278,6 +306,8 @@ def build_paper_lr_regimes(data):
                 ax.axhline(1 / k, color="0.5", lw=0.8, ls=":", label="chance")
             if value == "repr_effective_rank":
                 _draw_edges_of_stability(ax, fin, rows, key)
+            if value == "effective_rank":
+                _draw_decay_edge(ax, fin, rows, key)
             ax.set_title(name, fontsize=9)
         line[0].legend(fontsize=7)
     r0 = final_rows(data[sweeps[0][0]]).iloc[0]

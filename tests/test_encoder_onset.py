@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from simulate.config import RunConfig
-from simulate.stability.encoder_grids import ENCODER_GRIDS, encoder_grid, encoder_onset_table  # noqa: F401
+from simulate.stability.encoder_grids import LARS, ENCODER_GRIDS, encoder_grid, encoder_onset_table  # noqa: F401
 from simulate.stability.encoder_onset import CATAPULT_FACTOR, encoder_edges, predict_encoder_onset
 
 TINY = dict(model="mlp", loss="ntxent", temperature=0.5, hidden=5, depth=2, out_dim=3, k=2, d=3,
@@ -64,7 +64,7 @@ def test_sgd_edges_follow_the_dense_hessian(momentum, nesterov, wd):
     assert e["catapult_max"] == pytest.approx(e["eos_edge"] * CATAPULT_FACTOR / 2)
 
 
-def test_predict_encoder_onset_picks_the_law_the_catapult_or_nothing():
+def test_predict_encoder_onset_picks_the_law_the_decay_edge_the_catapult_or_nothing():
     from simulate.stability.recovery import predict_recovery_onset
 
     sgd = RunConfig(**TINY)
@@ -74,7 +74,9 @@ def test_predict_encoder_onset_picks_the_law_the_catapult_or_nothing():
         assert got == want or (math.isnan(got) and math.isnan(want))
     lars = RunConfig(**TINY, optimizer="lars", momentum=0.9)
     assert predict_encoder_onset(lars) == encoder_edges(lars)["catapult_max"]
-    assert math.isnan(predict_encoder_onset(lars, "complete"))
+    assert math.isnan(predict_encoder_onset(lars, "complete"))  # no weight decay: no edge
+    decayed = RunConfig(**TINY, optimizer="lars", momentum=0.9, weight_decay=1e-6, lars_trust=1e-3)
+    assert predict_encoder_onset(decayed, "complete") == pytest.approx(3800)
     assert math.isnan(predict_encoder_onset(RunConfig(**TINY, optimizer="adam")))
 
 
@@ -152,6 +154,10 @@ def test_figures_onset_command_runs_an_encoder_grid(capsys):
                 assert got == pytest.approx(want[0] if len(want) == 1 else (want[0] + want[1]) / 2)
                 assert "recovery law" in r["note"]
             assert min(min(p) for p in r["probe_rates"]) == pytest.approx(2 * r["kick_rate"], rel=0.5)
+        elif r["level"] == "complete" and r["optimizer"] == "lars" and r["rank"] != "representation":
+            assert r["predicted_by"] == "decay"  # LARS's weight-decay edge, 2 (1 + mu) / trust
+            assert r["predicted"] == pytest.approx(2 * (1 + r["momentum"]) / LARS["lars_trust"], rel=1e-12)
+            assert "weight-decay edge" in r["note"]
         elif r["level"] == "dimensional" and r["optimizer"] == "lars":
             assert r["predicted_by"] == "catapult"
             assert r["predicted"] == pytest.approx(r["catapult_max"]) and r["predicted"] > 0

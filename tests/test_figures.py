@@ -140,3 +140,41 @@ def test_variance_vs_lr_draws_the_recovery_laws_onsets_where_its_table_says(tiny
 
         plt.close(fig)
 
+
+
+@pytest.mark.parametrize("widen", [False, True])
+def test_paper_lr_regimes_draws_the_weight_decay_edge_on_the_projections_rank(tiny_data, widen):
+    """The projections' rank panels mark LARS's weight-decay edge, 2 (1 + mu) / trust at the
+    schedule's peak rate (written out here), inside the swept rates, and write it in the
+    panel's note outside them (``widen``: the runs copied to lr 1e6)."""
+    import math
+
+    import pandas as pd
+
+    data = dict(tiny_data)
+    if widen:
+        for key in ("paper_mixture", "paper_digits"):
+            far = data[key].copy()
+            far["lr"] = 1e6
+            far["run_id"] = far["run_id"].astype(str) + "-far"
+            data[key] = pd.concat([data[key], far], ignore_index=True)
+    fig, table = FIGURES["paper_lr_regimes"].build(data)
+    try:
+        for key, ax in (("paper_mixture", fig.axes[3]), ("paper_digits", fig.axes[7])):
+            r = data[key].iloc[0]
+            peak = min(1.0, r["steps"] / r["warmup_steps"]) if r["warmup_steps"] > r["steps"] else 1.0
+            want = 2 * (1 + r["momentum"]) / (r["lars_trust"] * peak)
+            pred = [row for row in table.rows if row[0] == key and row[1] == "predicted_complete_onset"]
+            assert len(pred) == len(set(data[key]["clop_weight"]))
+            assert all(row[4] == pytest.approx(want, rel=1e-12) for row in pred)
+            lines = [line.get_xdata()[0] for line in ax.get_lines() if "weight-decay edge" in str(line.get_label())]
+            note = " ".join(t.get_text() for t in ax.texts)
+            lo, hi = data[key]["lr"].min(), data[key]["lr"].max()
+            if lo <= want <= hi:
+                assert widen and len(lines) == len(pred) and all(x == pytest.approx(want) for x in lines)
+            else:
+                assert not lines and f"{want:.3g}" in note and not math.isnan(want)
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)

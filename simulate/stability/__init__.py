@@ -13,7 +13,10 @@
                  map's reach (measured)
     curvature.py the Hessian of an MLP encoder's training loss: HVPs, Lanczos, per-layer LARS
     optimizer_edges.py  the optimizers' edges of stability on a quadratic (derived)
-    encoder_onset.py    the predicted onset of MLP encoders from the curvature at initialisation
+    encoder_onset.py    the predicted onset of MLP encoders: the dispatch, and the curvature at
+                 initialisation (LARS's dimensional level: the catapult estimate)
+    recovery.py  SGD and heavy ball on MLP encoders: the kick rate and the recovery law
+    lars_decay.py       LARS: the weight-decay edge, the complete onset (derived)
     encoder_grids.py    the encoder onset grids (mlp, mlp-heldout, paper) and their table
 
 The public names are re-exported here. ``DENSE_LIMIT`` is not: :func:`spectrum` reads it from
@@ -68,6 +71,8 @@ from .step import DT, StepMap, cosine_clop, make_step
 from .curvature import Objective, TopEigen, hessian_top, lanczos_top, lars_top, layer_curvature, make_objective
 from .encoder_grids import ENCODER_GRIDS, encoder_grid, encoder_onset_table
 from .encoder_onset import CATAPULT_FACTOR, encoder_edges, predict_encoder_onset
+from .lars_decay import decay_edge_applies, lars_decay_edge
+from .recovery import kick_rate, law_applies, predict_recovery_onset, recovery_onsets
 from .optimizer_edges import lars_edges, momentum_edge, sgd_edge
 from .optimizer_onset import predict_optimizer_onset, why_not_predicted
 
@@ -76,6 +81,8 @@ __all__ = [
     "encoder_onset_table", "hessian_top", "lanczos_top", "lars_edges", "lars_top",
     "layer_curvature", "make_objective", "momentum_edge", "predict_encoder_onset",
     "predict_optimizer_onset", "sgd_edge", "why_not_predicted",
+    "decay_edge_applies", "kick_rate", "lars_decay_edge", "law_applies", "predict_recovery_onset",
+    "recovery_onsets",
     "CLASS", "CLASS_RANK_MARGIN", "COLLAPSED_RANK", "COMPLETE", "DIMENSIONAL",
     "DIMENSIONAL_FRACTION", "DT", "ESCAPE_ANGLE", "FULL_GRID_STEPS", "LEVELS", "ONSET_BASE",
     "ONSET_GRIDS", "RANK_METRICS", "REFERENCE_RATE_FACTOR", "STATE_KINDS", "TABLE_LEVELS",

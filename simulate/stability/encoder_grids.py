@@ -14,6 +14,8 @@ import numpy as np
 
 from ..config import RunConfig
 from .encoder_onset import CATAPULT_FACTOR, encoder_edges
+from .lars_decay import decay_edge_applies, lars_decay_edge
+from .optimizer_edges import momentum_edge
 from .measure import dip_note, measure_levels
 
 #: the quick preset's MLP lr-sweep shape (figure lr_regimes): every ``mlp`` row changes one
@@ -160,6 +162,9 @@ def _row(labelled, level: str, metric: str, m: dict, p: dict, mine: list[dict], 
     per_seed = [o["onsets"][(level, metric)] for o in mine]
     if not mine[0]["why"]:
         pred, how = _median(per_seed), "law"
+    elif level == "complete" and metric == "effective_rank" and not decay_edge_applies(run):
+        pred, how = lars_decay_edge(run), "decay"
+        per_seed = [pred] * len(mine)
     elif level == "dimensional" and run.optimizer == "lars":
         pred, how = p["catapult_max"], "catapult"
     else:
@@ -202,15 +207,20 @@ def _encoder_note(level: str, pred: float, meas: float, p: dict, run: RunConfig,
     if how == "none":
         if run.optimizer == "adam" or run.optimizer == "adamw":
             return f"not predicted: {law[0]['why']}"
-        return (f"not predicted: {law[0]['why']}; complete collapse under {run.optimizer} is "
-                "not derived")
+        if run.optimizer == "lars" and not decay_edge_applies(run):
+            return ("not predicted: above LARS's weight-decay edge the network freezes; the "
+                    "embeddings the loss sees are then collapsed, the representation not always")
+        why = decay_edge_applies(run) if run.optimizer == "lars" else law[0]["why"]
+        return f"not predicted: {why}; complete collapse under {run.optimizer} is not derived"
     if math.isnan(pred):
         low = [f"{o['probe_rates'][0]:.3g}" for o in law]
         return ("not predicted: below the recovery law's range (the lowest probe, at "
                 f"{' / '.join(low)} by seed, still ends collapsed)")
-    anchor = (f"recovery law, onset = steps / s*, kick rate {_median([o['kick'] for o in law]):.3g}"
-              if how == "law" else
-              f"catapult: {CATAPULT_FACTOR / 2:g} x the edge of stability of {run.optimizer}")
+    anchor = {
+        "law": f"recovery law, onset = steps / s*, kick rate {_median([o['kick'] for o in law]):.3g}",
+        "decay": f"LARS's weight-decay edge: peak lr x trust = {momentum_edge(run.momentum, run.nesterov):.3g}",
+        "catapult": f"catapult: {CATAPULT_FACTOR / 2:g} x the edge of stability of {run.optimizer}",
+    }[how]
     if not math.isfinite(meas) and not math.isfinite(pred):
         return f"agree: none predicted, none measured ({anchor})"
     if not math.isfinite(meas):

@@ -30,8 +30,9 @@ along the few unstable directions, which is what takes dimensions from the repre
 So the predicted onset of *dimensional* collapse is the catapult's upper end,
 :data:`CATAPULT_FACTOR` / 2 times the edge (for momentum and LARS, the same multiple of their
 edge: an extrapolation of the gradient-descent result, which was measured without momentum);
-*complete* collapse of encoders is not predicted (it needs the dynamics after the norm has
-grown, which the curvature at initialisation does not see).
+*complete* collapse is not predicted from the curvature at initialisation (it needs the
+dynamics after the norm has grown, which that curvature does not see): under LARS the
+weight-decay edge (:mod:`simulate.stability.lars_decay`) predicts it.
 """
 
 from __future__ import annotations
@@ -103,11 +104,14 @@ def encoder_edges(run: RunConfig, device: str = "cpu") -> dict:
 
 def predict_encoder_onset(run: RunConfig, level: str = "dimensional", device: str = "cpu",
                           reference_rank: float | None = None) -> float:
-    """Predicted learning rate above which training the MLP ``run`` ends at collapse ``level``:
-    by the recovery law where it applies (SGD and heavy ball at a constant rate on a loss blind
-    to the embeddings' scale, both levels; :mod:`simulate.stability.recovery`, which reads
-    ``reference_rank`` for the dimensional level or trains it); else, for LARS's dimensional
-    level, the catapult's upper end; else NaN (not predicted)."""
+    """Predicted learning rate above which training the MLP ``run`` ends at collapse ``level``
+    (of the embeddings the loss sees): by the recovery law where it applies (SGD and heavy ball
+    at a constant rate on a loss blind to the embeddings' scale, both levels;
+    :mod:`simulate.stability.recovery`, which reads ``reference_rank`` for the dimensional
+    level or trains it); LARS's complete level by its weight-decay edge
+    (:mod:`simulate.stability.lars_decay`, weight decay > 0) and its dimensional level by the
+    catapult's upper end; else NaN (not predicted)."""
+    from .lars_decay import decay_edge_applies, lars_decay_edge
     from .recovery import law_applies, predict_recovery_onset
 
     if level not in ("dimensional", "complete"):
@@ -115,6 +119,8 @@ def predict_encoder_onset(run: RunConfig, level: str = "dimensional", device: st
     _check_run(run)
     if law_applies(run) == "":  # "" means no reason against it
         return predict_recovery_onset(run, level, reference_rank, device=device)
+    if level == "complete" and decay_edge_applies(run) == "":
+        return lars_decay_edge(run)
     if level == "dimensional" and run.optimizer == "lars":
         return encoder_edges(run, device)["catapult_max"]
     return math.nan
