@@ -90,6 +90,7 @@ def _print_onset_summary(rows: list[dict], levels: dict, seconds: float,
     if scan is not None:
         defs = defs.replace("0.03 x 2B tau", f"lr {scan[0]:g}")
     top = "3000 x 2B tau" if scan is None else f"lr {scan[1]:g}"
+    target = 0.15 if scan is None else 0.2  # free embeddings' target; the encoders'
     print(f"collapsed after the run's steps, per level ({defs}); onset: bisection on lr per "
           f"seed, median over seeds; 'none': no collapse (predicted, or measured up to "
           f"{top}); '-': not predicted; ratio = predicted / measured (1 when neither "
@@ -107,7 +108,7 @@ def _print_onset_summary(rows: list[dict], levels: dict, seconds: float,
                     else math.inf)
         within = sum(r["within_2x"] for r in pred)
         close = sum(abs(r["ratio"] - 1) <= 0.15 for r in pred)
-        print(f"{name}: median |ratio - 1| = {med:.3g} (target <= 0.15); within 2x: {within} of "
+        print(f"{name}: median |ratio - 1| = {med:.3g} (target <= {target:g}); within 2x: {within} of "
               f"{len(pred)} predicted rows ({len(mine) - len(pred)} not predicted), within 15%: "
               f"{close}; worst: {worst['config']} (ratio {_ratio_text(worst['ratio'])})")
     print(f"{seconds:.0f} s")
