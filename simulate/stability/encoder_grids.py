@@ -1,5 +1,6 @@
 """The onset grids of MLP encoders (``python -m figures onset --grid mlp|paper``): predicted
-(:mod:`simulate.stability.encoder_onset`, from the curvature at initialisation) against
+(the recovery law, LARS's weight-decay edge, the catapult estimate; see
+:func:`simulate.stability.encoder_onset.predict_encoder_onset`) against
 measured onsets (:func:`simulate.stability.measure.measure_levels`, by training), per
 collapse level and per rank (the embeddings the loss sees; with a projector also the
 representation before it)."""

@@ -24,7 +24,11 @@ the trust ratio ``r = trust |w| / (|g| + wd |w| + eps)``.
    gradient steers again: the run trains, and its rank recovers as the schedule lowers the
    rate. *Above it* the weights flip sign and grow by the unstable root's modulus at every
    update. The gradient's share of the step, ``|g| / (wd |w|)``, falls as ``1 / |w|^2``:
-   the network stops learning and keeps the state its first large updates left.
+   the network stops learning and keeps the state its first large updates left. (In float64
+   the norms reach 1e32-1e112 and shrink again once a cosine schedule takes the rate back
+   under the edge; the embeddings stay collapsed. In the engine's float32 the embeddings'
+   norm overflows first, near 1e19: the normalised embeddings and so the gradient become 0,
+   LARS then applies neither its ratio nor the decay, and the weights stop where they are.)
 
 What is derived is the edge and the freeze. That the frozen state is collapsed is measured:
 the embeddings the loss sees end on one direction (effective rank <= 1.5) in the paper's
@@ -63,7 +67,7 @@ def schedule_peak(run: RunConfig) -> float:
     """The largest factor ``run``'s schedule puts on ``lr``: ``steps / warmup_steps`` when the
     warmup outlasts the run, else 1 (the warmup ends at ``lr``; a cosine starts there)."""
     w = run.warmup_steps
-    return min(1.0, run.steps / w) if w > run.steps else 1.0
+    return run.steps / w if w > run.steps else 1.0
 
 
 def lars_decay_edge(run: RunConfig) -> float:
