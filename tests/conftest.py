@@ -5,8 +5,17 @@ import os
 # any test module imports ray (subprocesses inherit it).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+import signal
+
 import pytest
 from hypothesis import settings
+
+# A job started in the background of a non-interactive shell (``make test &``, nohup) inherits
+# SIGINT ignored, and its children inherit that across exec: Python then installs no
+# KeyboardInterrupt handler, and the tests that press Ctrl-C on a command would wait for an
+# exit that never comes. A handler here is reset to the default in every child at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 #: a test that hangs fails after this many seconds, with its name (pytest-timeout), unless it
 #: sets its own limit (@pytest.mark.timeout) or the run sets one (--timeout, PYTEST_TIMEOUT,
