@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from ..config import RunConfig
-from .encoder_onset import CATAPULT_FACTOR, encoder_edges
+from .encoder_onset import CATAPULT_FACTOR, encoder_edges, encoder_predictor
 from .lars_decay import decay_edge_applies, lars_decay_edge
 from .optimizer_edges import momentum_edge
 from .measure import dip_note, measure_levels
@@ -156,20 +156,20 @@ def _law(grid, metrics, seeds, measured, device) -> list[list[dict]]:
 
 def _row(labelled, level: str, metric: str, m: dict, p: dict, mine: list[dict], seconds: float,
          seeds, lo: float) -> dict:
-    """One table row: what predicts it (the law, the catapult or nothing) against ``m``."""
+    """One table row: what predicts it (:func:`encoder_predictor`) against ``m``."""
     from .grids import onset_ratio
 
     label, run = labelled
     per_seed = [o["onsets"][(level, metric)] for o in mine]
-    if not mine[0]["why"]:
-        pred, how = _median(per_seed), "law"
-    elif level == "complete" and metric == "effective_rank" and not decay_edge_applies(run):
-        pred, how = lars_decay_edge(run), "decay"
+    how = encoder_predictor(run, level, metric)
+    pred = math.nan
+    if how == "law":
+        pred = _median(per_seed)
+    elif how == "decay":
+        pred = lars_decay_edge(run)
         per_seed = [pred] * len(mine)
-    elif level == "dimensional" and run.optimizer == "lars":
-        pred, how = p["catapult_max"], "catapult"
-    else:
-        pred, how = math.nan, "none"
+    elif how == "catapult":
+        pred = p["catapult_max"]
     ratio = onset_ratio(pred, m["onset"]) if not math.isnan(pred) else math.nan
     return {
         "config": label, "level": level,

@@ -102,6 +102,22 @@ def encoder_edges(run: RunConfig, device: str = "cpu") -> dict:
             "curvature": how, "hvps": hvps, "seconds": time.perf_counter() - t0}
 
 
+def encoder_predictor(run: RunConfig, level: str, metric: str = "effective_rank") -> str:
+    """What predicts ``run``'s onset at ``level`` on the rank ``metric``: ``"law"`` (the
+    recovery law), ``"decay"`` (LARS's weight-decay edge: the complete level of the embeddings
+    the loss sees), ``"catapult"`` (LARS's dimensional level) or ``"none"``."""
+    from .lars_decay import decay_edge_applies
+    from .recovery import law_applies
+
+    if law_applies(run) == "":  # "" means no reason against it
+        return "law"
+    if level == "complete" and metric == "effective_rank" and decay_edge_applies(run) == "":
+        return "decay"
+    if level == "dimensional" and run.optimizer == "lars":
+        return "catapult"
+    return "none"
+
+
 def predict_encoder_onset(run: RunConfig, level: str = "dimensional", device: str = "cpu",
                           reference_rank: float | None = None) -> float:
     """Predicted learning rate above which training the MLP ``run`` ends at collapse ``level``
@@ -111,16 +127,16 @@ def predict_encoder_onset(run: RunConfig, level: str = "dimensional", device: st
     level or trains it); LARS's complete level by its weight-decay edge
     (:mod:`simulate.stability.lars_decay`, weight decay > 0) and its dimensional level by the
     catapult's upper end; else NaN (not predicted)."""
-    from .lars_decay import decay_edge_applies, lars_decay_edge
-    from .recovery import law_applies, predict_recovery_onset
+    from .lars_decay import lars_decay_edge
+    from .recovery import predict_recovery_onset
 
     if level not in ("dimensional", "complete"):
         raise ValueError(f"level must be 'dimensional' or 'complete', got {level!r}")
-    _check_run(run)
-    if law_applies(run) == "":  # "" means no reason against it
+    how = encoder_predictor(_check_run(run), level)
+    if how == "law":
         return predict_recovery_onset(run, level, reference_rank, device=device)
-    if level == "complete" and decay_edge_applies(run) == "":
+    if how == "decay":
         return lars_decay_edge(run)
-    if level == "dimensional" and run.optimizer == "lars":
+    if how == "catapult":
         return encoder_edges(run, device)["catapult_max"]
     return math.nan
