@@ -94,9 +94,12 @@ register(Figure(
              "(1 + 2 momentum); simulate.stability.lars_decay), above which the weight-decay term of "
              "the trust ratio is unstable, the weights blow up and the network stops learning; the dotted line is the complete level's rank, 1.5. Values "
              "beyond the swept rates are written in the panel. No onset of dimensional collapse is "
-             "drawn: the encoders' estimate (the catapult's end, 6 times the edge) misses this "
-             "recipe's measured onsets by two orders of magnitude (docs/onset.md, python -m figures "
-             "onset --grid paper). The paper reports three regimes on CIFAR-10 (not learning at 1e-7 to 1e-5, "
+             "drawn: none is derived under LARS. In these 300-step runs the ranks' dip from lr "
+             "0.01-0.1 on is mostly a transient of the biases (stepped by plain SGD, they outgrow "
+             "the outputs' spread and every embedding points one way; with the weights frozen "
+             "it stays), which the weights undo within 1000-3000 steps; in 3000-step runs rank "
+             "is lost for good from lr x trust 0.013-0.032 (docs/onset.md, python -m figures "
+             "onset --grid paper --steps 3000). The paper reports three regimes on CIFAR-10 (not learning at 1e-7 to 1e-5, "
              "mild at 1e-4 to 1e-3, collapse at 1e-2 to 1); the figure shows what these small "
              "settings give, without tuning."),
     preset_sweeps=("paper_mixture", "paper_digits"), build=build_paper_lr_regimes))

@@ -241,9 +241,9 @@ def _edges_of_stability(fin: pd.DataFrame) -> list[tuple[float, float]]:
 
 def _draw_edges_of_stability(ax, fin: pd.DataFrame, rows: list, key: str):
     """Vertical lines at the edge of stability at initialisation on a rank panel; a note
-    where it falls right of the swept rates. No onset of dimensional collapse is drawn: the
-    encoders' estimate (the catapult's end, :mod:`simulate.stability.encoder_onset`) misses
-    this recipe's measured onsets by two orders of magnitude (docs/onset.md)."""
+    where it falls right of the swept rates. The edge is reported, not a prediction: no onset
+    of dimensional collapse is derived under LARS (:mod:`simulate.stability.encoder_onset`,
+    docs/onset.md)."""
     lo, hi = float(fin["lr"].min()), float(fin["lr"].max())
     notes = []
     for clop, eos in _edges_of_stability(fin):

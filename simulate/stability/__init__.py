@@ -14,7 +14,7 @@
     curvature.py the Hessian of an MLP encoder's training loss: HVPs, Lanczos, per-layer LARS
     optimizer_edges.py  the optimizers' edges of stability on a quadratic (derived)
     encoder_onset.py    the predicted onset of MLP encoders: the dispatch, and the curvature at
-                 initialisation (LARS's dimensional level: the catapult estimate)
+                 initialisation (edge of stability, catapult estimate: reported, not predictions)
     recovery.py  SGD and heavy ball on MLP encoders: the kick rate and the recovery law
     lars_decay.py       LARS: the weight-decay edge, the complete onset (derived)
     encoder_grids.py    the encoder onset grids (mlp, mlp-heldout, paper) and their table

@@ -1,0 +1,39 @@
+"""Why LARS's dimensional level is not predicted (docs/onset.md, encoder_grids.LARS_DIMENSIONAL_WHY):
+in short runs of the paper's recipe the biases, which LARS steps by plain SGD, outgrow the
+outputs' spread and every embedding points one way; the weights undo it in longer runs.
+Trained at toy size, 4 seeds each."""
+
+from dataclasses import replace
+
+from simulate.config import RunConfig
+from simulate.stability.measure import train_logged_rows
+
+#: the paper's recipe (LARS, momentum 0.9, warmup then cosine, a projector) at toy size
+RECIPE = RunConfig(model="mlp", hidden=16, depth=2, out_dim=8, d=8, k=4, per_class=32, batch_size=16,
+                   steps=100, log_every=100, loss="ntxent", temperature=0.5, optimizer="lars",
+                   momentum=0.9, weight_decay=1e-6, lars_trust=1e-3, warmup_steps=10,
+                   schedule="cosine", projector_dims="16,8")
+SEEDS = range(4)
+
+
+def _final(**changes) -> list[dict]:
+    runs = [replace(RECIPE, seed=s, **changes) for s in SEEDS]
+    return [rows[-1] for rows in train_logged_rows(runs)]
+
+
+def test_the_biases_alone_point_every_embedding_one_way_above_a_rate():
+    # trust 1e-6: each weight moves by at most lr x 1e-6 of its norm per update, so only the
+    # biases (plain SGD under LARS) train
+    slow = _final(lars_trust=1e-6, lr=0.01)
+    fast = _final(lars_trust=1e-6, lr=1.0)
+    assert all(abs(float(r["mean_cos"])) < 0.5 and float(r["effective_rank"]) > 3 for r in slow), slow
+    assert all(float(r["mean_cos"]) > 0.99 and float(r["effective_rank"]) < 1.5 for r in fast), fast
+    # with the weights frozen it stays
+    assert all(float(r["mean_cos"]) > 0.99 for r in _final(lars_trust=1e-6, lr=1.0, steps=1000, log_every=1000))
+
+
+def test_the_weights_undo_it_in_longer_runs():
+    short = _final(lr=1.0)
+    long = _final(lr=1.0, steps=1000, log_every=1000)
+    assert all(float(r["mean_cos"]) > 0.5 for r in short), short
+    assert all(abs(float(r["mean_cos"])) < 0.1 for r in long), long
