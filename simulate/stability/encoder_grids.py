@@ -65,7 +65,7 @@ LARS_DIMENSIONAL_WHY = (
     "under LARS rank is lost by two routes, neither derived: in short runs the biases, stepped "
     "by plain SGD, outgrow the outputs' spread and every embedding points one way (the "
     "weights undo it within 1000-3000 steps); in 3000-step runs rank is lost for good from "
-    "lr x trust 0.013-0.032")
+    "lr x trust / (1 - momentum) 0.1-0.4 (at momentum 0.9: lr x trust 0.013-0.032)")
 #: the levels each encoder row reports
 ENCODER_LEVELS = ("complete", "dimensional")
 
