@@ -57,7 +57,8 @@ def _print_onset_table(rows: list[dict]) -> None:
 
 def _print_encoder_table(rows: list[dict]) -> None:
     """Encoder rows: the rank measured (output, projection or representation), what predicts
-    it (``law``: the recovery law; ``decay``: LARS's weight-decay edge; ``-``: nothing), the
+    it (``law``: the recovery law; ``decay``: LARS's weight-decay edge; ``overflow``: LARS
+    without weight decay, the embeddings' float32 overflow; ``-``: nothing), the
     kick rate, the curvature at initialisation and the edge of stability beside the
     prediction."""
     head = (f"{'configuration':<18} {'level':<11} {'rank':<14} {'predicted':>10} {'measured':>10} "
@@ -65,7 +66,7 @@ def _print_encoder_table(rows: list[dict]) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        by = r["predicted_by"] if r["predicted_by"] in ("law", "decay") else "-"
+        by = r["predicted_by"] if r["predicted_by"] in ("law", "decay", "overflow") else "-"
         print(f"{r['config']:<18} {r['level']:<11} {r['rank']:<14} {_cells(r)}  {by:<8} "
               f"{'-' if math.isnan(r['kick_rate']) else _fmt(r['kick_rate']):>7} {r['lambda_0']:>9.4g} {_fmt(r['eos_edge']):>8}  {_per_seed(r)}")
     for r in rows:

@@ -3,6 +3,7 @@ encoder onset grids: the edges against a dense float64 Hessian of an independent
 and the table's rows."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from simulate.config import RunConfig
 from simulate.stability.encoder_grids import LARS, ENCODER_GRIDS, encoder_grid, encoder_onset_table  # noqa: F401
 from simulate.stability.encoder_onset import CATAPULT_FACTOR, encoder_edges, predict_encoder_onset
+from simulate.stability.lars_overflow import lars_overflow_onset
 
 TINY = dict(model="mlp", loss="ntxent", temperature=0.5, hidden=5, depth=2, out_dim=3, k=2, d=3,
             per_class=6, batch_size=4, steps=10, log_every=10, lr=0.1)
@@ -64,7 +66,7 @@ def test_sgd_edges_follow_the_dense_hessian(momentum, nesterov, wd):
     assert e["catapult_max"] == pytest.approx(e["eos_edge"] * CATAPULT_FACTOR / 2)
 
 
-def test_predict_encoder_onset_picks_the_law_the_decay_edge_or_nothing():
+def test_predict_encoder_onset_picks_the_law_the_decay_edge_the_overflow_or_nothing():
     from simulate.stability.recovery import predict_recovery_onset
 
     sgd = RunConfig(**TINY)
@@ -72,11 +74,14 @@ def test_predict_encoder_onset_picks_the_law_the_decay_edge_or_nothing():
         want = predict_recovery_onset(sgd, level, reference_rank=2.5)
         got = predict_encoder_onset(sgd, level, reference_rank=2.5)
         assert got == want or (math.isnan(got) and math.isnan(want))
-    lars = RunConfig(**TINY, optimizer="lars", momentum=0.9)
-    assert math.isnan(predict_encoder_onset(lars))  # LARS's dimensional level: not derived
+    lars = RunConfig(**TINY, optimizer="lars", momentum=0.9)  # no weight decay
+    assert math.isnan(predict_encoder_onset(lars))  # 10 steps: too short for the overflow onset
+    long = replace(lars, steps=3000, log_every=3000)
+    assert predict_encoder_onset(long) == lars_overflow_onset(long) > 0  # the float32 overflow
     assert math.isnan(predict_encoder_onset(lars, "complete"))  # no weight decay: no edge
     decayed = RunConfig(**TINY, optimizer="lars", momentum=0.9, weight_decay=1e-6, lars_trust=1e-3)
     assert predict_encoder_onset(decayed, "complete") == pytest.approx(3800)
+    assert math.isnan(predict_encoder_onset(decayed))  # with weight decay: not derived
     assert math.isnan(predict_encoder_onset(RunConfig(**TINY, optimizer="adam")))
 
 
@@ -154,14 +159,20 @@ def test_figures_onset_command_runs_an_encoder_grid(capsys):
                 assert got == pytest.approx(want[0] if len(want) == 1 else (want[0] + want[1]) / 2)
                 assert "recovery law" in r["note"]
             assert min(min(p) for p in r["probe_rates"]) == pytest.approx(2 * r["kick_rate"], rel=0.5)
-        elif r["level"] == "complete" and r["optimizer"] == "lars" and r["rank"] != "representation":
+        elif (r["level"] == "complete" and r["optimizer"] == "lars" and r["rank"] != "representation"
+              and r["config"] != "lars, wd=0"):
             assert r["predicted_by"] == "decay"  # LARS's weight-decay edge, 2 (1 + mu) / trust
             assert r["predicted"] == pytest.approx(2 * (1 + r["momentum"]) / LARS["lars_trust"], rel=1e-12)
             assert "weight-decay edge" in r["note"]
+        elif r["level"] == "dimensional" and r["optimizer"] == "lars" and r["config"] == "lars, wd=0":
+            assert r["predicted_by"] == "overflow"  # the embeddings' float32 overflow, per seed
+            # 30 steps: the step that would overflow is not small, so none is predicted
+            assert r["predicted"] is None and r["predicted_per_seed"] == [None] * len(seeds)
+            assert r["note"].startswith("not predicted: too short a run for the overflow onset")
         elif r["level"] == "dimensional" and r["optimizer"] == "lars":
             assert r["predicted_by"] == "none" and r["predicted"] is None
             assert r["catapult_max"] > 0  # reported beside the row, not a prediction
-            assert r["note"].startswith(("not predicted: under LARS rank is lost by two routes",
+            assert r["note"].startswith(("not predicted: under LARS with weight decay rank is lost by two routes",
                                          "no onset inside the scan")), r["note"]
         else:
             assert r["predicted"] is None  # NaN: not predicted

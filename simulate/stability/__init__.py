@@ -17,6 +17,8 @@
                  initialisation (edge of stability, catapult estimate: reported, not predictions)
     recovery.py  SGD and heavy ball on MLP encoders: the kick rate and the recovery law
     lars_decay.py       LARS: the weight-decay edge, the complete onset (derived)
+    lars_overflow.py    LARS without weight decay: the embeddings' float32 overflow, the
+                 dimensional onset (derived)
     encoder_grids.py    the encoder onset grids (mlp, mlp-heldout, paper) and their table
 
 The public names are re-exported here. ``DENSE_LIMIT`` is not: :func:`spectrum` reads it from
@@ -72,6 +74,7 @@ from .curvature import Objective, TopEigen, hessian_top, lanczos_top, lars_top, 
 from .encoder_grids import ENCODER_GRIDS, encoder_grid, encoder_onset_table
 from .encoder_onset import CATAPULT_FACTOR, encoder_edges, predict_encoder_onset
 from .lars_decay import decay_edge_applies, lars_decay_edge
+from .lars_overflow import lars_overflow_onset, overflow_applies
 from .recovery import kick_rate, law_applies, predict_recovery_onset, recovery_onsets
 from .optimizer_edges import lars_edges, momentum_edge, sgd_edge
 from .optimizer_onset import predict_optimizer_onset, why_not_predicted
@@ -82,7 +85,7 @@ __all__ = [
     "layer_curvature", "make_objective", "momentum_edge", "predict_encoder_onset",
     "predict_optimizer_onset", "sgd_edge", "why_not_predicted",
     "decay_edge_applies", "kick_rate", "lars_decay_edge", "law_applies", "predict_recovery_onset",
-    "recovery_onsets",
+    "recovery_onsets", "lars_overflow_onset", "overflow_applies",
     "CLASS", "CLASS_RANK_MARGIN", "COLLAPSED_RANK", "COMPLETE", "DIMENSIONAL",
     "DIMENSIONAL_FRACTION", "DT", "ESCAPE_ANGLE", "FULL_GRID_STEPS", "LEVELS", "ONSET_BASE",
     "ONSET_GRIDS", "RANK_METRICS", "REFERENCE_RATE_FACTOR", "STATE_KINDS", "TABLE_LEVELS",

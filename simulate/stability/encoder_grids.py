@@ -16,6 +16,7 @@ import numpy as np
 from ..config import RunConfig
 from .encoder_onset import encoder_edges, encoder_predictor
 from .lars_decay import decay_edge_applies, lars_decay_edge
+from .lars_overflow import lars_overflow_onset
 from .optimizer_edges import momentum_edge
 from .measure import dip_note, measure_levels
 
@@ -52,7 +53,8 @@ ENCODER_GRIDS = {
         "digits, tau=0.2": {**DIGITS, "temperature": 0.2},
     }, (0, 1), 9, 3, (1e-3, 1e5)),
     # the tests' grid: seconds on one core
-    "encoder-tiny": ({"base": {}, "projector": {"projector_dims": "6,3"}, "lars": LARS, "adam": {"optimizer": "adam"}},
+    "encoder-tiny": ({"base": {}, "projector": {"projector_dims": "6,3"}, "lars": LARS,
+                      "lars, wd=0": {**LARS, "weight_decay": 0.0}, "adam": {"optimizer": "adam"}},
              (0,), 4, 1, (1e-2, 1e4)),
     "paper": ({
         "mixture": PAPER_RECIPE, "mixture, clop=1": {**PAPER_RECIPE, "clop_weight": 1.0},
@@ -62,9 +64,10 @@ ENCODER_GRIDS = {
 #: why LARS's dimensional level is not predicted (measured: docs/onset.md; the catapult
 #: estimate, :mod:`simulate.stability.encoder_onset`, was refuted there)
 LARS_DIMENSIONAL_WHY = (
-    "under LARS rank is lost by two routes, neither derived: in short runs the biases, stepped "
-    "by plain SGD, outgrow the outputs' spread and every embedding points one way (the "
-    "weights undo it within 1000-3000 steps); in 3000-step runs rank is lost for good from "
+    "under LARS with weight decay rank is lost by two routes, neither derived: in short runs "
+    "the biases, stepped by plain SGD, outgrow the outputs' spread and every embedding points "
+    "one way (the weights undo it within 1000-3000 steps); in 3000-step runs rank is lost for "
+    "good from "
     "lr x trust / (1 - momentum) 0.1-0.4 (at momentum 0.9: lr x trust 0.013-0.032)")
 #: the levels each encoder row reports
 ENCODER_LEVELS = ("complete", "dimensional")
@@ -176,6 +179,9 @@ def _row(labelled, level: str, metric: str, m: dict, p: dict, mine: list[dict], 
     elif how == "decay":
         pred = lars_decay_edge(run)
         per_seed = [pred] * len(mine)
+    elif how == "overflow":
+        per_seed = [lars_overflow_onset(_seeded(run, s)) for s in seeds]
+        pred = _median(per_seed)
     ratio = onset_ratio(pred, m["onset"]) if not math.isnan(pred) else math.nan
     return {
         "config": label, "level": level,
@@ -221,6 +227,11 @@ def _encoder_note(level: str, pred: float, meas: float, p: dict, run: RunConfig,
                     "embeddings the loss sees are then collapsed, the representation not always")
         why = decay_edge_applies(run) if run.optimizer == "lars" else law[0]["why"]
         return f"not predicted: {why}; complete collapse under {run.optimizer} is not derived"
+    if math.isnan(pred) and how == "overflow":
+        from .lars_overflow import MAX_ONSET_STEP, onset_step
+
+        return (f"not predicted: too short a run for the overflow onset (its relative step per "
+                f"update there, {onset_step(run):.2g}, exceeds {MAX_ONSET_STEP:g})")
     if math.isnan(pred):
         low = [f"{o['probe_rates'][0]:.3g}" for o in law]
         return ("not predicted: below the recovery law's range (the lowest probe, at "
@@ -228,6 +239,7 @@ def _encoder_note(level: str, pred: float, meas: float, p: dict, run: RunConfig,
     anchor = {
         "law": f"recovery law, onset = steps / s*, kick rate {_median([o['kick'] for o in law]):.3g}",
         "decay": f"LARS's weight-decay edge: peak lr x trust = {momentum_edge(run.momentum, run.nesterov):.3g}",
+        "overflow": "LARS without weight decay: the embeddings' float32 norm overflows by the last step",
     }[how]
     if not math.isfinite(meas) and not math.isfinite(pred):
         return f"agree: none predicted, none measured ({anchor})"

@@ -105,14 +105,19 @@ def encoder_edges(run: RunConfig, device: str = "cpu") -> dict:
 def encoder_predictor(run: RunConfig, level: str, metric: str = "effective_rank") -> str:
     """What predicts ``run``'s onset at ``level`` on the rank ``metric``: ``"law"`` (the
     recovery law), ``"decay"`` (LARS's weight-decay edge: the complete level of the embeddings
-    the loss sees) or ``"none"`` (LARS's dimensional level among others: module docstring)."""
+    the loss sees), ``"overflow"`` (LARS without weight decay: the dimensional level of the
+    embeddings the loss sees) or ``"none"`` (LARS's dimensional level with weight decay among
+    others: module docstring)."""
     from .lars_decay import decay_edge_applies
+    from .lars_overflow import overflow_applies
     from .recovery import law_applies
 
     if law_applies(run) == "":  # "" means no reason against it
         return "law"
     if level == "complete" and metric == "effective_rank" and decay_edge_applies(run) == "":
         return "decay"
+    if level == "dimensional" and metric == "effective_rank" and overflow_applies(run) == "":
+        return "overflow"
     return "none"
 
 
@@ -123,9 +128,12 @@ def predict_encoder_onset(run: RunConfig, level: str = "dimensional", device: st
     at a constant rate on a loss blind to the embeddings' scale, both levels;
     :mod:`simulate.stability.recovery`, which reads ``reference_rank`` for the dimensional
     level or trains it); LARS's complete level by its weight-decay edge
-    (:mod:`simulate.stability.lars_decay`, weight decay > 0); else NaN (not predicted: LARS's
-    dimensional level, Adam, ...; see the module docstring)."""
+    (:mod:`simulate.stability.lars_decay`, weight decay > 0) and, without weight decay, its
+    dimensional level by the float32 overflow of the embeddings' norm
+    (:mod:`simulate.stability.lars_overflow`); else NaN (not predicted: LARS's dimensional
+    level with weight decay, Adam, ...; see the module docstring)."""
     from .lars_decay import lars_decay_edge
+    from .lars_overflow import lars_overflow_onset
     from .recovery import predict_recovery_onset
 
     if level not in ("dimensional", "complete"):
@@ -135,4 +143,6 @@ def predict_encoder_onset(run: RunConfig, level: str = "dimensional", device: st
         return predict_recovery_onset(run, level, reference_rank, device=device)
     if how == "decay":
         return lars_decay_edge(run)
+    if how == "overflow":
+        return lars_overflow_onset(run, device)
     return math.nan
