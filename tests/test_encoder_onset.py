@@ -172,7 +172,7 @@ def test_figures_onset_command_runs_an_encoder_grid(capsys):
         elif r["level"] == "dimensional" and r["optimizer"] == "lars":
             assert r["predicted_by"] == "none" and r["predicted"] is None
             assert r["catapult_max"] > 0  # reported beside the row, not a prediction
-            assert r["note"].startswith(("not predicted: under LARS with weight decay rank is lost by two routes",
+            assert r["note"].startswith(("not predicted: not derived under LARS with weight decay",
                                          "no onset inside the scan")), r["note"]
         else:
             assert r["predicted"] is None  # NaN: not predicted

@@ -64,11 +64,9 @@ ENCODER_GRIDS = {
 #: why LARS's dimensional level is not predicted (measured: docs/onset.md; the catapult
 #: estimate, :mod:`simulate.stability.encoder_onset`, was refuted there)
 LARS_DIMENSIONAL_WHY = (
-    "under LARS with weight decay rank is lost by two routes, neither derived: in short runs "
-    "the biases, stepped by plain SGD, outgrow the outputs' spread and every embedding points "
-    "one way (the weights undo it within 1000-3000 steps); in 3000-step runs rank is lost for "
-    "good from "
-    "lr x trust / (1 - momentum) 0.1-0.4 (at momentum 0.9: lr x trust 0.013-0.032)")
+    "not derived under LARS with weight decay (measured in the paper's recipe, docs/onset.md: "
+    "in 300-step runs the biases point every embedding one way from lr 0.03-0.1, a transient; "
+    "3000-step runs lose rank for good from lr x trust / (1 - momentum) of about 0.1-0.5)")
 #: the levels each encoder row reports
 ENCODER_LEVELS = ("complete", "dimensional")
 
