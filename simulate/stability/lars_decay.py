@@ -49,15 +49,23 @@ from .optimizer_edges import momentum_edge
 from .recovery import SCALE_FREE_LOSSES
 
 
+def lars_premise(run: RunConfig, what: str) -> str:
+    """``""`` when ``run`` is an MLP encoder trained by LARS on a loss blind to the embeddings'
+    scale (what the LARS onsets ``what`` derive from), else why not (a sentence)."""
+    if run.model != "mlp":
+        return f"the {what} is for MLP encoders"
+    if run.optimizer != "lars":
+        return f"the {what} is LARS's"
+    if run.loss not in SCALE_FREE_LOSSES:
+        return f"the {what} needs a loss blind to the embeddings' scale; {run.loss} reads it"
+    return ""
+
+
 def decay_edge_applies(run: RunConfig) -> str:
     """``""`` when the weight-decay edge predicts ``run``'s complete onset (of the embeddings
     the loss sees), else why not (a sentence)."""
-    if run.model != "mlp":
-        return "the weight-decay edge is for MLP encoders"
-    if run.optimizer != "lars":
-        return "the weight-decay edge is LARS's"
-    if run.loss not in SCALE_FREE_LOSSES:
-        return f"the weight-decay edge needs a loss blind to the embeddings' scale; {run.loss} reads it"
+    if why := lars_premise(run, "weight-decay edge"):
+        return why
     if not run.weight_decay > 0:
         return "the weight-decay edge needs weight_decay > 0 (without it nothing bounds LARS's weights)"
     return ""

@@ -38,7 +38,7 @@ import math
 import numpy as np
 
 from ..config import RunConfig
-from .recovery import SCALE_FREE_LOSSES
+from .lars_decay import lars_premise
 
 #: the embeddings' norm whose square overflows float32 (the engine's MLP dtype)
 OVERFLOW_NORM = math.sqrt(float(np.finfo(np.float32).max))
@@ -49,14 +49,10 @@ MAX_ONSET_STEP = 0.5
 
 
 def overflow_applies(run: RunConfig) -> str:
-    """``""`` when the overflow onset predicts ``run``'s complete onset (of the embeddings the
-    loss sees), else why not (a sentence)."""
-    if run.model != "mlp":
-        return "the overflow onset is for MLP encoders"
-    if run.optimizer != "lars":
-        return "the overflow onset is LARS's"
-    if run.loss not in SCALE_FREE_LOSSES:
-        return f"the overflow onset needs a loss blind to the embeddings' scale; {run.loss} reads it"
+    """``""`` when the overflow onset predicts ``run``'s dimensional onset (of the embeddings
+    the loss sees), else why not (a sentence)."""
+    if why := lars_premise(run, "overflow onset"):
+        return why
     if run.weight_decay > 0:
         return "the overflow onset needs weight_decay = 0 (decay bounds the weights: see the weight-decay edge)"
     if run.batch_norm:
