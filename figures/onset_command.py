@@ -66,7 +66,7 @@ def _print_encoder_table(rows: list[dict]) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        by = r["predicted_by"] if r["predicted_by"] in ("law", "decay", "overflow") else "-"
+        by = "-" if r["predicted_by"] == "none" else r["predicted_by"]
         print(f"{r['config']:<18} {r['level']:<11} {r['rank']:<14} {_cells(r)}  {by:<8} "
               f"{'-' if math.isnan(r['kick_rate']) else _fmt(r['kick_rate']):>7} {r['lambda_0']:>9.4g} {_fmt(r['eos_edge']):>8}  {_per_seed(r)}")
     for r in rows:

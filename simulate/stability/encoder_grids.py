@@ -218,8 +218,11 @@ def _encoder_note(level: str, pred: float, meas: float, p: dict, run: RunConfig,
     if how == "none":
         if run.optimizer == "adam" or run.optimizer == "adamw":
             return f"not predicted: {law[0]['why']}"
-        if run.optimizer == "lars" and level == "dimensional":
+        if run.optimizer == "lars" and level == "dimensional" and run.weight_decay > 0:
             return f"not predicted: {LARS_DIMENSIONAL_WHY}"
+        if run.optimizer == "lars" and level == "dimensional":
+            return ("not predicted: without weight decay the float32 overflow predicts the "
+                    "embeddings the loss sees, not the representation before the projector")
         if run.optimizer == "lars" and not decay_edge_applies(run):
             return ("not predicted: above LARS's weight-decay edge the network freezes; the "
                     "embeddings the loss sees are then collapsed, the representation not always")

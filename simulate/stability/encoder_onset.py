@@ -29,9 +29,9 @@ dimensional onsets by 2-40x (the recovery law replaced it). Under LARS, where it
 extrapolated (the same multiple of the frozen-ratio edge), the measurements refute it
 (docs/onset.md): the ``paper`` grid's dimensional onsets lie within 2x of it in 2 of 8 rows
 after 300 steps (median |ratio - 1| 17) and 3 of 8 after 3000; after 3000 steps they lie at
-lr 13.5-32 (``lr x trust`` 0.013-0.032) for the mixture and the digits, with and without CLOP (both ranks;
-the digits + CLOP projection, whose reference rank is 2.8, excepted), while the estimate
-spans 8 to 136 with the data. LARS's dimensional level is therefore not predicted;
+lr 13.5-32 (``lr x trust`` 0.013-0.032) for the mixture and the digits, with and without
+CLOP (both ranks; the digits + CLOP projection, whose reference rank is 2.8, excepted),
+while the estimate spans 8 to 136 with the data. LARS's dimensional level is therefore not predicted;
 its complete level is, by the weight-decay edge (:mod:`simulate.stability.lars_decay`).
 """
 
