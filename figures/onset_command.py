@@ -58,7 +58,8 @@ def _print_onset_table(rows: list[dict]) -> None:
 def _print_encoder_table(rows: list[dict]) -> None:
     """Encoder rows: the rank measured (output, projection or representation), what predicts
     it (``law``: the recovery law; ``decay``: LARS's weight-decay edge; ``overflow``: LARS
-    without weight decay, the embeddings' float32 overflow; ``-``: nothing), the
+    without weight decay, the embeddings' float32 overflow; ``-``: nothing, or outside the
+    predictor's range, which the row's note names), the
     kick rate, the curvature at initialisation and the edge of stability beside the
     prediction."""
     head = (f"{'configuration':<18} {'level':<11} {'rank':<14} {'predicted':>10} {'measured':>10} "
@@ -66,7 +67,7 @@ def _print_encoder_table(rows: list[dict]) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        by = "-" if r["predicted_by"] == "none" else r["predicted_by"]
+        by = "-" if r["predicted_by"] == "none" or math.isnan(r["predicted"]) else r["predicted_by"]
         print(f"{r['config']:<18} {r['level']:<11} {r['rank']:<14} {_cells(r)}  {by:<8} "
               f"{'-' if math.isnan(r['kick_rate']) else _fmt(r['kick_rate']):>7} {r['lambda_0']:>9.4g} {_fmt(r['eos_edge']):>8}  {_per_seed(r)}")
     for r in rows:
@@ -112,7 +113,18 @@ def _print_onset_summary(rows: list[dict], levels: dict, seconds: float,
         print(f"{name}: median |ratio - 1| = {med:.3g} (target <= {target:g}); within 2x: {within} of "
               f"{len(pred)} predicted rows ({len(mine) - len(pred)} not predicted), within 15%: "
               f"{close}; worst: {worst['config']} (ratio {_ratio_text(worst['ratio'])})")
+    if scan is not None:
+        _print_cost(rows)
     print(f"{seconds:.0f} s")
+
+
+def _print_cost(rows: list[dict]) -> None:
+    """Encoder rows: the prediction's time over the measurement's, per predictor (the target is
+    a tenth)."""
+    for how in sorted({r["predicted_by"] for r in rows} - {"none"}):
+        cost = [r["predict_s"] / r["measure_s"] for r in rows if r["predicted_by"] == how]
+        print(f"cost of a prediction ({how}): median {_median(cost):.2g} of measuring the row, "
+              f"max {max(cost):.2g} (target <= 0.1)")
 
 
 def onset(argv: list[str]) -> int:
@@ -125,7 +137,7 @@ def onset(argv: list[str]) -> int:
                                 "SupCon).")
     ap.add_argument("--grid", default="quick",
                     help="free embeddings: quick | full | heldout | optimizers | tiny; MLP encoders: mlp | "
-                         "mlp-heldout | paper | encoder-tiny (default: quick)")
+                         "mlp-heldout | mlp-heldout-2 | paper | encoder-tiny (default: quick)")
     ap.add_argument("--steps", type=int, default=None, help="training steps per run, >= 1 "
                     "(default: the grid's: tiny 60, quick, full, heldout and optimizers 1000, encoder "
                     "grids 300, encoder-tiny 30)")

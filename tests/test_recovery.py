@@ -9,8 +9,8 @@ import torch
 
 from simulate.config import RunConfig
 from simulate.stability.curvature import make_objective
-from simulate.stability.recovery import (KICK_MARGIN, PROBE_FACTOR, PROBES, kick_rate, law_applies,
-                                         law_onset, output_layer, predict_recovery_onset, probe_runs)
+from simulate.stability.recovery import (kick_rate, law_applies, law_onset, law_points, output_layer,
+                                         predict_recovery_onset, probe_runs)
 
 TINY = dict(model="mlp", loss="ntxent", temperature=0.5, hidden=8, depth=2, out_dim=4, k=2, d=4,
             per_class=16, batch_size=8, steps=30, log_every=30, lr=0.1)
@@ -87,10 +87,23 @@ def test_law_onset_reads_the_last_collapsed_time():
     assert math.isnan(law_onset([(0.1, 3.0), (1.0, 1.0)], 2.0, 100))  # collapsed at the end
 
 
+def test_law_points_take_each_s_from_the_highest_probe_reaching_it():
+    low = [(1.0, 1.2), (4.0, 3.0), (10.0, 1.4), (40.0, 6.0)]  # reaches s = 40
+    high = [(0.1, 1.1), (2.0, 5.0), (8.0, 5.5)]  # a higher rate: reaches s = 8 only
+    pts = law_points([low, high])
+    # the low probe's points up to s = 8 give way to the high probe's; its later ones stay
+    assert sorted(pts) == [(0.1, 1.1), (2.0, 5.0), (8.0, 5.5), (10.0, 1.4), (40.0, 6.0)]
+    assert law_onset(pts, 1.5, 300) == pytest.approx(300 / math.sqrt(10.0 * 40.0))
+    # a transient collapse of the lower probe inside the higher one's reach no longer counts
+    assert law_onset(law_points([[(1.0, 1.2), (40.0, 6.0)], high]), 1.5, 300) == pytest.approx(300 / math.sqrt(0.2))
+    assert law_points([low]) == low
+
+
 def test_probes_and_where_the_law_applies():
     run = RunConfig(**TINY)
     probes = probe_runs(run, 2.0)
-    assert [p.lr for p in probes] == pytest.approx([KICK_MARGIN * 2.0 * PROBE_FACTOR ** j for j in range(PROBES)])
+    # sqrt(2) apart from 2 to 8 kick rates, where the law's limit is reached, then 10x apart
+    assert [p.lr for p in probes] == pytest.approx([2.0 * c for c in (2, 2.8284271, 4, 5.6568542, 8, 80, 800, 8000)])
     assert all(p.steps == run.steps and p.seed == run.seed and p.log_every >= 1 for p in probes)
     assert law_applies(run) == ""
     assert "lars" in law_applies(RunConfig(**{**TINY, "optimizer": "lars"}))

@@ -23,16 +23,19 @@ and its gradient ``~ 1 / lr``, so each step turns the layer by an angle ``~ lr |
 the number of steps.
 
 **The prediction.** ``R`` is read off probes: runs of the configuration and seed for its ``T``
-steps at :data:`PROBES` rates ``lr_j = KICK_MARGIN x lr_k x PROBE_FACTOR^j``, each logged
-:data:`PROBE_LOGS` times, giving ``R`` on ``s`` in ``[e / lr_j, T / lr_j]`` (``e`` the logging
-interval); ``s*`` is read from all of them together. The ranges overlap on purpose: a probe
-near the kick rate is less collapsed in its first steps than the law's limit, and where a
-higher probe covers the same ``s`` its collapsed points count. (Probes that stop where the
-next lower one starts cost a third as much but put the complete onsets of the ``mlp`` grid
-off by a median 24% instead of 3%.) Nothing is fitted: the probes' rates follow from ``lr_k``
-and the onset is ``T / s*``. Where
-the lowest probe still ends collapsed the onset lies below the law's range (``lr_0``): NaN,
-not predicted. Where no probe collapses, none is predicted (``inf``).
+steps at the rates :func:`probe_factors` x ``lr_k``, each logged :data:`PROBE_LOGS` times,
+giving ``R`` on ``s`` in ``[e / lr_j, T / lr_j]`` (``e`` the logging interval). A point at
+``s`` stands for the run at rate ``T / s``, and where several probes reach an ``s`` the
+highest (the nearest that rate) gives ``R`` there (:func:`law_points`). The law's limit is
+reached only from about :data:`LAW_LIMIT` kick rates: nearer the kick the first steps leave a
+share ``~ lr_k / lr`` of the initial output layer, and the rank at a given ``s`` is higher the
+lower the rate. So the probes are :data:`NEAR_FACTOR` apart up to :data:`LAW_LIMIT` and
+:data:`PROBE_FACTOR` apart above it. (Four probes 10x apart from ``2 lr_k``, every probe's
+collapsed points counting, cost less but put the ``mlp`` grid's dimensional onsets off by a
+median 53%, 7 of 9 above the measured onset: docs/onset.md.) ``s*`` is
+the last collapsed ``s``; nothing is fitted: the probes' rates follow from ``lr_k`` and the
+onset is ``T / s*``. Where the lowest probe still ends collapsed the onset lies below the law's
+range (``2 lr_k``): NaN, not predicted. Where no probe collapses, none is predicted (``inf``).
 
 Where it holds: plain SGD and heavy ball (the norm argument needs a step proportional to the
 gradient) at a constant rate (a schedule ties the rate to the run's length). Not LARS (its step
@@ -53,11 +56,18 @@ from .levels import get_level
 #: the lowest probe's rate in units of the kick rate (above it the first step is longer than
 #: the output layer, so the kick has happened)
 KICK_MARGIN = 2.0
-#: the ratio of successive probes' rates
+#: the rate, in kick rates, from which the rank at a given ``s`` no longer falls with the rate:
+#: below it the first steps leave a share of about ``lr_k / lr`` of the initial output layer,
+#: which keeps rank (measured, docs/onset.md: the rank at equal ``s`` levels off from 8 to 16
+#: kick rates)
+LAW_LIMIT = 8.0
+#: the ratio of successive probes' rates from :data:`KICK_MARGIN` to :data:`LAW_LIMIT`
+NEAR_FACTOR = math.sqrt(2.0)
+#: the ratio of successive probes' rates above :data:`LAW_LIMIT`
 PROBE_FACTOR = 10.0
-#: how many probes: the highest is ``PROBE_FACTOR ** (PROBES - 1)`` times the lowest, which
-#: reaches onsets above the onset scan's top for the grids' configurations
-PROBES = 4
+#: probes above :data:`LAW_LIMIT`: the highest, ``LAW_LIMIT x PROBE_FACTOR ** FAR_PROBES`` kick
+#: rates, reaches onsets above the onset scan's top for the grids' configurations
+FAR_PROBES = 3
 #: logged points of the lowest probe (its logging interval is ``steps // PROBE_LOGS``)
 PROBE_LOGS = 30
 #: losses whose value ignores the scale of the embeddings (each embedding normalised, or each
@@ -98,11 +108,18 @@ def kick_rate(run: RunConfig, device: str = "cpu") -> float:
     return float((1 - run.momentum) * obj.theta0[sl].norm() / g[sl].norm())
 
 
+def probe_factors() -> list[float]:
+    """The probes' rates in kick rates, lowest first: :data:`NEAR_FACTOR` apart from
+    :data:`KICK_MARGIN` to :data:`LAW_LIMIT`, then :data:`PROBE_FACTOR` apart."""
+    near = round(math.log(LAW_LIMIT / KICK_MARGIN) / math.log(NEAR_FACTOR))
+    return ([KICK_MARGIN * NEAR_FACTOR ** j for j in range(near + 1)]
+            + [LAW_LIMIT * PROBE_FACTOR ** j for j in range(1, FAR_PROBES + 1)])
+
+
 def probe_runs(run: RunConfig, kick: float) -> list[RunConfig]:
     """The probes of ``run`` (module docstring), lowest rate first."""
     every = max(1, run.steps // PROBE_LOGS)
-    return [replace(run, lr=KICK_MARGIN * kick * PROBE_FACTOR ** j, log_every=every, name="")
-            for j in range(PROBES)]
+    return [replace(run, lr=c * kick, log_every=every, name="") for c in probe_factors()]
 
 
 def _trajectories(runs: list[RunConfig], device: str, metrics) -> list[dict]:
@@ -111,6 +128,19 @@ def _trajectories(runs: list[RunConfig], device: str, metrics) -> list[dict]:
 
     return [{m: [(r["step"], float(r[m])) for r in rows if r["step"] > 0] for m in metrics}
             for rows in train_logged_rows(runs, device)]
+
+
+def law_points(per_probe) -> list[tuple[float, float]]:
+    """The law's ``(s, rank)`` points from ``per_probe`` (each probe's points, lowest rate
+    first): at each ``s`` the points of the highest probe that reaches it. A probe's point at
+    ``s`` stands for the run at rate ``T / s``, and the probe nearest that rate (the highest at
+    or below it) is the closest to it: below :data:`LAW_LIMIT` kick rates the rank at a given
+    ``s`` still depends on the rate."""
+    kept = []
+    for j, pts in enumerate(per_probe):
+        above = max((s for s, _ in per_probe[j + 1]), default=0.0) if j + 1 < len(per_probe) else 0.0
+        kept += [(s, r) for s, r in pts if s > above]
+    return kept
 
 
 def law_onset(points, threshold: float, steps: int) -> float:
@@ -136,7 +166,8 @@ def recovery_onsets(runs: list[RunConfig], references: list[dict], levels=("comp
     ``references[i][metric]`` is the run's reference rank at that metric (the dimensional
     level's; see :mod:`simulate.stability.levels`). Returns per run ``{"kick": lr_k,
     "probe_rates": [...], "onsets": {(level, metric): onset}, "why": ""|reason,
-    "seconds": ...}``; runs the law does not cover have NaN onsets and say why."""
+    "seconds": ...}`` (the kick rates' and probes' time, shared out over the runs the law
+    covers); runs the law does not cover have NaN onsets, take no time and say why."""
     levels = [get_level(v) for v in levels]
     t0 = time.perf_counter()
     out, probes, owner = [], [], []
@@ -155,12 +186,12 @@ def recovery_onsets(runs: list[RunConfig], references: list[dict], levels=("comp
                 if out[i]["why"]:
                     out[i]["onsets"][(level.name, m)] = math.nan
                     continue
-                pts = [(s / p.lr, r) for p, t in mine for s, r in t[m]]
+                pts = law_points([[(s / p.lr, r) for s, r in t[m]] for p, t in mine])
                 thr = level.threshold(ref.get(m, math.nan))
                 out[i]["onsets"][(level.name, m)] = law_onset(pts, thr, run.steps)
-    seconds = time.perf_counter() - t0
-    for o in out:
-        o["seconds"] = seconds / max(1, len(runs))
+    seconds = (time.perf_counter() - t0) / max(1, sum(not o["why"] for o in out))
+    for o in out:  # the time shared out over the runs the law predicts
+        o["seconds"] = 0.0 if o["why"] else seconds
     return out
 
 
