@@ -3,7 +3,7 @@
     python -m figures [--preset quick|paper] [--only ID ...] [--device auto] [--results DIR]
                       [--wait SECONDS]
     python -m figures agreement [--small] [--steps N]
-    python -m figures onset [--grid quick|full|heldout|optimizers|mlp|mlp-heldout|paper|tiny|encoder-tiny]
+    python -m figures onset [--grid quick|full|heldout|optimizers|mlp|mlp-heldout|mlp-heldout-2|paper|tiny|encoder-tiny]
                             [--steps N] [--device cpu]
 """
 
