@@ -74,17 +74,19 @@ def test_kick_rate_is_the_rate_whose_first_step_is_as_long_as_the_output_layer()
     assert kick_rate(RunConfig(**TINY, momentum=0.9)) == pytest.approx(0.1 * kick_rate(run), rel=1e-9)
 
 
-def test_law_onset_reads_the_last_collapsed_time():
+def test_law_onset_is_where_every_larger_rate_collapses():
     # rank rises through the threshold 2 between s = 0.5 and s = 2: onset = T / sqrt(0.5 * 2)
     pts = [(0.1, 1.2), (0.5, 1.9), (2.0, 3.0), (8.0, 6.0)]
     assert law_onset(pts, 2.0, 300) == pytest.approx(300.0)
-    # a dip back below the threshold later moves s* to the later crossing
-    assert law_onset(pts + [(10.0, 1.0), (20.0, 5.0)], 2.0, 300) == pytest.approx(300 / math.sqrt(200))
+    # a dip back below the threshold at larger s (smaller rates) is not the onset, as in the
+    # measurement, whose onset is where every larger scanned rate collapses
+    assert law_onset(pts + [(10.0, 1.0), (20.0, 5.0)], 2.0, 300) == pytest.approx(300.0)
     # order of points does not matter; NaN (diverged) counts as collapsed
     assert law_onset(list(reversed(pts)), 2.0, 300) == pytest.approx(300.0)
     assert law_onset([(0.1, math.nan), (1.0, 5.0)], 2.0, 100) == pytest.approx(100 / math.sqrt(0.1))
-    assert law_onset([(0.1, 3.0), (1.0, 5.0)], 2.0, 100) == math.inf  # never collapsed
-    assert math.isnan(law_onset([(0.1, 3.0), (1.0, 1.0)], 2.0, 100))  # collapsed at the end
+    assert law_onset([(0.1, 3.0), (1.0, 5.0)], 2.0, 100) == math.inf  # healthy at every rate
+    assert law_onset([(0.1, 3.0), (1.0, 1.0)], 2.0, 100) == math.inf  # healthy at the top: a dip below
+    assert math.isnan(law_onset([(0.1, 1.0), (1.0, 1.0)], 2.0, 100))  # collapsed everywhere
 
 
 def test_law_points_take_each_s_from_the_highest_probe_reaching_it():
@@ -93,9 +95,12 @@ def test_law_points_take_each_s_from_the_highest_probe_reaching_it():
     pts = law_points([low, high])
     # the low probe's points up to s = 8 give way to the high probe's; its later ones stay
     assert sorted(pts) == [(0.1, 1.1), (2.0, 5.0), (8.0, 5.5), (10.0, 1.4), (40.0, 6.0)]
-    assert law_onset(pts, 1.5, 300) == pytest.approx(300 / math.sqrt(10.0 * 40.0))
-    # a transient collapse of the lower probe inside the higher one's reach no longer counts
-    assert law_onset(law_points([[(1.0, 1.2), (40.0, 6.0)], high]), 1.5, 300) == pytest.approx(300 / math.sqrt(0.2))
+    assert law_onset(pts, 1.5, 300) == pytest.approx(300 / math.sqrt(0.1 * 2.0))
+    # a transient collapse of the lower probe inside the higher one's reach does not count
+    low_dip = [(1.0, 6.0), (4.0, 1.2), (40.0, 6.0)]
+    assert law_onset(law_points([low_dip, [(0.1, 1.1), (2.0, 1.3), (8.0, 5.5)]]), 1.5, 300) == \
+        pytest.approx(300 / math.sqrt(2.0 * 8.0))
+    assert law_onset(low_dip + [(0.1, 1.1), (2.0, 1.3), (8.0, 5.5)], 1.5, 300) == pytest.approx(300 / math.sqrt(0.1))
     assert law_points([low]) == low
 
 

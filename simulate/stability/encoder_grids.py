@@ -136,7 +136,7 @@ def encoder_onset_table(name: str, device: str = "cpu", steps: int | None = None
     if progress:
         progress("predicted")
     return [_row(grid[i], level, metric, measured[(i, level, metric)], preds[i], law[i], seconds[metric],
-                 seeds, lo)
+                 seeds, (lo, hi))
             for metric, idx in metrics for level in ENCODER_LEVELS for i in idx]
 
 
@@ -174,8 +174,9 @@ def _law(grid, metrics, seeds, measured, device) -> list[list[dict]]:
 
 
 def _row(labelled, level: str, metric: str, m: dict, p: dict, mine: list[dict], seconds: float,
-         seeds, lo: float) -> dict:
-    """One table row: what predicts it (:func:`encoder_predictor`) against ``m``."""
+         seeds, scan: tuple[float, float]) -> dict:
+    """One table row: what predicts it (:func:`encoder_predictor`) against ``m``, measured
+    over the rates ``scan`` (a prediction above its top agrees with a measured none)."""
     from .grids import onset_ratio
 
     label, run = labelled
@@ -193,7 +194,10 @@ def _row(labelled, level: str, metric: str, m: dict, p: dict, mine: list[dict], 
         pred = _median(per_seed)
     # the law's probes ran beforehand, for every row at once; the closed forms run here
     predict_s = sum(o["seconds"] for o in mine) if how == "law" else time.perf_counter() - t0
-    ratio = onset_ratio(pred, m["onset"]) if not math.isnan(pred) else math.nan
+    lo, hi = scan
+    # measured none means none up to the scan's top, which a prediction above it also says
+    above = math.isfinite(pred) and pred > hi and m["onset"] == math.inf
+    ratio = 1.0 if above else onset_ratio(pred, m["onset"]) if not math.isnan(pred) else math.nan
     return {
         "config": label, "level": level,
         "rank": "projection" if run.projector_widths and metric == "effective_rank" else
@@ -211,7 +215,7 @@ def _row(labelled, level: str, metric: str, m: dict, p: dict, mine: list[dict], 
         "probe_rates": [o["probe_rates"] for o in mine],
         "predict_s": predict_s, "measure_s": seconds, "curvature_s": p["curvature_s"],
         "dips": m["dips"],
-        "note": _encoder_note(level, pred, m["onset"], p, run, lo, how, mine) + dip_note(m, seeds),
+        "note": _encoder_note(level, pred, m["onset"], p, run, scan, how, mine) + dip_note(m, seeds),
     }
 
 
@@ -221,9 +225,10 @@ def _median(values) -> float:
     return math.nan if np.isnan(v).any() else float(np.median(v))
 
 
-def _encoder_note(level: str, pred: float, meas: float, p: dict, run: RunConfig, lo: float,
+def _encoder_note(level: str, pred: float, meas: float, p: dict, run: RunConfig, scan: tuple[float, float],
                   how: str, law: list[dict]) -> str:
     """Which prediction the row is set against and how far off it is."""
+    lo, hi = scan
     if meas <= lo:
         return (f"no onset inside the scan: its smallest rate, {lo:g} (the reference), already "
                 f"ends collapsed at this level")
@@ -247,8 +252,8 @@ def _encoder_note(level: str, pred: float, meas: float, p: dict, run: RunConfig,
                 f"update there, {onset_step(run):.2g}, exceeds {MAX_ONSET_STEP:g})")
     if math.isnan(pred):
         low = [f"{o['probe_rates'][0]:.3g}" for o in law]
-        return ("not predicted: below the recovery law's range (the lowest probe, at "
-                f"{' / '.join(low)} by seed, still ends collapsed)")
+        return ("not predicted: below the recovery law's range (a seed's probes are collapsed at "
+                f"every logged step; the lowest probe at {' / '.join(low)} by seed)")
     anchor = {
         "law": f"recovery law, onset = steps / s*, kick rate {_median([o['kick'] for o in law]):.3g}",
         "decay": f"LARS's weight-decay edge: peak lr x trust = {momentum_edge(run.momentum, run.nesterov):.3g}",
@@ -256,10 +261,12 @@ def _encoder_note(level: str, pred: float, meas: float, p: dict, run: RunConfig,
     }[how]
     if not math.isfinite(meas) and not math.isfinite(pred):
         return f"agree: none predicted, none measured ({anchor})"
+    if not math.isfinite(meas) and pred > hi:
+        return f"agree: predicted {pred:.3g}, above the scan's top ({hi:g}); none measured up to it ({anchor})"
     if not math.isfinite(meas):
         return f"miss: no run collapsed up to the scan's end; predicted {pred:.3g} ({anchor})"
     if not math.isfinite(pred):
-        return f"miss: none predicted (no probe collapsed), measured {meas:.3g} ({anchor})"
+        return f"miss: none predicted (healthy at the probes' highest reach), measured {meas:.3g} ({anchor})"
     r = pred / meas
     side = "below" if r < 1 else "above"
     within = "within 2x" if 0.5 <= r <= 2 else "miss"

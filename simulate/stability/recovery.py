@@ -33,9 +33,11 @@ lower the rate. So the probes are :data:`NEAR_FACTOR` apart up to :data:`LAW_LIM
 :data:`PROBE_FACTOR` apart above it. (Four probes 10x apart from ``2 lr_k``, every probe's
 collapsed points counting, cost less but put the ``mlp`` grid's dimensional onsets off by a
 median 53%, 7 of 9 above the measured onset: docs/onset.md.) ``s*`` is
-the last collapsed ``s``; nothing is fitted: the probes' rates follow from ``lr_k`` and the
-onset is ``T / s*``. Where the lowest probe still ends collapsed the onset lies below the law's
-range (``2 lr_k``): NaN, not predicted. Where no probe collapses, none is predicted (``inf``).
+where, going down in ``s`` (up in rate), every point is collapsed: the measurement's
+definition of the onset (:func:`law_onset`). Nothing is fitted: the probes' rates follow from
+``lr_k`` and the onset is ``T / s*``. Where every point is collapsed the onset lies below the
+law's range (``2 lr_k``): NaN, not predicted. Where the first is healthy, the onset lies above
+the highest probe's reach (``inf``).
 
 Where it holds: plain SGD and heavy ball (the norm argument needs a step proportional to the
 gradient) at a constant rate (a schedule ties the rate to the run's length). Not LARS (its step
@@ -145,18 +147,21 @@ def law_points(per_probe) -> list[tuple[float, float]]:
 
 def law_onset(points, threshold: float, steps: int) -> float:
     """The onset ``steps / s*`` from ``points``, ``(s, rank)`` of the probes in the law's
-    variable ``s = t / lr``: ``s*`` is the geometric midpoint between the last ``s`` at which the
-    rank is at or below ``threshold`` (NaN counts as collapsed: diverged) and the next.
-    ``inf`` when no point is collapsed; NaN when the last point is (the onset lies below the
-    probes' range)."""
+    variable ``s = t / lr``, defined as the measurement defines it
+    (:func:`simulate.stability.measure.measure_onsets`: where every larger rate collapses):
+    going up in ``s`` (down in rate), ``s*`` is the geometric midpoint between the last point
+    at or below ``threshold`` (NaN counts as collapsed: diverged) and the first above it. A
+    collapse at larger ``s`` (smaller rates) past a healthy point is a dip, not the onset.
+    ``inf`` when the first point is healthy (the onset lies above the probes' range); NaN when
+    none is (below it)."""
     pts = sorted(points)
-    below = [i for i, (_, r) in enumerate(pts) if not r > threshold]
-    if not below:
-        return math.inf
-    if below[-1] == len(pts) - 1:
+    healthy = [i for i, (_, r) in enumerate(pts) if r > threshold]
+    if not healthy:
         return math.nan
-    i = below[-1]
-    return steps / math.sqrt(pts[i][0] * pts[i + 1][0])
+    h = healthy[0]
+    if h == 0:
+        return math.inf
+    return steps / math.sqrt(pts[h - 1][0] * pts[h][0])
 
 
 def recovery_onsets(runs: list[RunConfig], references: list[dict], levels=("complete", "dimensional"),
