@@ -119,12 +119,14 @@ def _print_onset_summary(rows: list[dict], levels: dict, seconds: float,
 
 
 def _print_cost(rows: list[dict]) -> None:
-    """Encoder rows: the prediction's time over the measurement's, per predictor (the target is
-    a tenth)."""
+    """Encoder rows with a prediction: its time over the measurement's, per predictor (the
+    target is a tenth; the law's probes run for every row at once, their time is shared out)."""
     for how in sorted({r["predicted_by"] for r in rows} - {"none"}):
-        cost = [r["predict_s"] / r["measure_s"] for r in rows if r["predicted_by"] == how]
-        print(f"cost of a prediction ({how}): median {_median(cost):.2g} of measuring the row, "
-              f"max {max(cost):.2g} (target <= 0.1)")
+        cost = [r["predict_s"] / r["measure_s"] for r in rows
+                if r["predicted_by"] == how and not math.isnan(r["predicted"])]
+        if cost:
+            print(f"cost of a prediction ({how}): {_median(cost):.2g} of measuring the row "
+                  f"(median over {len(cost)} row{'s' * (len(cost) != 1)}; target <= 0.1)")
 
 
 def onset(argv: list[str]) -> int:

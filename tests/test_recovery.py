@@ -87,6 +87,11 @@ def test_law_onset_is_where_every_larger_rate_collapses():
     assert law_onset([(0.1, 3.0), (1.0, 5.0)], 2.0, 100) == math.inf  # healthy at every rate
     assert law_onset([(0.1, 3.0), (1.0, 1.0)], 2.0, 100) == math.inf  # healthy at the top: a dip below
     assert math.isnan(law_onset([(0.1, 1.0), (1.0, 1.0)], 2.0, 100))  # collapsed everywhere
+    # a rank at the threshold is collapsed, as in the measurement (levels' ``collapsed``)
+    assert law_onset([(0.1, 2.0), (1.0, 5.0)], 2.0, 100) == pytest.approx(100 / math.sqrt(0.1))
+    # at equal s a diverged point and a healthy one give one answer whatever their order
+    tie = [(1.0, 3.0), (1.0, math.nan), (0.5, 1.0)]
+    assert law_onset(tie, 2.0, 100) == law_onset(tie[::-1], 2.0, 100) == law_onset(tie[1:] + tie[:1], 2.0, 100)
 
 
 def test_law_points_take_each_s_from_the_highest_probe_reaching_it():
@@ -102,6 +107,36 @@ def test_law_points_take_each_s_from_the_highest_probe_reaching_it():
         pytest.approx(300 / math.sqrt(2.0 * 8.0))
     assert law_onset(low_dip + [(0.1, 1.1), (2.0, 1.3), (8.0, 5.5)], 1.5, 300) == pytest.approx(300 / math.sqrt(0.1))
     assert law_points([low]) == low
+    # every higher probe's reach counts, not only the next one's
+    assert sorted(law_points([low, [], high])) == sorted(pts)
+    # where a lower probe's point and a higher probe's last point share an s up to rounding,
+    # the higher probe's stands
+    edge = 30 / (80 * 1.2345)
+    assert law_points([[(edge * (1 + 1e-15), 1.0), (40.0, 6.0)], [(edge, 5.0)]]) == [(edge, 5.0), (40.0, 6.0)]
+
+
+def test_recovery_onsets_read_the_probes_through_the_highest_per_s(monkeypatch):
+    """The onset from made-up probe trajectories (kick rate 1, so probe rates = probe_factors):
+    the lowest probe dips at its first log, inside the next probe's reach, and must not count;
+    the 800 probe is collapsed to step 150, the 8000 probe throughout, the others healthy."""
+    import simulate.stability.recovery as rec
+
+    run = RunConfig(**{**TINY, "steps": 300})
+    monkeypatch.setattr(rec, "kick_rate", lambda run, device="cpu": 1.0)
+
+    def trajectories(probes, device, metrics):
+        out = []
+        for p in probes:
+            c = p.lr
+            rank = lambda t: 1.0 if c > 5000 or (c > 500 and t <= 150) or (c == 2.0 and t == 10) else 8.0  # noqa: E731
+            out.append({m: [(t, rank(t)) for t in range(10, 301, 10)] for m in metrics})
+        return out
+
+    monkeypatch.setattr(rec, "_trajectories", trajectories)
+    got = rec.recovery_onsets([run], [{"effective_rank": 16.0}], ("complete",))[0]
+    assert got["probe_rates"] == pytest.approx([2, 2.8284271, 4, 5.6568542, 8, 80, 800, 8000])
+    # first healthy s: the 800 probe's step 160 (s = 0.2), after its step 150 (s = 0.1875)
+    assert got["onsets"][("complete", "effective_rank")] == pytest.approx(300 / math.sqrt(0.2 * 0.1875))
 
 
 def test_probes_and_where_the_law_applies():

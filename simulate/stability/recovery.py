@@ -137,24 +137,26 @@ def law_points(per_probe) -> list[tuple[float, float]]:
     first): at each ``s`` the points of the highest probe that reaches it. A probe's point at
     ``s`` stands for the run at rate ``T / s``, and the probe nearest that rate (the highest at
     or below it) is the closest to it: below :data:`LAW_LIMIT` kick rates the rank at a given
-    ``s`` still depends on the rate."""
-    kept = []
-    for j, pts in enumerate(per_probe):
-        above = max((s for s, _ in per_probe[j + 1]), default=0.0) if j + 1 < len(per_probe) else 0.0
-        kept += [(s, r) for s, r in pts if s > above]
+    ``s`` still depends on the rate. A point at the ``s`` where a higher probe ends (equal up
+    to rounding, as step ``T / 10`` of one probe and step ``T`` of the next one 10x higher
+    are) goes to the higher probe."""
+    kept, reach = [], 0.0
+    for pts in reversed(per_probe):  # highest first; reach: the furthest s a higher probe got to
+        kept += [(s, r) for s, r in pts if s > reach * (1 + 1e-9)]
+        reach = max([reach, *(s for s, _ in pts)])
     return kept
 
 
 def law_onset(points, threshold: float, steps: int) -> float:
     """The onset ``steps / s*`` from ``points``, ``(s, rank)`` of the probes in the law's
     variable ``s = t / lr``, defined as the measurement defines it
-    (:func:`simulate.stability.measure.measure_onsets`: where every larger rate collapses):
-    going up in ``s`` (down in rate), ``s*`` is the geometric midpoint between the last point
-    at or below ``threshold`` (NaN counts as collapsed: diverged) and the first above it. A
-    collapse at larger ``s`` (smaller rates) past a healthy point is a dip, not the onset.
-    ``inf`` when the first point is healthy (the onset lies above the probes' range); NaN when
-    none is (below it)."""
-    pts = sorted(points)
+    (:func:`simulate.stability.measure.measure_onsets`: where every larger rate collapses).
+    A point is collapsed at or below ``threshold`` (NaN counts as collapsed: diverged).
+    ``s*`` is the geometric midpoint between the first healthy point (in rising ``s``, that is
+    falling rate) and the collapsed point just before it; a collapse at larger ``s`` (smaller
+    rates) past it is a dip, not the onset. ``inf`` when the first point is healthy (the onset
+    lies above the probes' range); NaN when none is (below it)."""
+    pts = sorted(points, key=lambda p: (p[0], p[1] > threshold))  # at equal s, collapsed first
     healthy = [i for i, (_, r) in enumerate(pts) if r > threshold]
     if not healthy:
         return math.nan
