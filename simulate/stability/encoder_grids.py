@@ -53,7 +53,8 @@ ENCODER_GRIDS = {
         "digits, tau=0.2": {**DIGITS, "temperature": 0.2},
     }, (0, 1), 9, 3, (1e-3, 1e5)),
     # values no other grid uses, written once the probes were fixed at sqrt(2) apart near the
-    # kick with each s read from the highest probe reaching it, and run once
+    # kick with each s read from the highest probe reaching it; run once with the law's onset
+    # at its first crossing, then again once it took the measurement's definition (docs/onset.md)
     "mlp-heldout-2": ({
         "width=80": {"hidden": 80}, "depth=5": {"depth": 5}, "tau=0.8": {"temperature": 0.8},
         "B=96": {"batch_size": 96}, "momentum=0.7": {"momentum": 0.7},
