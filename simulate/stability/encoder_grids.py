@@ -195,9 +195,8 @@ def _row(labelled, level: str, metric: str, m: dict, p: dict, mine: list[dict], 
         pred = _median(per_seed)
     # the law's probes ran beforehand, for every row at once; the closed forms run here
     predict_s = sum(o["seconds"] for o in mine) if how == "law" else time.perf_counter() - t0
-    lo, hi = scan
     # measured none means none up to the scan's top, which a prediction above it also says
-    above = math.isfinite(pred) and pred > hi and m["onset"] == math.inf
+    above = math.isfinite(pred) and pred > scan[1] and m["onset"] == math.inf
     ratio = 1.0 if above else onset_ratio(pred, m["onset"]) if not math.isnan(pred) else math.nan
     return {
         "config": label, "level": level,

@@ -157,10 +157,9 @@ def law_onset(points, threshold: float, steps: int) -> float:
     rates) past it is a dip, not the onset. ``inf`` when the first point is healthy (the onset
     lies above the probes' range); NaN when none is (below it)."""
     pts = sorted(points, key=lambda p: (p[0], p[1] > threshold))  # at equal s, collapsed first
-    healthy = [i for i, (_, r) in enumerate(pts) if r > threshold]
-    if not healthy:
+    h = next((i for i, (_, r) in enumerate(pts) if r > threshold), None)
+    if h is None:
         return math.nan
-    h = healthy[0]
     if h == 0:
         return math.inf
     return steps / math.sqrt(pts[h - 1][0] * pts[h][0])
