@@ -20,6 +20,7 @@
     lars_overflow.py    LARS without weight decay: the embeddings' float32 overflow, the
                  dimensional onset (derived)
     encoder_grids.py    the encoder onset grids (mlp, mlp-heldout, paper) and their table
+    units.py     how many hidden units carry each layer's weights (LARS's dimensional level, measured)
 
 The public names are re-exported here. ``DENSE_LIMIT`` is not: :func:`spectrum` reads it from
 :mod:`simulate.stability.spectra`, so that is where to change it.
@@ -78,6 +79,7 @@ from .lars_overflow import lars_overflow_onset, overflow_applies
 from .recovery import kick_rate, law_applies, predict_recovery_onset, recovery_onsets
 from .optimizer_edges import lars_edges, momentum_edge, sgd_edge
 from .optimizer_onset import predict_optimizer_onset, why_not_predicted
+from .units import layer_participation, unit_participation
 
 __all__ = [
     "CATAPULT_FACTOR", "ENCODER_GRIDS", "Objective", "TopEigen", "encoder_edges", "encoder_grid",
@@ -85,7 +87,8 @@ __all__ = [
     "layer_curvature", "make_objective", "momentum_edge", "predict_encoder_onset",
     "predict_optimizer_onset", "sgd_edge", "why_not_predicted",
     "decay_edge_applies", "kick_rate", "lars_decay_edge", "law_applies", "predict_recovery_onset",
-    "recovery_onsets", "lars_overflow_onset", "overflow_applies",
+    "recovery_onsets", "lars_overflow_onset", "overflow_applies", "layer_participation",
+    "unit_participation",
     "CLASS", "CLASS_RANK_MARGIN", "COLLAPSED_RANK", "COMPLETE", "DIMENSIONAL",
     "DIMENSIONAL_FRACTION", "DT", "ESCAPE_ANGLE", "FULL_GRID_STEPS", "LEVELS", "ONSET_BASE",
     "ONSET_GRIDS", "RANK_METRICS", "REFERENCE_RATE_FACTOR", "STATE_KINDS", "TABLE_LEVELS",

@@ -1,0 +1,48 @@
+"""How many hidden units carry a layer's weights: the participation of an MLP's units.
+
+Under LARS with weight decay the dimensional level is reached in long runs from a relative
+step ``lr x trust / (1 - momentum)`` of about a quarter, and nothing derives it yet
+(docs/onset.md, LARS's dimensional level). What is measured there: past that step each
+layer's weight norm gathers on a few of its units (the paper's recipe, 3000 steps: the second
+hidden layer's participation falls from about 57 of 64 units to 4-8), the units' activation
+patterns take a few values, and the embeddings gather into a few equal groups (rank 5.0 and
+then 3.0). :func:`layer_participation` reads that off a trained model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def unit_participation(weight: torch.Tensor) -> torch.Tensor:
+    """The participation ratio of a layer's output units in its squared weight norm.
+
+    With ``n_j = |w[:, j]|^2`` (unit ``j``'s incoming weights), ``(sum_j n_j)^2 / sum_j n_j^2``:
+    the layer's width when every unit has the same norm, 1 when one unit has it all.
+
+    Args:
+        weight: ``(in, out)`` or stacked ``(R, in, out)``, as :class:`simulate.models.StackedMLP`
+            keeps its layers.
+
+    Returns:
+        ``(R,)`` in float64; NaN for a layer whose weights are all zero.
+    """
+    w = weight.detach()
+    if w.dim() == 2:
+        w = w.unsqueeze(0)
+    if w.dim() != 3:
+        raise ValueError(f"weight must have shape (in, out) or (R, in, out), got {tuple(weight.shape)}")
+    n = w.to(torch.float64).pow(2).sum(1)  # (R, out)
+    return n.sum(-1) ** 2 / n.pow(2).sum(-1)
+
+
+def layer_participation(model) -> dict[str, torch.Tensor]:
+    """:func:`unit_participation` of every linear layer of an MLP encoder, in order: the
+    encoder's (``encoder.0``, ...) then the projector's (``projector.0``, ...). ``model`` is a
+    :class:`simulate.models.StackedMLP` (``TrainResult.model`` of an MLP run)."""
+    if not hasattr(model, "weights"):
+        raise ValueError(f"model must be an MLP encoder (StackedMLP), got {type(model).__name__}")
+    out = {f"encoder.{i}": unit_participation(w) for i, w in enumerate(model.weights)}
+    if model.has_projector:
+        out |= {f"projector.{i}": unit_participation(w) for i, w in enumerate(model.proj_weights)}
+    return out

@@ -1,0 +1,90 @@
+"""The units' participation in a layer's weights (simulate.stability.units), against a loop
+written from the formula and hand-made layers; and what docs/onset.md measures with it under
+LARS with weight decay, at toy size: past a relative step lr x trust / (1 - momentum) of
+about a quarter the layers' weights gather on a few units and the embeddings lose rank."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from simulate.config import RunConfig
+from simulate.engine import train_chunk
+from simulate.models import StackedMLP
+from simulate.stability import layer_participation, unit_participation
+
+
+def _loop(w) -> float:
+    norms = [sum(float(w[i, j]) ** 2 for i in range(w.shape[0])) for j in range(w.shape[1])]
+    return sum(norms) ** 2 / sum(n * n for n in norms)
+
+
+def test_participation_against_the_formula():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 5, 7, generator=g) * torch.rand(1, 1, 7, generator=g)  # unequal units
+    got = unit_participation(w)
+    assert got.shape == (3,) and got.dtype == torch.float64
+    for r in range(3):
+        assert got[r].item() == pytest.approx(_loop(w[r]), rel=1e-12)
+    assert unit_participation(w[1]).item() == pytest.approx(_loop(w[1]), rel=1e-12)
+
+
+def test_participation_of_hand_made_layers():
+    equal = torch.zeros(4, 6)
+    equal[0, :3], equal[1, 3:] = 2.0, -2.0  # six units, each of norm 2
+    assert unit_participation(equal).item() == pytest.approx(6.0)
+    one = torch.zeros(4, 6)
+    one[:, 2] = 1.0  # one unit carries it all
+    assert unit_participation(one).item() == pytest.approx(1.0)
+    two = torch.zeros(4, 6)
+    two[0, 0], two[0, 1] = 1.0, math.sqrt(3.0)  # norms 1 and 3: 16 / 10
+    assert unit_participation(two).item() == pytest.approx(1.6)
+    assert math.isnan(unit_participation(torch.zeros(4, 6)).item())
+
+
+def test_bad_input_names_the_parameter():
+    with pytest.raises(ValueError, match="weight must have shape"):
+        unit_participation(torch.ones(5))
+    with pytest.raises(ValueError, match="model must be an MLP encoder"):
+        layer_participation(torch.nn.Linear(2, 2))
+
+
+def test_every_layer_of_an_encoder_and_its_projector():
+    m = StackedMLP([0, 1], in_dim=5, hidden=8, out_dim=4, depth=3, projector=(6, 3))
+    got = layer_participation(m)
+    assert list(got) == ["encoder.0", "encoder.1", "encoder.2", "projector.0", "projector.1"]
+    widths = [8, 8, 4, 6, 3]
+    for (name, v), width in zip(got.items(), widths):
+        assert v.shape == (2,) and bool(((v >= 1) & (v <= width)).all()), (name, v)
+    assert got["encoder.1"][0].item() == pytest.approx(_loop(m.weights[1][0].detach()), rel=1e-12)
+    plain = layer_participation(StackedMLP([0], in_dim=5, hidden=8, out_dim=4, depth=2))
+    assert list(plain) == ["encoder.0", "encoder.1"]
+
+
+#: LARS with weight decay at a constant rate, an encoder with a projector, at toy size
+LARS_TOY = RunConfig(model="mlp", hidden=32, depth=3, out_dim=16, d=16, k=4, per_class=128,
+                     batch_size=64, steps=500, log_every=500, loss="ntxent", temperature=0.5,
+                     optimizer="lars", momentum=0.9, weight_decay=1e-6, lars_trust=1e-3,
+                     projector_dims="32,8")
+
+
+def _trained(**changes):
+    runs = [replace(LARS_TOY, seed=s, **changes) for s in range(3)]
+    res = train_chunk(runs)
+    rank = {r["run_id"]: float(r["effective_rank"]) for r in res.rows if r["step"] == LARS_TOY.steps}
+    return [rank[r.run_id] for r in runs], layer_participation(res.model)["encoder.1"].tolist()
+
+
+@pytest.mark.parametrize("relative_step, healthy, collapsed", [
+    ("momentum 0.9, trust 1e-3", dict(lr=10.0), dict(lr=50.0)),
+    ("momentum 0.9, trust 1e-2", dict(lr=1.0, lars_trust=1e-2), dict(lr=5.0, lars_trust=1e-2)),
+    ("momentum 0", dict(lr=100.0, momentum=0.0), dict(lr=500.0, momentum=0.0)),
+])
+def test_lars_weights_gather_on_a_few_units_past_a_relative_step(relative_step, healthy, collapsed):
+    # lr x trust / (1 - momentum) is 0.1 in `healthy` and 0.5 in `collapsed`, in every case
+    third = LARS_TOY.hidden / 3
+    rank, part = _trained(**healthy)
+    assert min(rank) >= 5.0 and min(part) > third, (relative_step, rank, part)
+    rank, part = _trained(**collapsed)
+    assert max(rank) <= 3.0 and max(part) < third, (relative_step, rank, part)
