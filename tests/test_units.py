@@ -27,7 +27,9 @@ def test_participation_against_the_formula():
     assert got.shape == (3,) and got.dtype == torch.float64
     for r in range(3):
         assert got[r].item() == pytest.approx(_loop(w[r]), rel=1e-12)
-    assert unit_participation(w[1]).item() == pytest.approx(_loop(w[1]), rel=1e-12)
+    one = unit_participation(w[1])
+    assert one.shape == (1,) and one.item() == pytest.approx(_loop(w[1]), rel=1e-12)
+    assert not unit_participation(w.clone().requires_grad_(True)).requires_grad
 
 
 def test_participation_of_hand_made_layers():
@@ -46,6 +48,8 @@ def test_participation_of_hand_made_layers():
 def test_bad_input_names_the_parameter():
     with pytest.raises(ValueError, match="weight must have shape"):
         unit_participation(torch.ones(5))
+    with pytest.raises(ValueError, match="weight must be a torch.Tensor"):
+        unit_participation([[1.0, 2.0]])
     with pytest.raises(ValueError, match="model must be an MLP encoder"):
         layer_participation(torch.nn.Linear(2, 2))
 
@@ -87,4 +91,4 @@ def test_lars_weights_gather_on_a_few_units_past_a_relative_step(relative_step, 
     rank, part = _trained(**healthy)
     assert min(rank) >= 5.0 and min(part) > third, (relative_step, rank, part)
     rank, part = _trained(**collapsed)
-    assert max(rank) <= 3.0 and max(part) < third, (relative_step, rank, part)
+    assert max(rank) < 3.5 and max(part) < third, (relative_step, rank, part)

@@ -4,14 +4,16 @@ Under LARS with weight decay the dimensional level is reached in long runs from 
 step ``lr x trust / (1 - momentum)`` of about a quarter, and nothing derives it yet
 (docs/onset.md, LARS's dimensional level). What is measured there: past that step each
 layer's weight norm gathers on a few of its units (the paper's recipe, 3000 steps: the second
-hidden layer's participation falls from about 57 of 64 units to 4-8), the units' activation
-patterns take a few values, and the embeddings gather into a few equal groups (rank 5.0 and
-then 3.0). :func:`layer_participation` reads that off a trained model.
+hidden layer's participation falls from 52-55 of its 64 units to 4-12), the units'
+activation patterns take fewer values, and the embeddings gather into a few equal groups
+(rank 5.0 and then 3.0). :func:`layer_participation` reads that off a trained model.
 """
 
 from __future__ import annotations
 
 import torch
+
+from ..models import StackedMLP
 
 
 def unit_participation(weight: torch.Tensor) -> torch.Tensor:
@@ -25,8 +27,12 @@ def unit_participation(weight: torch.Tensor) -> torch.Tensor:
             keeps its layers.
 
     Returns:
-        ``(R,)`` in float64; NaN for a layer whose weights are all zero.
+        ``(R,)`` in float64 (``(1,)`` for an ``(in, out)`` weight), without a graph; NaN for
+        a layer whose weights are all zero.
     """
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"weight must be a torch.Tensor of shape (in, out) or (R, in, out), "
+                         f"got {type(weight).__name__}")
     w = weight.detach()
     if w.dim() == 2:
         w = w.unsqueeze(0)
@@ -40,7 +46,7 @@ def layer_participation(model) -> dict[str, torch.Tensor]:
     """:func:`unit_participation` of every linear layer of an MLP encoder, in order: the
     encoder's (``encoder.0``, ...) then the projector's (``projector.0``, ...). ``model`` is a
     :class:`simulate.models.StackedMLP` (``TrainResult.model`` of an MLP run)."""
-    if not hasattr(model, "weights"):
+    if not isinstance(model, StackedMLP):
         raise ValueError(f"model must be an MLP encoder (StackedMLP), got {type(model).__name__}")
     out = {f"encoder.{i}": unit_participation(w) for i, w in enumerate(model.weights)}
     if model.has_projector:
