@@ -92,3 +92,13 @@ def test_lars_weights_gather_on_a_few_units_past_a_relative_step(relative_step, 
     assert min(rank) >= 5.0 and min(part) > third, (relative_step, rank, part)
     rank, part = _trained(**collapsed)
     assert max(rank) < 3.5 and max(part) < third, (relative_step, rank, part)
+
+
+def test_lars_gathering_needs_the_minibatches():
+    # docs/onset.md: the onset grows with the batch size; with every training point in every
+    # batch (only the views vary) the same relative step (0.5) keeps more units and more rank
+    n_train = 384  # LARS_TOY's training points: 4 classes x 128, less the held-out quarter
+    small_rank, small_part = _trained(lr=50.0)
+    full_rank, full_part = _trained(lr=50.0, batch_size=n_train)
+    assert min(full_rank) > max(small_rank) + 1.5, (full_rank, small_rank)
+    assert min(full_part) > max(small_part), (full_part, small_part)
