@@ -12,6 +12,7 @@ import torch
 
 from simulate.config import RunConfig
 from simulate.engine import train_chunk
+from simulate.engine.state import build_state
 from simulate.models import StackedMLP
 from simulate.stability import layer_participation, unit_participation
 
@@ -98,7 +99,7 @@ def test_lars_weights_gather_on_a_few_units_past_a_relative_step(relative_step, 
 def test_lars_gathering_needs_the_minibatches():
     # docs/onset.md: the onset grows with the batch size; with every training point in every
     # batch (only the views vary) the same relative step (0.5) keeps more units and more rank
-    n_train = 384  # LARS_TOY's training points: 4 classes x 128, less the held-out quarter
+    n_train = build_state([LARS_TOY], torch.device("cpu")).x_train.shape[1]  # every training point
     small_rank, small_part = _trained(lr=50.0)
     full_rank, full_part = _trained(lr=50.0, batch_size=n_train)
     assert min(full_rank) > max(small_rank) + 1.5, (full_rank, small_rank)

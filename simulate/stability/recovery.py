@@ -187,14 +187,11 @@ def recovery_onsets(runs: list[RunConfig], references: list[dict], levels=("comp
     traj = _trajectories(probes, device, metrics) if probes else []
     for i, (run, ref) in enumerate(zip(runs, references)):
         mine = [(p, t) for p, t, o in zip(probes, traj, owner) if o == i]
-        for level in levels:
-            for m in metrics:
-                if out[i]["why"]:
-                    out[i]["onsets"][(level.name, m)] = math.nan
-                    continue
-                pts = law_points([[(s / p.lr, r) for s, r in t[m]] for p, t in mine])
-                thr = level.threshold(ref.get(m, math.nan))
-                out[i]["onsets"][(level.name, m)] = law_onset(pts, thr, run.steps)
+        for m in metrics:
+            pts = law_points([[(s / p.lr, r) for s, r in t[m]] for p, t in mine])
+            for level in levels:
+                out[i]["onsets"][(level.name, m)] = math.nan if out[i]["why"] else law_onset(
+                    pts, level.threshold(ref.get(m, math.nan)), run.steps)
     seconds = (time.perf_counter() - t0) / max(1, sum(not o["why"] for o in out))
     for o in out:  # the time shared out over the runs the law predicts
         o["seconds"] = 0.0 if o["why"] else seconds
