@@ -1,9 +1,11 @@
 """Why LARS's dimensional level is not predicted (docs/onset.md, encoder_grids.LARS_DIMENSIONAL_WHY):
 in short runs of the paper's recipe the biases, which LARS steps by plain SGD, outgrow the
 outputs' spread and every embedding points one way; the weights undo it in longer runs.
-Trained at toy size, 4 seeds each."""
+Without the biases' steps the representation keeps its rank. Trained at toy size, 4 seeds each."""
 
 from dataclasses import replace
+
+import torch
 
 from simulate.config import RunConfig
 from simulate.stability.measure import train_logged_rows
@@ -43,3 +45,24 @@ def test_the_weights_undo_it_in_longer_runs():
     assert all(a < b for a, b in zip(rank(short), rank(start))), (rank(short), rank(start))
     assert all(abs(float(r["mean_cos"])) < 0.1 for r in long), long
     assert all(a > b for a, b in zip(rank(long), rank(short))), (rank(long), rank(short))
+
+
+def test_without_the_biases_steps_the_representation_keeps_its_rank(monkeypatch):
+    """The short runs' loss of rank needs the biases' plain SGD steps: with their gradient
+    zeroed in LARS's step (they keep their initial values, the weights train as before) the
+    representation keeps its rank at a rate where the recipe loses it."""
+    import simulate.engine.optimizers as opt
+
+    reference = _final(lr=1e-3)
+    trained = _final(lr=1.0)
+    step = opt.StackedOptimizer._lars
+
+    def biases_not_trained(self, grads, alive, t, lr):
+        return step(self, [g if adapted else torch.zeros_like(g) for g, adapted in zip(grads, self.adapt)],
+                    alive, t, lr)
+
+    monkeypatch.setattr(opt.StackedOptimizer, "_lars", biases_not_trained)
+    frozen = _final(lr=1.0)
+    rank = lambda rows: [float(r["repr_effective_rank"]) for r in rows]  # noqa: E731
+    assert all(a < 0.7 * b for a, b in zip(rank(trained), rank(reference))), (rank(trained), rank(reference))
+    assert all(a > 0.8 * b for a, b in zip(rank(frozen), rank(reference))), (rank(frozen), rank(reference))

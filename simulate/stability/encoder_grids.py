@@ -75,7 +75,8 @@ ENCODER_GRIDS = {
 #: estimate, :mod:`simulate.stability.encoder_onset`, was refuted there)
 LARS_DIMENSIONAL_WHY = (
     "not derived under LARS with weight decay (measured in the paper's recipe, docs/onset.md: "
-    "in 300-step runs the biases point every embedding one way from lr 0.03-0.1, a transient; "
+    "in 300-step runs the biases' plain SGD steps take the rank from lr 0.03-0.3 (with the biases "
+    "not trained no rank is lost up to lr 10), a transient; "
     "3000-step runs lose rank for good from lr x trust / (1 - momentum) of about 0.1-0.5, "
     "where each layer's weights gather on a few hidden units; the onset grows with the batch size)")
 #: the levels each encoder row reports
