@@ -127,15 +127,33 @@ class StackedMLP(nn.Module):
     def runs(self) -> int:
         return self.weights[0].shape[0]
 
-    def _layers(self, h, weights, biases):
+    def _layers(self, h, weights, biases, relu_inputs: list | None = None):
+        """The layers ``weights``, ``biases`` applied to ``h``; each ReLU's input is appended
+        to ``relu_inputs`` when it is a list."""
         last = len(weights) - 1
         for i, (w, b) in enumerate(zip(weights, biases)):
             h = torch.baddbmm(b, h, w)
             if i < last:
                 if self.batch_norm:
                     h = (h - h.mean(1, keepdim=True)) / (h.var(1, unbiased=False, keepdim=True) + BATCH_NORM_EPS).sqrt()
+                if relu_inputs is not None:
+                    relu_inputs.append(h)
                 h = torch.relu(h)
         return h
+
+    def relu_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What each ReLU of the model receives for inputs ``x`` (R, N, in_dim): ``(R, N, width)``
+        per hidden layer, after batch norm when there is one, keyed ``encoder.i`` (the encoder's
+        layer ``i``) and ``projector.i``; the encoder's and the projector's last layers have no
+        ReLU and no entry."""
+        enc: list = []
+        h = self._layers(x, self.weights, self.biases, enc)
+        out = {f"encoder.{i}": v for i, v in enumerate(enc)}
+        if self.has_projector:
+            proj: list = []
+            self._layers(h, self.proj_weights, self.proj_biases, proj)
+            out |= {f"projector.{i}": v for i, v in enumerate(proj)}
+        return out
 
     def represent(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder's output (the representation), before any projector."""

@@ -1,8 +1,9 @@
-"""The units' participation in a layer's weights (simulate.stability.units), against a loop
-written from the formula and hand-made layers; and what docs/onset.md measures with it under
-LARS with weight decay, at toy size: past a relative step lr x trust / (1 - momentum) of
-about a quarter the layers' weights gather on a few units and the embeddings lose rank, and
-far less so with every training point in every batch."""
+"""The units' participation in a layer's weights and the dead ReLUs (simulate.stability.units),
+against loops written from the definitions and hand-made layers; and what docs/onset.md
+measures with them under LARS with weight decay, at toy size: past a relative step
+lr x trust / (1 - momentum) of about a quarter the encoder's units die, the layers' weights
+gather on a few units and the embeddings lose rank, and far less so with every training
+point in every batch."""
 
 import math
 from dataclasses import replace
@@ -14,7 +15,7 @@ from simulate.config import RunConfig
 from simulate.engine import train_chunk
 from simulate.engine.state import build_state
 from simulate.models import StackedMLP
-from simulate.stability import layer_participation, unit_participation
+from simulate.stability import dead_units, layer_participation, unit_participation
 
 
 def _loop(w) -> float:
@@ -68,6 +69,64 @@ def test_every_layer_of_an_encoder_and_its_projector():
     assert list(plain) == ["encoder.0", "encoder.1"]
 
 
+def _dead_loop(model, x, r: int) -> list[int]:
+    """Run ``r``'s dead units per ReLU layer, from explicit sums over the rows of ``x`` (N, d)."""
+    layers = [(model.weights, "encoder"), (model.proj_weights, "projector")] if model.has_projector \
+        else [(model.weights, "encoder")]
+    counts, h = [], [[float(v) for v in row] for row in x]
+    for weights, _ in layers:
+        biases = model.biases if weights is model.weights else model.proj_biases
+        for i in range(len(weights)):
+            w, b = weights[i][r].detach(), biases[i][r].detach().reshape(-1)
+            pre = [[float(b[j]) + sum(row[k] * float(w[k, j]) for k in range(len(row)))
+                    for j in range(w.shape[1])] for row in h]
+            if i == len(weights) - 1:  # no ReLU after a last layer
+                h = pre
+                continue
+            if model.batch_norm:
+                n = len(pre)
+                for j in range(w.shape[1]):
+                    col = [p[j] for p in pre]
+                    mean = sum(col) / n
+                    sd = math.sqrt(sum((c - mean) ** 2 for c in col) / n + 1e-5)
+                    for p in pre:
+                        p[j] = (p[j] - mean) / sd
+            counts.append(sum(all(p[j] <= 0 for p in pre) for j in range(w.shape[1])))
+            h = [[max(v, 0.0) for v in p] for p in pre]
+    return counts
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_dead_units_against_a_loop(batch_norm):
+    m = StackedMLP([0, 1], in_dim=3, hidden=6, out_dim=4, depth=3, projector=(5, 2), batch_norm=batch_norm,
+                   dtype=torch.float64)
+    with torch.no_grad():
+        m.biases[0][0, 0, :3] = -50.0  # run 0: three first-layer units silenced on these inputs
+        m.proj_biases[0][1, 0, :2] = -50.0  # run 1: two of the projector's hidden units
+    x = torch.randn(9, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    got = dead_units(m, x)
+    assert list(got) == ["encoder.0", "encoder.1", "projector.0"]
+    assert all(v.shape == (2,) and v.dtype == torch.int64 for v in got.values())
+    for r in range(2):
+        assert [int(v[r]) for v in got.values()] == _dead_loop(m, x, r), r
+    if not batch_norm:  # batch norm centres each unit over the rows: a bias cannot silence it
+        assert got["encoder.0"][0] >= 3 and got["projector.0"][1] >= 2
+    per_run = dead_units(m, torch.stack([x, -x]))  # one set of inputs per run
+    assert [int(v[1]) for v in per_run.values()] == _dead_loop(m, -x, 1)
+
+
+def test_dead_units_bad_input_names_the_parameter():
+    m = StackedMLP([0, 1], in_dim=3, hidden=6, out_dim=4, depth=2)
+    with pytest.raises(ValueError, match="model must be an MLP encoder"):
+        dead_units(torch.nn.Linear(3, 3), torch.ones(4, 3))
+    with pytest.raises(ValueError, match="x must be a torch.Tensor"):
+        dead_units(m, [[1.0, 2.0, 3.0]])
+    for bad in (torch.ones(4, 5), torch.ones(3, 4, 3), torch.ones(4), torch.ones(0, 3)):
+        with pytest.raises(ValueError, match=r"x must have shape \(N, 3\) or \(2, N, 3\)"):
+            dead_units(m, bad)
+    assert list(dead_units(StackedMLP([0], in_dim=3, hidden=6, out_dim=4, depth=1), torch.ones(4, 3))) == []
+
+
 #: LARS with weight decay at a constant rate, an encoder with a projector, at toy size
 LARS_TOY = RunConfig(model="mlp", hidden=32, depth=3, out_dim=16, d=16, k=4, per_class=128,
                      batch_size=64, steps=500, log_every=500, loss="ntxent", temperature=0.5,
@@ -76,10 +135,14 @@ LARS_TOY = RunConfig(model="mlp", hidden=32, depth=3, out_dim=16, d=16, k=4, per
 
 
 def _trained(**changes):
+    """Per seed: the final rank, the encoder's 2nd layer's participation and the dead units of
+    its two hidden layers on the training points."""
     runs = [replace(LARS_TOY, seed=s, **changes) for s in range(3)]
     res = train_chunk(runs)
     rank = {r["run_id"]: float(r["effective_rank"]) for r in res.rows if r["step"] == LARS_TOY.steps}
-    return [rank[r.run_id] for r in runs], layer_participation(res.model)["encoder.1"].tolist()
+    dead = dead_units(res.model, build_state(runs, torch.device("cpu")).x_train)
+    return ([rank[r.run_id] for r in runs], layer_participation(res.model)["encoder.1"].tolist(),
+            (dead["encoder.0"] + dead["encoder.1"]).tolist())
 
 
 @pytest.mark.parametrize("relative_step, healthy, collapsed", [
@@ -90,17 +153,19 @@ def _trained(**changes):
 def test_lars_weights_gather_on_a_few_units_past_a_relative_step(relative_step, healthy, collapsed):
     # lr x trust / (1 - momentum) is 0.1 in `healthy` and 0.5 in `collapsed`, in every case
     third = LARS_TOY.hidden / 3
-    rank, part = _trained(**healthy)
+    rank, part, dead = _trained(**healthy)
     assert min(rank) >= 5.0 and min(part) > third, (relative_step, rank, part)
-    rank, part = _trained(**collapsed)
+    assert max(dead) <= 2, (relative_step, dead)  # dead ReLUs: a few at most
+    rank, part, dead = _trained(**collapsed)
     assert max(rank) < 3.5 and max(part) < third, (relative_step, rank, part)
+    assert min(dead) >= 4, (relative_step, dead)  # the units that drop out are dead ReLUs
 
 
 def test_lars_gathering_needs_the_minibatches():
     # docs/onset.md: the onset grows with the batch size; with every training point in every
     # batch (only the views vary) the same relative step (0.5) keeps more units and more rank
     n_train = build_state([LARS_TOY], torch.device("cpu")).x_train.shape[1]  # every training point
-    small_rank, small_part = _trained(lr=50.0)
-    full_rank, full_part = _trained(lr=50.0, batch_size=n_train)
+    small_rank, small_part, _ = _trained(lr=50.0)
+    full_rank, full_part, _ = _trained(lr=50.0, batch_size=n_train)
     assert min(full_rank) > max(small_rank) + 1.5, (full_rank, small_rank)
     assert min(full_part) > max(small_part), (full_part, small_part)

@@ -79,7 +79,7 @@ from .lars_overflow import lars_overflow_onset, overflow_applies
 from .recovery import kick_rate, law_applies, predict_recovery_onset, recovery_onsets
 from .optimizer_edges import lars_edges, momentum_edge, sgd_edge
 from .optimizer_onset import predict_optimizer_onset, why_not_predicted
-from .units import layer_participation, unit_participation
+from .units import dead_units, layer_participation, unit_participation
 
 __all__ = [
     "CATAPULT_FACTOR", "ENCODER_GRIDS", "Objective", "TopEigen", "encoder_edges", "encoder_grid",
@@ -88,7 +88,7 @@ __all__ = [
     "predict_optimizer_onset", "sgd_edge", "why_not_predicted",
     "decay_edge_applies", "kick_rate", "lars_decay_edge", "law_applies", "predict_recovery_onset",
     "recovery_onsets", "lars_overflow_onset", "overflow_applies", "layer_participation",
-    "unit_participation",
+    "unit_participation", "dead_units",
     "CLASS", "CLASS_RANK_MARGIN", "COLLAPSED_RANK", "COMPLETE", "DIMENSIONAL",
     "DIMENSIONAL_FRACTION", "DT", "ESCAPE_ANGLE", "FULL_GRID_STEPS", "LEVELS", "ONSET_BASE",
     "ONSET_GRIDS", "RANK_METRICS", "REFERENCE_RATE_FACTOR", "STATE_KINDS", "TABLE_LEVELS",

@@ -6,7 +6,9 @@ step ``lr x trust / (1 - momentum)`` of about a quarter, and nothing derives it 
 layer's weight norm gathers on a few of its units (the paper's recipe, 3000 steps: the second
 hidden layer's participation falls from 52-55 of its 64 units to 4-12), the units'
 activation patterns take fewer values, and the embeddings gather into a few equal groups
-(rank 5.0 and then 3.0). :func:`layer_participation` reads that off a trained model.
+(rank 5.0 and then 3.0). :func:`layer_participation` reads that off a trained model, and
+:func:`dead_units` says which of the units are dead ReLUs: inactive on every training point
+(the recipe near the onset: 10-35 of the first layer's 64), with no share of the weights.
 """
 
 from __future__ import annotations
@@ -52,3 +54,33 @@ def layer_participation(model) -> dict[str, torch.Tensor]:
     if model.has_projector:
         out |= {f"projector.{i}": unit_participation(w) for i, w in enumerate(model.proj_weights)}
     return out
+
+
+def dead_units(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How many units of each ReLU layer of an MLP encoder are dead on inputs ``x``: their
+    ReLU's input (after batch norm when there is one) is <= 0 for every row of ``x``, so they
+    pass nothing on and get no gradient from those inputs.
+
+    Args:
+        model: a :class:`simulate.models.StackedMLP` (``TrainResult.model`` of an MLP run).
+        x: ``(N, in_dim)``, the same inputs for every run (e.g. the training points), or
+            ``(R, N, in_dim)``, one set per run.
+
+    Returns:
+        per hidden layer (``encoder.i``, then ``projector.i``; the last layers have no ReLU),
+        ``(R,)`` int64 counts, without a graph.
+    """
+    if not isinstance(model, StackedMLP):
+        raise ValueError(f"model must be an MLP encoder (StackedMLP), got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor of shape (N, in_dim) or (R, N, in_dim), "
+                         f"got {type(x).__name__}")
+    runs, width = model.runs, model.weights[0].shape[1]
+    if x.dim() == 2:
+        x = x.unsqueeze(0).expand(runs, -1, -1)
+    if x.dim() != 3 or x.shape[0] != runs or x.shape[2] != width or x.shape[1] < 1:
+        raise ValueError(f"x must have shape (N, {width}) or ({runs}, N, {width}) with N >= 1, "
+                         f"got {tuple(x.shape)}")
+    with torch.no_grad():
+        inputs = model.relu_inputs(x.to(model.weights[0].dtype))
+    return {name: (v <= 0).all(1).sum(-1) for name, v in inputs.items()}
