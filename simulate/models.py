@@ -129,7 +129,7 @@ class StackedMLP(nn.Module):
 
     def _layers(self, h, weights, biases, relu_inputs: list | None = None):
         """The layers ``weights``, ``biases`` applied to ``h``; each ReLU's input is appended
-        to ``relu_inputs`` when it is a list."""
+        to the list ``relu_inputs`` when one is given."""
         last = len(weights) - 1
         for i, (w, b) in enumerate(zip(weights, biases)):
             h = torch.baddbmm(b, h, w)

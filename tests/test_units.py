@@ -6,6 +6,7 @@ gather on a few units and the embeddings lose rank, and far less so with every t
 point in every batch."""
 
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -106,13 +107,41 @@ def test_dead_units_against_a_loop(batch_norm):
     x = torch.randn(9, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     got = dead_units(m, x)
     assert list(got) == ["encoder.0", "encoder.1", "projector.0"]
-    assert all(v.shape == (2,) and v.dtype == torch.int64 for v in got.values())
+    assert all(v.shape == (2,) and v.dtype == torch.float64 for v in got.values())
     for r in range(2):
         assert [int(v[r]) for v in got.values()] == _dead_loop(m, x, r), r
     if not batch_norm:  # batch norm centres each unit over the rows: a bias cannot silence it
         assert got["encoder.0"][0] >= 3 and got["projector.0"][1] >= 2
     per_run = dead_units(m, torch.stack([x, -x]))  # one set of inputs per run
     assert [int(v[1]) for v in per_run.values()] == _dead_loop(m, -x, 1)
+
+
+def test_relu_inputs_are_what_the_model_computes_with():
+    m = StackedMLP([0, 1], in_dim=3, hidden=6, out_dim=4, depth=3, projector=(5, 2), dtype=torch.float64)
+    x = torch.randn(2, 9, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    got = m.relu_inputs(x)
+    assert list(got) == ["encoder.0", "encoder.1", "projector.0"]
+    with torch.no_grad():
+        rep = torch.baddbmm(m.biases[2], torch.relu(got["encoder.1"]), m.weights[2])
+        assert torch.equal(rep, m.represent(x))
+        assert torch.equal(torch.baddbmm(m.biases[1], torch.relu(got["encoder.0"]), m.weights[1]), got["encoder.1"])
+        assert torch.equal(torch.baddbmm(m.proj_biases[0], rep, m.proj_weights[0]), got["projector.0"])
+        out = torch.baddbmm(m.proj_biases[1], torch.relu(got["projector.0"]), m.proj_weights[1])
+        assert torch.equal(out, m(None, x))
+
+
+def test_a_unit_whose_relu_input_is_exactly_zero_is_dead_and_a_diverged_run_is_nan():
+    m = StackedMLP([0, 1], in_dim=3, hidden=6, out_dim=4, depth=2, dtype=torch.float64)
+    x = torch.randn(7, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with torch.no_grad():
+        m.weights[0][:, :, 4] = 0.0  # unit 4 of both runs: input 0 on every row
+        m.biases[0][:, :, 4] = 0.0
+    base = _dead_loop(m, x, 0)[0]
+    assert base >= 1 and dead_units(m, x)["encoder.0"].tolist() == [base, _dead_loop(m, x, 1)[0]]
+    with torch.no_grad():
+        m.weights[0][1, 0, 0] = float("nan")  # run 1 diverged
+    got = dead_units(m, x)["encoder.0"]
+    assert got[0].item() == base and math.isnan(got[1].item())
 
 
 def test_dead_units_bad_input_names_the_parameter():
@@ -122,8 +151,15 @@ def test_dead_units_bad_input_names_the_parameter():
     with pytest.raises(ValueError, match="x must be a torch.Tensor"):
         dead_units(m, [[1.0, 2.0, 3.0]])
     for bad in (torch.ones(4, 5), torch.ones(3, 4, 3), torch.ones(4), torch.ones(0, 3)):
-        with pytest.raises(ValueError, match=r"x must have shape \(N, 3\) or \(2, N, 3\)"):
+        with pytest.raises(ValueError, match=r"x must have shape \(N, 3\) or \(2, N, 3\) with N >= 1, "
+                                             + re.escape(f"got {tuple(bad.shape)}")):
             dead_units(m, bad)
+    for bad in (torch.tensor([[1.0, float("nan"), 0.0]]), torch.tensor([[1.0, float("inf"), 0.0]])):
+        with pytest.raises(ValueError, match="x must be real and finite"):
+            dead_units(m, bad)
+    normed = StackedMLP([0, 1], in_dim=3, hidden=6, out_dim=4, depth=2, batch_norm=True)
+    with pytest.raises(ValueError, match=r"N >= 2 \(batch norm\), got \(1, 3\)"):
+        dead_units(normed, torch.ones(1, 3))
     assert list(dead_units(StackedMLP([0], in_dim=3, hidden=6, out_dim=4, depth=1), torch.ones(4, 3))) == []
 
 

@@ -7,8 +7,8 @@ layer's weight norm gathers on a few of its units (the paper's recipe, 3000 step
 hidden layer's participation falls from 52-55 of its 64 units to 4-12), the units'
 activation patterns take fewer values, and the embeddings gather into a few equal groups
 (rank 5.0 and then 3.0). :func:`layer_participation` reads that off a trained model, and
-:func:`dead_units` says which of the units are dead ReLUs: inactive on every training point
-(the recipe near the onset: 10-35 of the first layer's 64), with no share of the weights.
+:func:`dead_units` counts the dead ReLUs, units inactive on every training point (the recipe
+near the onset: 10-35 of the first layer's 64, holding almost none of the weights).
 """
 
 from __future__ import annotations
@@ -57,30 +57,43 @@ def layer_participation(model) -> dict[str, torch.Tensor]:
 
 
 def dead_units(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """How many units of each ReLU layer of an MLP encoder are dead on inputs ``x``: their
-    ReLU's input (after batch norm when there is one) is <= 0 for every row of ``x``, so they
-    pass nothing on and get no gradient from those inputs.
+    """How many units of each ReLU layer of an MLP encoder and its projector are dead on
+    inputs ``x``: their ReLU's input is <= 0 for every row of ``x``, so they pass nothing on
+    and get no gradient from those inputs.
 
     Args:
         model: a :class:`simulate.models.StackedMLP` (``TrainResult.model`` of an MLP run).
         x: ``(N, in_dim)``, the same inputs for every run (e.g. the training points), or
-            ``(R, N, in_dim)``, one set per run.
+            ``(R, N, in_dim)``, one set per run; finite. With batch norm the statistics are
+            taken over the rows of ``x`` (N >= 2), and a unit constant over them normalises
+            to about 0, so whether it counts is a matter of rounding.
 
     Returns:
         per hidden layer (``encoder.i``, then ``projector.i``; the last layers have no ReLU),
-        ``(R,)`` int64 counts, without a graph.
+        ``(R,)`` float64 counts without a graph; NaN for a run whose ReLU inputs in that layer
+        are not all finite (a diverged run).
     """
     if not isinstance(model, StackedMLP):
         raise ValueError(f"model must be an MLP encoder (StackedMLP), got {type(model).__name__}")
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"x must be a torch.Tensor of shape (N, in_dim) or (R, N, in_dim), "
                          f"got {type(x).__name__}")
-    runs, width = model.runs, model.weights[0].shape[1]
+    runs, in_dim = model.runs, model.weights[0].shape[1]
+    shape, rows = tuple(x.shape), 2 if model.batch_norm else 1
+    if not (x.dim() in (2, 3) and x.shape[-1] == in_dim and x.shape[-2] >= rows
+            and (x.dim() == 2 or x.shape[0] == runs)):
+        raise ValueError(f"x must have shape (N, {in_dim}) or ({runs}, N, {in_dim}) with N >= {rows}"
+                         f"{' (batch norm)' if model.batch_norm else ''}, got {shape}")
+    if x.is_complex() or not bool(torch.isfinite(x).all()):
+        raise ValueError("x must be real and finite")
+    w = model.weights[0]
+    x = x.to(device=w.device, dtype=w.dtype)
     if x.dim() == 2:
         x = x.unsqueeze(0).expand(runs, -1, -1)
-    if x.dim() != 3 or x.shape[0] != runs or x.shape[2] != width or x.shape[1] < 1:
-        raise ValueError(f"x must have shape (N, {width}) or ({runs}, N, {width}) with N >= 1, "
-                         f"got {tuple(x.shape)}")
     with torch.no_grad():
-        inputs = model.relu_inputs(x.to(model.weights[0].dtype))
-    return {name: (v <= 0).all(1).sum(-1) for name, v in inputs.items()}
+        inputs = model.relu_inputs(x)
+    out = {}
+    for name, v in inputs.items():
+        count = (v <= 0).all(1).sum(-1).to(torch.float64)
+        out[name] = torch.where(torch.isfinite(v).flatten(1).all(1), count, torch.nan)
+    return out
