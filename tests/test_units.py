@@ -72,11 +72,11 @@ def test_every_layer_of_an_encoder_and_its_projector():
 
 def _dead_loop(model, x, r: int) -> list[int]:
     """Run ``r``'s dead units per ReLU layer, from explicit sums over the rows of ``x`` (N, d)."""
-    layers = [(model.weights, "encoder"), (model.proj_weights, "projector")] if model.has_projector \
-        else [(model.weights, "encoder")]
+    layers = [(model.weights, model.biases)]
+    if model.has_projector:
+        layers.append((model.proj_weights, model.proj_biases))
     counts, h = [], [[float(v) for v in row] for row in x]
-    for weights, _ in layers:
-        biases = model.biases if weights is model.weights else model.proj_biases
+    for weights, biases in layers:
         for i in range(len(weights)):
             w, b = weights[i][r].detach(), biases[i][r].detach().reshape(-1)
             pre = [[float(b[j]) + sum(row[k] * float(w[k, j]) for k in range(len(row)))

@@ -20,7 +20,8 @@
     lars_overflow.py    LARS without weight decay: the embeddings' float32 overflow, the
                  dimensional onset (derived)
     encoder_grids.py    the encoder onset grids (mlp, mlp-heldout, paper) and their table
-    units.py     how many hidden units carry each layer's weights (LARS's dimensional level, measured)
+    units.py     how many hidden units carry each layer's weights, and how many are dead ReLUs
+                 (LARS's dimensional level, measured)
 
 The public names are re-exported here. ``DENSE_LIMIT`` is not: :func:`spectrum` reads it from
 :mod:`simulate.stability.spectra`, so that is where to change it.

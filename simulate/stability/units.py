@@ -44,12 +44,16 @@ def unit_participation(weight: torch.Tensor) -> torch.Tensor:
     return n.sum(-1) ** 2 / n.pow(2).sum(-1)
 
 
+def _check_model(model) -> None:
+    if not isinstance(model, StackedMLP):
+        raise ValueError(f"model must be an MLP encoder (StackedMLP), got {type(model).__name__}")
+
+
 def layer_participation(model) -> dict[str, torch.Tensor]:
     """:func:`unit_participation` of every linear layer of an MLP encoder, in order: the
     encoder's (``encoder.0``, ...) then the projector's (``projector.0``, ...). ``model`` is a
     :class:`simulate.models.StackedMLP` (``TrainResult.model`` of an MLP run)."""
-    if not isinstance(model, StackedMLP):
-        raise ValueError(f"model must be an MLP encoder (StackedMLP), got {type(model).__name__}")
+    _check_model(model)
     out = {f"encoder.{i}": unit_participation(w) for i, w in enumerate(model.weights)}
     if model.has_projector:
         out |= {f"projector.{i}": unit_participation(w) for i, w in enumerate(model.proj_weights)}
@@ -73,8 +77,7 @@ def dead_units(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
         ``(R,)`` float64 counts without a graph; NaN for a run whose ReLU inputs in that layer
         are not all finite (a diverged run).
     """
-    if not isinstance(model, StackedMLP):
-        raise ValueError(f"model must be an MLP encoder (StackedMLP), got {type(model).__name__}")
+    _check_model(model)
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"x must be a torch.Tensor of shape (N, in_dim) or (R, N, in_dim), "
                          f"got {type(x).__name__}")
