@@ -1,7 +1,8 @@
 """Why LARS's dimensional level is not predicted (docs/onset.md, encoder_grids.LARS_DIMENSIONAL_WHY):
 in short runs of the paper's recipe the biases, which LARS steps by plain SGD, outgrow the
 outputs' spread and every embedding points one way; the weights undo it in longer runs.
-Without the biases' steps the representation keeps its rank. Trained at toy size, 4 seeds each."""
+Without the biases' steps the representation keeps its rank. Trained at toy size, 4 seeds each,
+and (which bias) at the recipe's own size."""
 
 from dataclasses import replace
 
@@ -66,3 +67,30 @@ def test_without_the_biases_steps_the_representation_keeps_its_rank(monkeypatch)
     rank = lambda rows: [float(r["repr_effective_rank"]) for r in rows]  # noqa: E731
     assert all(a < 0.7 * b for a, b in zip(rank(trained), rank(reference))), (rank(trained), rank(reference))
     assert all(a > 0.8 * b for a, b in zip(rank(frozen), rank(reference))), (rank(frozen), rank(reference))
+
+
+def test_in_the_mixture_recipe_the_projectors_output_bias_takes_the_rank(monkeypatch):
+    """Which bias: in the ``paper`` grid's mixture row (300 steps, its real size) the
+    representation keeps its rank at lr 1 when only the projector's output bias is left
+    untrained, and loses it when the encoder's three biases are left untrained instead."""
+    import simulate.engine.optimizers as opt
+    from simulate.stability.encoder_grids import encoder_grid
+
+    mixture = dict(encoder_grid("paper"))["mixture"]
+    rank = lambda lr: [float(rows[-1]["repr_effective_rank"])  # noqa: E731
+                                for rows in train_logged_rows([replace(mixture, seed=s, lr=lr) for s in (0, 1)])]
+    reference, trained = rank(1e-3), rank(1.0)
+    step = opt.StackedOptimizer._lars
+
+    def untrained(names):
+        def lars(self, grads, alive, t, lr):
+            return step(self, [torch.zeros_like(g) if n in names else g for g, n in zip(grads, self.names)],
+                        alive, t, lr)
+        return lars
+
+    monkeypatch.setattr(opt.StackedOptimizer, "_lars", untrained({"proj_biases.1"}))
+    output_bias_fixed = rank(1.0)
+    monkeypatch.setattr(opt.StackedOptimizer, "_lars", untrained({"biases.0", "biases.1", "biases.2"}))
+    encoder_biases_fixed = rank(1.0)
+    for got, ref in zip(zip(trained, output_bias_fixed, encoder_biases_fixed), reference):
+        assert got[0] < 0.5 * ref and got[2] < 0.5 * ref and got[1] > 0.7 * ref, (got, ref)
