@@ -94,3 +94,35 @@ def test_in_the_mixture_recipe_the_projectors_output_bias_takes_the_rank(monkeyp
     encoder_biases_fixed = rank(1.0)
     for got, ref in zip(zip(trained, output_bias_fixed, encoder_biases_fixed), reference):
         assert got[0] < 0.5 * ref and got[2] < 0.5 * ref and got[1] > 0.7 * ref, (got, ref)
+
+
+def test_the_output_bias_is_pulled_back_as_theory_offset_pull_says():
+    """Once flung, the projector's output bias is a shared offset of every projection: the
+    engine's NT-Xent on the recipe's own projections at initialisation (float64, one batch of
+    two views) pulls it back by ``2 Q / r^3`` with ``Q`` from the claim's closed form
+    (``theory.geometry.ntxent_offset_pull``, over the 2B anchors the engine averages over)."""
+    import numpy as np
+
+    from simulate.engine.state import build_state
+    from simulate.losses.ntxent import nt_xent
+    from simulate.stability.encoder_grids import encoder_grid
+    from theory.geometry import ntxent_offset_pull
+
+    run = dict(encoder_grid("paper"))["mixture"]
+    state = build_state([run], torch.device("cpu"), torch.float64)
+    b = 64
+    model, x = state.model, state.x_train[0][:b]
+    g = torch.Generator().manual_seed(0)
+    views = torch.cat([x + run.aug_sigma * torch.randn(x.shape, generator=g, dtype=x.dtype) for _ in range(2)])
+    with torch.no_grad():
+        p = model.project(model.represent(views[None]))[0]
+    c = p.mean(0)
+    direction, v = c / c.norm(), p - c
+    q = ntxent_offset_pull(v.numpy(), np.r_[np.arange(b) + b, np.arange(b)], run.temperature,
+                           direction.numpy()) / (2 * b)
+    spread = float(v.norm(dim=1).pow(2).mean().sqrt())
+    for r, tolerance in ((float(c.norm()), 0.15), (100 * spread, 0.01)):
+        length = torch.tensor(r, dtype=torch.float64, requires_grad=True)
+        z = length * direction + v
+        (pull,) = torch.autograd.grad(nt_xent(z[:b], z[b:], run.temperature), length)
+        assert abs(float(pull) * r**3 / (2 * q) - 1) < tolerance, (r / spread, float(pull) * r**3 / (2 * q))

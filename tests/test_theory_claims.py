@@ -15,7 +15,7 @@ NAMES = list(theory.claims())
 def test_registry_covers_the_analysis():
     assert set(NAMES) >= {
         "projection", "norm_growth", "stationary_collapse", "clop_breaks_collapse",
-        "anchor_map", "pair_map", "pair_map_unprojected", "ntxent_pair", "rank1_cycle",
+        "anchor_map", "pair_map", "pair_map_unprojected", "ntxent_pair", "rank1_cycle", "offset_pull",
     }
 
 
