@@ -47,6 +47,13 @@ def complex_step_grad(f, z: np.ndarray) -> np.ndarray:
     return (np.imag(values) / _H).reshape(z.shape)
 
 
+def shift_derivative(f, z: np.ndarray, direction: np.ndarray) -> float:
+    """``d/dh f(z + h direction)`` at ``h = 0``, every row of ``z`` shifted alike (the sum of the
+    rows' gradients along ``direction``), by one complex step."""
+    z = np.asarray(z, dtype=np.float64)
+    return float(np.imag(f((z + 1j * _H * np.asarray(direction, dtype=np.float64))[None])[0]) / _H)
+
+
 def projected(u: np.ndarray, g: np.ndarray) -> np.ndarray:
     """Row-wise tangent projection ``(I - u u^T) g`` for unit rows ``u``."""
     return g - np.sum(u * g, axis=-1, keepdims=True) * u
