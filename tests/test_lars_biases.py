@@ -27,10 +27,10 @@ def _lars_without(monkeypatch, names=None):
     values); ``None``: every parameter LARS does not adapt (the biases)."""
 
     def lars(self, grads, alive, t, lr):
-        frozen = {n for n, adapted in zip(self.names, self.adapt) if not adapted} if names is None else names
+        frozen = names if names is not None else {n for n, a in zip(self.names, self.adapt) if not a}
         assert frozen <= set(self.names), (frozen, self.names)
-        return _LARS(self, [torch.zeros_like(g) if n in frozen else g for g, n in zip(grads, self.names)],
-                     alive, t, lr)
+        grads = [torch.zeros_like(g) if n in frozen else g for g, n in zip(grads, self.names)]
+        return _LARS(self, grads, alive, t, lr)
 
     monkeypatch.setattr(StackedOptimizer, "_lars", lars)
 
@@ -117,7 +117,8 @@ def test_engine_ntxent_pulls_a_far_offset_back_as_offset_pull_says():
     b = run.batch_size
     model, x = state.model, state.x_train[0][:b]
     g = torch.Generator().manual_seed(0)
-    views = torch.cat([x + run.aug_sigma * torch.randn(x.shape, generator=g, dtype=x.dtype) for _ in range(2)])
+    views = torch.cat([x + run.aug_sigma * torch.randn(x.shape, generator=g, dtype=x.dtype)
+                       for _ in range(2)])
     with torch.no_grad():
         p = model.project(model.represent(views[None]))[0]
     c = p.mean(0)
@@ -129,4 +130,5 @@ def test_engine_ntxent_pulls_a_far_offset_back_as_offset_pull_says():
         length = torch.tensor(r, dtype=torch.float64, requires_grad=True)
         z = length * direction + v
         (pull,) = torch.autograd.grad(nt_xent(z[:b], z[b:], run.temperature), length)
-        assert abs(float(pull) * r**3 / (2 * q) - 1) < tolerance, (r / spread, float(pull) * r**3 / (2 * q))
+        ratio = float(pull) * r**3 / (2 * q)
+        assert abs(ratio - 1) < tolerance, (r / spread, ratio)

@@ -2,8 +2,8 @@
 
 Claims registered here: ``projection``, ``norm_growth``, ``stationary_collapse``,
 ``offset_pull``. Each is a block of its SymPy objects, proof steps, numeric check and
-registration; together they are the geometry every cosine-only loss shares. What CLOP does to the collapsed point is in
-:mod:`theory.clop`.
+registration; together they are the geometry every cosine-only loss shares. What CLOP does
+to the collapsed point is in :mod:`theory.clop`.
 """
 
 from __future__ import annotations
@@ -309,8 +309,8 @@ def _offset_objects() -> dict:
     xy = [sp.symbols(f"x{i} y{i}", real=True) for i in range(3)]
     # three rows (1 + eps b_i, eps x_i, eps y_i): a shared offset along e_1 at length 1/eps
     rows = [sp.Matrix([1 + eps * b[i], eps * xy[i][0], eps * xy[i][1]]) for i in range(3)]
-    cos = {(i, j): (rows[i].T * rows[j])[0] / sp.sqrt((rows[i].T * rows[i])[0] * (rows[j].T * rows[j])[0])
-           for i, j in ((0, 1), (0, 2), (1, 2))}
+    dot = lambda i, j: (rows[i].T * rows[j])[0]  # noqa: E731
+    cos = {(i, j): dot(i, j) / sp.sqrt(dot(i, i) * dot(j, j)) for i, j in ((0, 1), (0, 2), (1, 2))}
     dist = {k: (xy[k[0]][0] - xy[k[1]][0]) ** 2 + (xy[k[0]][1] - xy[k[1]][1]) ** 2 for k in cos}
     d = {(i, j): sp.Symbol(f"d{min(i, j)}{max(i, j)}", nonnegative=True)
          for i in range(4) for j in range(4) if i != j}
@@ -346,18 +346,21 @@ def _offset_steps() -> dict[str, bool]:
     f1 = sp.symbols("f0:3", real=True)
     f2 = {(k, m): sp.Symbol(f"f{k}{m}", real=True) for k in range(3) for m in range(k, 3)}
     dg = [cos[k] - 1 for k in pairs]
-    generic = sum(f1[k] * dg[k] for k in range(3)) + sum(c * dg[k] * dg[m] for (k, m), c in f2.items())
+    generic = (sum(f1[k] * dg[k] for k in range(3))
+               + sum(c * dg[k] * dg[m] for (k, m), c in f2.items()))
     at0 = lambda e: sp.simplify(e.subs(eps, 0))  # noqa: E731
     q_generic = sum(f1[k] * dist[pairs[k]] for k in range(3)) / 2
     gram = lambda i, j: 1 - eps**2 * d[(i, j)] / 2  # noqa: E731  (the cosines' expansion above)
     nt = _sym_ntxent(gram, pos, tau)
-    q_nt = sum(sum(d[(i, j)] for j in range(4) if j != i) / 3 - d[(i, pos[i])] for i in range(4)) / (2 * tau)
+    q_nt = sum(sum(d[(i, j)] for j in range(4) if j != i) / 3 - d[(i, pos[i])]
+               for i in range(4)) / (2 * tau)
     r_t = (r0**4 - 8 * q * eta * t) ** sp.Rational(1, 4)
     return {
         "rows (1 + eps b_i, eps a_i), a_i in the plane orthogonal to the offset: "
         "cos_ij = 1 - eps^2 |a_i - a_j|^2 / 2 + O(eps^3)": all(
             is_zero(sp.series(cos[k], eps, 0, 3).removeO() - (1 - eps**2 * dist[k] / 2)) for k in pairs),
-        "any smooth F of those three cosines: dL/d eps = 0 at eps = 0": is_zero(at0(sp.diff(generic, eps))),
+        "any smooth F of those three cosines: dL/d eps = 0 at eps = 0": is_zero(
+            at0(sp.diff(generic, eps))),
         "any smooth F: (1/2) d^2L/d eps^2 at eps = 0 = -(1/2) sum_k dF/dG_k |a_i - a_j|^2 = -Q": is_zero(
             at0(sp.diff(generic, eps, 2)) / 2 + q_generic),
         "NT-Xent (2 pairs, any tau), G_ij = 1 - eps^2 d_ij / 2: L(0) = 4 log 3 = n log(n - 1), "
@@ -382,7 +385,8 @@ def _offset_check(rng: np.random.Generator):
         weights = np.abs(rng.standard_normal((n, n)))  # a generic Gram loss, positive weights
         g = lambda x: nm.gram_weighted_sum(x, weights)  # noqa: E731
         collapsed = np.tile(c_hat, (n, 1))
-        cases = [(f, ntxent_offset_q(v, pos, tau, c_hat)), (g, offset_q(weights * np.e + 2 * weights**2, v, c_hat))]
+        cases = [(f, ntxent_offset_q(v, pos, tau, c_hat)),
+                 (g, offset_q(weights * np.e + 2 * weights**2, v, c_hat))]
         for loss, q in cases:
             for r in (1e4, 4e4):
                 z = r * c_hat + v
