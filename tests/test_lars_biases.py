@@ -80,13 +80,14 @@ def test_without_the_biases_steps_the_representation_keeps_its_rank(monkeypatch)
 def test_in_the_mixture_recipe_the_projectors_output_bias_takes_the_rank(monkeypatch):
     """Which bias: in the ``paper`` grid's mixture row (300 steps, its real size) the
     representation keeps its rank at lr 1 when only the projector's output bias is left
-    untrained, and loses it when the encoder's three biases are left untrained instead."""
+    untrained, and loses it when the encoder's three biases are left untrained instead; with
+    ``lars_biases="lars"`` (LARS adapts the biases too) it keeps it."""
     from simulate.stability.encoder_grids import encoder_grid
 
     mixture = dict(encoder_grid("paper"))["mixture"]
 
-    def rank(lr):
-        runs = [replace(mixture, seed=s, lr=lr) for s in (0, 1)]
+    def rank(lr, **changes):
+        runs = [replace(mixture, seed=s, lr=lr, **changes) for s in (0, 1)]
         return [float(rows[-1]["repr_effective_rank"]) for rows in train_logged_rows(runs)]
 
     reference, trained = rank(1e-3), rank(1.0)
@@ -96,6 +97,10 @@ def test_in_the_mixture_recipe_the_projectors_output_bias_takes_the_rank(monkeyp
     encoder_biases_fixed = rank(1.0)
     for got, ref in zip(zip(trained, output_bias_fixed, encoder_biases_fixed), reference):
         assert got[0] < 0.5 * ref and got[2] < 0.5 * ref and got[1] > 0.7 * ref, (got, ref)
+    # the option users reach for: LARS adapting and decaying the biases like the weights
+    monkeypatch.undo()
+    adapted = rank(1.0, lars_biases="lars")
+    assert all(a > 0.8 * ref for a, ref in zip(adapted, reference)), (adapted, reference)
 
 
 def test_engine_ntxent_pulls_a_far_offset_back_as_offset_pull_says():

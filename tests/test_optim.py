@@ -115,11 +115,11 @@ def _torch_scheduler(opt, run):
 
 def _lars_reference(params, grads, bufs, run, lr, first):
     """LARS, one run, one layer at a time, from the formula (plain Python floats for the
-    norms)."""
+    norms); biases adapted only with ``lars_biases`` lars."""
     for name in params:
         p, g = params[name], grads[name]
         d = g
-        if "bias" not in name:
+        if "bias" not in name or run.lars_biases == "lars":
             w_norm, g_norm = float(p.norm()), float(g.norm())
             if w_norm > 0 and g_norm > 0:
                 trust = run.lars_trust * w_norm / (g_norm + run.weight_decay * w_norm + run.eps)
@@ -169,9 +169,12 @@ def _quiet_schedulers():
         yield
 
 
-@pytest.mark.parametrize("optimizer", list(GRIDS))
+@pytest.mark.parametrize("optimizer", [*GRIDS, "lars, biases adapted"])
 def test_stacked_optimizer_equals_reference_per_configuration(optimizer):
-    runs = _runs(optimizer, GRIDS[optimizer])
+    if optimizer == "lars, biases adapted":  # lars_biases: lars (every run; it is chunk-wide)
+        runs = _runs("lars", [{**g, "lars_biases": "lars"} for g in GRIDS["lars"]])
+    else:
+        runs = _runs(optimizer, GRIDS[optimizer])
     got, masks = _stacked(runs)
     assert bool(masks.all())
     for i, run in enumerate(runs):

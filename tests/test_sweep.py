@@ -86,6 +86,7 @@ def test_resume_after_kill_mid_chunk_gives_the_uninterrupted_table(tmp_path):
         ({"update_mode": "sphere"}, "update_mode"),
         ({"learning_rate": 0.1}, "learning_rate"),
         ({"lr": []}, "lr"),
+        ({"optimizer": "lars", "lars_biases": "adapt"}, "lars_biases"),
     ],
 )
 def test_invalid_spec_fails_before_training(tmp_path, change, word):

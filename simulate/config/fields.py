@@ -28,7 +28,10 @@ class RunConfig:
     ``lr`` (> 0), ``momentum`` in [0, 1) (sgd and lars; must be 0 for adam and adamw, which
     use ``beta1``), ``nesterov`` (sgd and lars; needs ``momentum`` > 0, as torch.optim.SGD),
     ``weight_decay`` >= 0 (L2 added to the gradient for sgd, lars and adam; decoupled for
-    adamw; lars excludes biases from it), ``lars_trust`` (LARS trust coefficient eta > 0),
+    adamw; lars excludes biases from it unless ``lars_biases`` is lars), ``lars_trust`` (LARS
+    trust coefficient eta > 0), ``lars_biases`` (sgd: LARS leaves the biases out of its trust
+    ratio and weight decay, as the SimCLR recipes do, so they take plain SGD steps; lars: they
+    are adapted and decayed like the weights),
     ``beta1`` and ``beta2`` in [0, 1) (Adam's two betas, given as two fields so that each can
     be a grid axis and a CLI option), ``eps`` > 0 (Adam's denominator term; LARS adds it to
     its trust-ratio denominator). Fields an optimizer does not read are ignored.
@@ -75,6 +78,7 @@ class RunConfig:
     optimizer: str = "sgd"
     nesterov: bool = False
     lars_trust: float = 0.001
+    lars_biases: str = "sgd"
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
@@ -248,7 +252,7 @@ FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 #: the ids (and stored results) of runs configured before them do not change
 _LATER_DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.name in (
     "optimizer", "nesterov", "lars_trust", "beta1", "beta2", "eps", "warmup_steps", "schedule",
-    "spectrum_every", "projector_dims", "data", "max_shift")}
+    "spectrum_every", "projector_dims", "data", "max_shift", "lars_biases")}
 
 
 def _projector_text(dims):

@@ -27,6 +27,8 @@ from ..models import UPDATE_MODES
 MODELS = ("free", "mlp")
 OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
+#: what LARS does with the biases (:func:`simulate.engine.optimizers.lars_adapts`)
+LARS_BIASES = ("sgd", "lars")
 DATA_SOURCES = ("mixture", "digits")
 #: input width of the digits data (8 x 8 pixels)
 DIGITS_DIM = 64
@@ -108,6 +110,7 @@ FIELD_RULES: dict[str, tuple[Check, ...]] = {
     "schedule": choice(SCHEDULES),
     "data": choice(DATA_SOURCES),
     "lars_trust": POSITIVE,
+    "lars_biases": choice(LARS_BIASES),
     "beta1": UNIT_INTERVAL,
     "beta2": UNIT_INTERVAL,
     "eps": POSITIVE,

@@ -23,8 +23,9 @@ The rules, for one run and one parameter tensor ``p`` with gradient ``g`` at upd
   reimplementations (lightly's ``lightly.utils.lars.LARS``, solo-learn's ``LARS``): for a
   weight matrix (each layer, each run) with ``|p| > 0`` and ``|g| > 0``,
   ``d = eta |p| / (|g| + wd |p| + eps) * (g + wd p)`` (``eta`` = ``lars_trust``, norms over
-  the whole layer of the run); otherwise, and always for biases (and normalisation
-  parameters; the MLP's batch norm has none), ``d = g``: no adaptation, no weight decay.
+  the whole layer of the run); otherwise, and for biases (and normalisation parameters; the
+  MLP's batch norm has none) unless ``lars_biases`` is ``lars`` (:func:`lars_adapts`),
+  ``d = g``: no adaptation, no weight decay.
   Then the SGD momentum of the line above on ``d`` (Nesterov optional), ``p -= lr_t b``.
 * ``adam``: ``torch.optim.Adam``: ``g += wd p``; ``m = b1 m + (1 - b1) g``,
   ``v = b2 v + (1 - b2) g^2``; ``p -= lr_t / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
@@ -39,6 +40,13 @@ import torch
 
 from .schedules import lr_table
 from .state import ChunkState
+
+
+def lars_adapts(name: str, run) -> bool:
+    """Whether LARS adapts (and decays) the parameter ``name`` of ``run``'s model: the weights
+    always, the biases (every name holding ``bias``) only with ``run.lars_biases == "lars"``.
+    The one statement of the rule; the curvature and onset code read it too."""
+    return "bias" not in name or run.lars_biases == "lars"
 
 
 def lars_ratio(w_norm, g_norm, trust, weight_decay, eps):
@@ -104,8 +112,8 @@ class StackedOptimizer:
 
     Args:
         state: the chunk (per-run hyper-parameters as tensors (R,); ``runs[0].optimizer``).
-        named_params: ``(name, parameter)`` pairs of the model; LARS leaves the parameters
-            whose name contains ``bias`` out of adaptation and weight decay.
+        named_params: ``(name, parameter)`` pairs of the model; LARS adapts those
+            :func:`lars_adapts` names (by default not the biases).
     """
 
     def __init__(self, state: ChunkState, named_params):
@@ -113,7 +121,7 @@ class StackedOptimizer:
         self.kind = state.runs[0].optimizer
         self.names = [n for n, _ in named_params]
         self.params = [p for _, p in named_params]
-        self.adapt = ["bias" not in n for n in self.names]
+        self.adapt = [lars_adapts(n, state.runs[0]) for n in self.names]
         zeros = lambda: [torch.zeros_like(p) for p in self.params]  # noqa: E731
         adam = self.kind in ("adam", "adamw")
         self.bufs = zeros() if state.use_momentum and not adam else [None] * len(self.params)

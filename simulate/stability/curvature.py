@@ -38,7 +38,7 @@ from torch.func import functional_call, grad, jvp
 
 from ..config import RunConfig
 from ..engine.objective import base_loss_fn, objective
-from ..engine.optimizers import StackedOptimizer, lars_ratio
+from ..engine.optimizers import StackedOptimizer, lars_adapts, lars_ratio
 from ..engine.state import build_state, draw_batch
 from ..losses import supcon
 from ..losses.clop import clop_rows
@@ -301,7 +301,8 @@ def layer_curvature(obj: Objective, theta=None, lr: float | None = None, tol: fl
     """Per-layer curvature and LARS's effective rate at ``theta`` (None: the initial point).
 
     LARS steps a weight ``w`` of layer l by ``lr r_l (g + wd w)``, ``r_l = trust |w| / (|g| +
-    wd |w| + eps)`` (:func:`lars_ratio`), and biases by ``lr g``. With ``r_l`` frozen (a
+    wd |w| + eps)`` (:func:`lars_ratio`), and biases by ``lr g`` (unless the run's ``lars_biases``
+    is ``lars``: :func:`lars_adapts`). With ``r_l`` frozen (a
     linearisation), the effective rate ``lr r_l`` takes lr's place in layer l, so its edge is
     ``lr r_l (lam_l + wd) = 2`` (or the momentum form; :mod:`.optimizer_edges`): under LARS
     ``r_l lam_l`` meets the edge, not the whole Hessian's ``lam_max``. The blocks ignore the
@@ -318,7 +319,7 @@ def layer_curvature(obj: Objective, theta=None, lr: float | None = None, tol: fl
                           seed, theta.dtype, theta.device)
         w_norm, g_norm = theta[sl].norm(), g[sl].norm()
         ratio, use = lars_ratio(w_norm, g_norm, s.lars_trust[0], s.weight_decay[0], s.eps[0])
-        adapted = "bias" not in name and bool(use)  # StackedOptimizer's rule
+        adapted = lars_adapts(name, obj.run) and bool(use)  # StackedOptimizer's rule
         ratio = float(ratio) if adapted else 1.0
         out.append(LayerCurvature(name, adapted, top.top, top.hvps, float(w_norm), float(g_norm),
                                   ratio, lr * ratio))

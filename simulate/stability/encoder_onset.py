@@ -42,7 +42,7 @@ import time
 
 from ..config import RunConfig
 from ..engine import resolve_device
-from ..engine.optimizers import lars_ratio
+from ..engine.optimizers import lars_adapts, lars_ratio
 from .curvature import LayerCurvature, _check_run, hessian_top, lars_top, make_objective
 from .optimizer_edges import momentum_edge
 
@@ -62,7 +62,7 @@ def _lars_ratios(obj) -> list[LayerCurvature]:
         sl = obj.slices[name]
         w_norm, g_norm = obj.theta0[sl].norm(), g[sl].norm()
         ratio, use = lars_ratio(w_norm, g_norm, s.lars_trust[0], s.weight_decay[0], s.eps[0])
-        adapted = "bias" not in name and bool(use)  # StackedOptimizer's rule
+        adapted = lars_adapts(name, obj.run) and bool(use)  # StackedOptimizer's rule
         ratio = float(ratio) if adapted else 1.0
         out.append(LayerCurvature(name, adapted, math.nan, 0, float(w_norm), float(g_norm), ratio,
                                   obj.run.lr * ratio))
