@@ -77,7 +77,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "nesterov": "Nesterov momentum for sgd and lars (true/false; needs momentum > 0)",
         "lars_trust": "LARS trust coefficient eta > 0 (trust ratio eta*|w|/(|g| + wd*|w| + eps) per layer)",
         "lars_biases": "LARS and the biases: sgd (left out of the trust ratio and weight decay, as the "
-                       "SimCLR recipes do) | lars (adapted and decayed like the weights)",
+                       "SimCLR recipes do) | lars (adapted and decayed like the weights); one per chunk",
         "beta1": "Adam/AdamW first-moment coefficient in [0, 1)",
         "beta2": "Adam/AdamW second-moment coefficient in [0, 1)",
         "eps": "Adam/AdamW denominator term > 0 (also in the LARS trust-ratio denominator)",

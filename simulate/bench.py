@@ -83,7 +83,8 @@ class LoopLARS(torch.optim.Optimizer):
     """LARS for one configuration, as the SimCLR/BYOL reimplementations write it (lightly's
     ``LARS``): per parameter tensor with ``|p| > 0`` and ``|g| > 0`` (biases, 1-D tensors,
     excluded), ``d = eta |p| / (|g| + wd |p| + eps) (g + wd p)``; then SGD momentum (Nesterov
-    optional), ``p -= lr b``. The per-configuration counterpart of the engine's ``lars``."""
+    optional), ``p -= lr b``. The per-configuration counterpart of the engine's ``lars`` at
+    its default ``lars_biases`` (sgd; :func:`loop_optimizer` refuses the other)."""
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, trust=1e-3, eps=1e-8, nesterov=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
@@ -117,6 +118,8 @@ def loop_optimizer(run: RunConfig, params):
         return torch.optim.SGD(params, lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay,
                                nesterov=run.nesterov)
     if run.optimizer == "lars":
+        if run.lars_biases != "sgd":
+            raise ValueError(f"lars_biases must be 'sgd' for the loop baseline, got {run.lars_biases!r}")
         return LoopLARS(params, run.lr, run.momentum, run.weight_decay, run.lars_trust, run.eps, run.nesterov)
     cls = torch.optim.Adam if run.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=run.lr, betas=(run.beta1, run.beta2), eps=run.eps, weight_decay=run.weight_decay)

@@ -142,9 +142,10 @@ def test_lanczos_returns_the_largest_algebraic_eigenvalue():
     assert capped.hvps == 3 and not capped.converged
 
 
-def test_layer_blocks_and_the_lars_linearisation_equal_the_dense_hessian():
+@pytest.mark.parametrize("lars_biases", ["sgd", "lars"])
+def test_layer_blocks_and_the_lars_linearisation_equal_the_dense_hessian(lars_biases):
     run = small_run("ntxent", 0.5, "5,3", optimizer="lars", weight_decay=0.01, lars_trust=0.02,
-                    lr=3.0)
+                    lr=3.0, lars_biases=lars_biases)
     obj = C.make_objective(run)
     theta = obj.theta0
     H = torch.autograd.functional.hessian(ref_objective(obj), theta)
@@ -160,7 +161,7 @@ def test_layer_blocks_and_the_lars_linearisation_equal_the_dense_hessian():
         torch.testing.assert_close(obj.block_hvp(theta, layer.name, v), block @ v,
                                    rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(layer.lam, np.linalg.eigvalsh(block.numpy())[-1], rtol=1e-6)
-        assert layer.adapted == ("bias" not in layer.name)
+        assert layer.adapted == ("bias" not in layer.name or lars_biases == "lars")
         ratio = lars_ratio(theta[s].norm(), g[s].norm(), run.lars_trust, run.weight_decay,
                            run.eps)[0]
         assert layer.ratio == pytest.approx(float(ratio) if layer.adapted else 1.0, rel=1e-12)

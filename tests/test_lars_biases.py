@@ -77,29 +77,33 @@ def test_without_the_biases_steps_the_representation_keeps_its_rank(monkeypatch)
     assert all(a > 0.8 * b for a, b in zip(rank(frozen), rank(reference))), (rank(frozen), rank(reference))
 
 
-def test_in_the_mixture_recipe_the_projectors_output_bias_takes_the_rank(monkeypatch):
-    """Which bias: in the ``paper`` grid's mixture row (300 steps, its real size) the
-    representation keeps its rank at lr 1 when only the projector's output bias is left
-    untrained, and loses it when the encoder's three biases are left untrained instead; with
-    ``lars_biases="lars"`` (LARS adapts the biases too) it keeps it."""
+def _recipe_rank(lr, **changes) -> list[float]:
+    """Final representation rank of the ``paper`` grid's mixture row (300 steps), seeds 0, 1."""
     from simulate.stability.encoder_grids import encoder_grid
 
     mixture = dict(encoder_grid("paper"))["mixture"]
+    runs = [replace(mixture, seed=s, lr=lr, **changes) for s in (0, 1)]
+    return [float(rows[-1]["repr_effective_rank"]) for rows in train_logged_rows(runs)]
 
-    def rank(lr, **changes):
-        runs = [replace(mixture, seed=s, lr=lr, **changes) for s in (0, 1)]
-        return [float(rows[-1]["repr_effective_rank"]) for rows in train_logged_rows(runs)]
 
-    reference, trained = rank(1e-3), rank(1.0)
+def test_in_the_mixture_recipe_the_projectors_output_bias_takes_the_rank(monkeypatch):
+    """Which bias: in the ``paper`` grid's mixture row (300 steps, its real size) the
+    representation keeps its rank at lr 1 when only the projector's output bias is left
+    untrained, and loses it when the encoder's three biases are left untrained instead."""
+    reference, trained = _recipe_rank(1e-3), _recipe_rank(1.0)
     _lars_without(monkeypatch, {"proj_biases.1"})
-    output_bias_fixed = rank(1.0)
+    output_bias_fixed = _recipe_rank(1.0)
     _lars_without(monkeypatch, {"biases.0", "biases.1", "biases.2"})
-    encoder_biases_fixed = rank(1.0)
+    encoder_biases_fixed = _recipe_rank(1.0)
     for got, ref in zip(zip(trained, output_bias_fixed, encoder_biases_fixed), reference):
         assert got[0] < 0.5 * ref and got[2] < 0.5 * ref and got[1] > 0.7 * ref, (got, ref)
-    # the option users reach for: LARS adapting and decaying the biases like the weights
-    monkeypatch.undo()
-    adapted = rank(1.0, lars_biases="lars")
+
+
+def test_lars_adapting_the_biases_keeps_the_recipes_rank():
+    """``lars_biases="lars"`` (LARS adapts and decays the biases like the weights): the
+    mixture row keeps its representation's rank at lr 1, where the recipe loses it (above)."""
+    reference = _recipe_rank(1e-3)
+    adapted = _recipe_rank(1.0, lars_biases="lars")
     assert all(a > 0.8 * ref for a, ref in zip(adapted, reference)), (adapted, reference)
 
 

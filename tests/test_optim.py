@@ -5,7 +5,7 @@ must follow the reference of its own configuration over 100 steps to 1e-6 in flo
 ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` run per configuration, and for LARS a slow
 per-layer loop written from the formula (You et al. 2017, as lightly and solo-learn implement
 it for SimCLR/BYOL: trust ratio eta |w| / (|g| + wd |w| + eps) per layer, biases left out of
-adaptation and weight decay, then SGD momentum). A run whose update turns non-finite stops,
+adaptation and weight decay unless ``lars_biases`` is lars, then SGD momentum). A run whose update turns non-finite stops,
 and its chunk-mates go on as if alone. The schedules equal ``torch.optim.lr_scheduler``.
 """
 

@@ -31,7 +31,7 @@ class RunConfig:
     adamw; lars excludes biases from it unless ``lars_biases`` is lars), ``lars_trust`` (LARS
     trust coefficient eta > 0), ``lars_biases`` (sgd: LARS leaves the biases out of its trust
     ratio and weight decay, as the SimCLR recipes do, so they take plain SGD steps; lars: they
-    are adapted and decayed like the weights),
+    are adapted and decayed like the weights; like ``optimizer``, one value per chunk),
     ``beta1`` and ``beta2`` in [0, 1) (Adam's two betas, given as two fields so that each can
     be a grid axis and a CLI option), ``eps`` > 0 (Adam's denominator term; LARS adds it to
     its trust-ratio denominator). Fields an optimizer does not read are ignored.

@@ -282,8 +282,9 @@ def sharpness_trajectory(run: RunConfig, steps: int, every: int = 5, lr: float |
 @dataclass
 class LayerCurvature:
     """One parameter tensor at a point: ``lam`` the top algebraic eigenvalue of its diagonal
-    Hessian block (``hvps`` used), ``adapted`` whether LARS scales it (weights with ``|w|``
-    and ``|g|`` > 0; never biases), ``|w|``, ``|g|``, LARS's ``ratio`` (1 when not adapted)
+    Hessian block (``hvps`` used), ``adapted`` whether LARS scales it (those
+    :func:`~simulate.engine.optimizers.lars_adapts` names, with ``|w|`` and ``|g|`` > 0; by
+    default not the biases), ``|w|``, ``|g|``, LARS's ``ratio`` (1 when not adapted)
     and ``effective_lr = lr * ratio``, which takes lr's place in that layer's update."""
 
     name: str
@@ -319,7 +320,7 @@ def layer_curvature(obj: Objective, theta=None, lr: float | None = None, tol: fl
                           seed, theta.dtype, theta.device)
         w_norm, g_norm = theta[sl].norm(), g[sl].norm()
         ratio, use = lars_ratio(w_norm, g_norm, s.lars_trust[0], s.weight_decay[0], s.eps[0])
-        adapted = lars_adapts(name, obj.run) and bool(use)  # StackedOptimizer's rule
+        adapted = lars_adapts(name, obj.run) and bool(use)
         ratio = float(ratio) if adapted else 1.0
         out.append(LayerCurvature(name, adapted, top.top, top.hvps, float(w_norm), float(g_norm),
                                   ratio, lr * ratio))
@@ -329,7 +330,7 @@ def layer_curvature(obj: Objective, theta=None, lr: float | None = None, tol: fl
 def lars_top(obj: Objective, layers: list[LayerCurvature], theta=None, tol: float = 1e-6,
              max_iter: int = 300, seed: int = 0, batch=None) -> TopEigen:
     """Top algebraic eigenvalue of LARS's frozen linearisation ``P (H + wd M)`` (``P`` each
-    parameter's ratio, ``M`` the mask of adapted weights, which alone get weight decay), as
+    parameter's ratio, ``M`` the mask of adapted parameters, which alone get weight decay), as
     the similar symmetric ``P^1/2 (H + wd M) P^1/2``; its edge is ``lr * value = 2`` (or the
     momentum form). ``layers`` from :func:`layer_curvature` at the same point."""
     theta = obj.theta0 if theta is None else theta.detach()

@@ -62,7 +62,7 @@ def _lars_ratios(obj) -> list[LayerCurvature]:
         sl = obj.slices[name]
         w_norm, g_norm = obj.theta0[sl].norm(), g[sl].norm()
         ratio, use = lars_ratio(w_norm, g_norm, s.lars_trust[0], s.weight_decay[0], s.eps[0])
-        adapted = lars_adapts(name, obj.run) and bool(use)  # StackedOptimizer's rule
+        adapted = lars_adapts(name, obj.run) and bool(use)
         ratio = float(ratio) if adapted else 1.0
         out.append(LayerCurvature(name, adapted, math.nan, 0, float(w_norm), float(g_norm), ratio,
                                   obj.run.lr * ratio))
