@@ -81,7 +81,8 @@ LARS_DIMENSIONAL_WHY = (
     "that lars_biases=lars removes; "
     "3000-step runs lose rank for good from lr x trust / (1 - momentum) of about 0.1-0.5, "
     "where the encoder's hidden ReLUs die (in the recipe 10-35 of the first layer's 64 near the onset) and the "
-    "weights gather on the live ones; the onset grows with the batch size)")
+    "weights gather on the live ones, driven by the encoder weights' minibatch noise; the onset grows "
+    "with the batch size)")
 #: the levels each encoder row reports
 ENCODER_LEVELS = ("complete", "dimensional")
 
