@@ -111,7 +111,7 @@ def test_engine_ntxent_pulls_a_far_offset_back_as_offset_pull_says():
     """A flung projector bias is a shared offset of every projection. The engine's NT-Xent on
     the recipe's own projections at initialisation (float64, one batch of two views, offset
     along the batch's mean) pulls it back by ``2 Q / r^3``, ``Q`` from the claim's closed form
-    (``theory.geometry.ntxent_offset_q`` over the 2B anchors the engine averages over): within
+    (``theory.offset.ntxent_offset_q`` over the 2B anchors the engine averages over): within
     1% at 100 x the spread, and within 15% already at the batch's own offset (6.3 x; 0.90
     measured, the claim's O(r^-3) term)."""
     import numpy as np
@@ -119,7 +119,7 @@ def test_engine_ntxent_pulls_a_far_offset_back_as_offset_pull_says():
     from simulate.engine.state import build_state
     from simulate.losses.ntxent import nt_xent
     from simulate.stability.encoder_grids import encoder_grid
-    from theory.geometry import ntxent_offset_q
+    from theory.offset import ntxent_offset_q
 
     run = dict(encoder_grid("paper"))["mixture"]
     state = build_state([run], torch.device("cpu"), torch.float64)

@@ -15,7 +15,7 @@ This package imports SymPy, NumPy and SciPy only.
 
 from __future__ import annotations
 
-from . import batch, geometry, clop, maps, ntxent  # noqa: F401  (registers the claims, in report order)
+from . import batch, geometry, offset, clop, maps, ntxent  # noqa: F401  (registers the claims, in report order)
 from ._claim import CheckResult, Claim, registry
 from .bounds import CRITICAL_KINDS, MAP_KINDS, critical_lr, critical_lr_expr, ntxent_p_pos, step_map
 from .clop import clop_gradient_floor
