@@ -176,7 +176,7 @@ def _trained(**changes):
     runs = [replace(LARS_TOY, seed=s, **changes) for s in range(3)]
     res = train_chunk(runs)
     rank = {r["run_id"]: float(r["effective_rank"]) for r in res.rows if r["step"] == LARS_TOY.steps}
-    dead = dead_units(res.model, build_state(runs, torch.device("cpu")).x_train)
+    dead = dead_units(res.model, res.state.x_train)
     return ([rank[r.run_id] for r in runs], layer_participation(res.model)["encoder.1"].tolist(),
             (dead["encoder.0"] + dead["encoder.1"]).tolist())
 

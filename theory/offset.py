@@ -18,7 +18,7 @@ from .geometry import _sym_ntxent
 
 
 def _offset_objects() -> dict:
-    eps, tau, r, q, eta, t, r0 = sp.symbols("epsilon tau r Q eta t r_0", positive=True)
+    eps, tau, q, eta, t, r0 = sp.symbols("epsilon tau Q eta t r_0", positive=True)
     b = sp.symbols("b0:3", real=True)
     xy = [sp.symbols(f"x{i} y{i}", real=True) for i in range(3)]
     # three rows (1 + eps b_i, eps x_i, eps y_i): a shared offset along e_1 at length 1/eps
@@ -28,7 +28,7 @@ def _offset_objects() -> dict:
     dist = {k: (xy[k[0]][0] - xy[k[1]][0]) ** 2 + (xy[k[0]][1] - xy[k[1]][1]) ** 2 for k in cos}
     d = {(i, j): sp.Symbol(f"d{min(i, j)}{max(i, j)}", nonnegative=True)
          for i in range(4) for j in range(4) if i != j}
-    return {"eps": eps, "tau": tau, "r": r, "Q": q, "eta_eff": eta, "t": t, "r0": r0, "rows": rows,
+    return {"eps": eps, "tau": tau, "Q": q, "eta_eff": eta, "t": t, "r0": r0, "rows": rows,
             "cos": cos, "dist": dist, "d": d, "pos": [1, 0, 3, 2]}
 
 
@@ -52,8 +52,8 @@ def ntxent_offset_q(v: np.ndarray, pos: np.ndarray, tau: float, direction: np.nd
 
 def _offset_steps() -> dict[str, bool]:
     o = _offset_objects()
-    eps, tau, r, q, eta, t, r0, cos, dist, d, pos = (
-        o[k] for k in ("eps", "tau", "r", "Q", "eta_eff", "t", "r0", "cos", "dist", "d", "pos"))
+    eps, tau, q, eta, t, r0, cos, dist, d, pos = (
+        o[k] for k in ("eps", "tau", "Q", "eta_eff", "t", "r0", "cos", "dist", "d", "pos"))
     pairs = list(cos)
     # any smooth F of the three cosines, by its Taylor terms at G = 1 up to second order (the
     # cosines move by O(eps^2), so higher terms are O(eps^6)): f_k = dF/dG_k, f_kl the Hessian

@@ -312,19 +312,27 @@ def layer_curvature(obj: Objective, theta=None, lr: float | None = None, tol: fl
     theta = obj.theta0 if theta is None else theta.detach()
     lr = obj.run.lr if lr is None else _check_lr(lr)
     g = obj.gradient(theta, batch)
-    s, out = obj.state, []
+    out = []
     for name in obj.names:
         sl = obj.slices[name]
         n = sl.stop - sl.start
         top = lanczos_top(lambda v: obj.block_hvp(theta, name, v, batch), n, 1, tol, max_iter,
                           seed, theta.dtype, theta.device)
-        w_norm, g_norm = theta[sl].norm(), g[sl].norm()
-        ratio, use = lars_ratio(w_norm, g_norm, s.lars_trust[0], s.weight_decay[0], s.eps[0])
-        adapted = lars_adapts(name, obj.run) and bool(use)
-        ratio = float(ratio) if adapted else 1.0
-        out.append(LayerCurvature(name, adapted, top.top, top.hvps, float(w_norm), float(g_norm),
-                                  ratio, lr * ratio))
+        out.append(lars_layer(obj, name, theta, g, lr, top.top, top.hvps))
     return out
+
+
+def lars_layer(obj: Objective, name: str, theta, g, lr: float, lam: float = math.nan,
+               hvps: int = 0) -> LayerCurvature:
+    """Parameter ``name``'s :class:`LayerCurvature` at ``theta`` with gradient ``g``: LARS's
+    ratio and whether it adapts the parameter (:func:`lars_adapts`, with ``|w|``, ``|g|`` > 0),
+    and the block's top eigenvalue ``lam`` when it was computed."""
+    sl, s = obj.slices[name], obj.state
+    w_norm, g_norm = theta[sl].norm(), g[sl].norm()
+    ratio, use = lars_ratio(w_norm, g_norm, s.lars_trust[0], s.weight_decay[0], s.eps[0])
+    adapted = lars_adapts(name, obj.run) and bool(use)
+    ratio = float(ratio) if adapted else 1.0
+    return LayerCurvature(name, adapted, lam, hvps, float(w_norm), float(g_norm), ratio, lr * ratio)
 
 
 def lars_top(obj: Objective, layers: list[LayerCurvature], theta=None, tol: float = 1e-6,

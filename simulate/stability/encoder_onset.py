@@ -42,8 +42,7 @@ import time
 
 from ..config import RunConfig
 from ..engine import resolve_device
-from ..engine.optimizers import lars_adapts, lars_ratio
-from .curvature import LayerCurvature, _check_run, hessian_top, lars_top, make_objective
+from .curvature import LayerCurvature, _check_run, hessian_top, lars_layer, lars_top, make_objective
 from .optimizer_edges import momentum_edge
 
 #: the catapult phase's upper end in units of ``1 / lambda_0`` for wide ReLU networks under
@@ -57,16 +56,7 @@ def _lars_ratios(obj) -> list[LayerCurvature]:
     """Each parameter's LARS ratio at the initial point (what :func:`lars_top` reads; the
     per-layer curvature, which it does not need, is left NaN)."""
     g = obj.gradient(obj.theta0)
-    s, out = obj.state, []
-    for name in obj.names:
-        sl = obj.slices[name]
-        w_norm, g_norm = obj.theta0[sl].norm(), g[sl].norm()
-        ratio, use = lars_ratio(w_norm, g_norm, s.lars_trust[0], s.weight_decay[0], s.eps[0])
-        adapted = lars_adapts(name, obj.run) and bool(use)
-        ratio = float(ratio) if adapted else 1.0
-        out.append(LayerCurvature(name, adapted, math.nan, 0, float(w_norm), float(g_norm), ratio,
-                                  obj.run.lr * ratio))
-    return out
+    return [lars_layer(obj, name, obj.theta0, g, obj.run.lr) for name in obj.names]
 
 
 def _top_curvature(run: RunConfig, device: str):
