@@ -74,15 +74,10 @@ ENCODER_GRIDS = {
 #: why LARS's dimensional level is not predicted (measured: docs/onset.md; the catapult
 #: estimate, :mod:`simulate.stability.encoder_onset`, was refuted there)
 LARS_DIMENSIONAL_WHY = (
-    "not derived under LARS with weight decay (measured in the paper's recipe, docs/onset.md: "
-    "in 300-step runs the biases' plain SGD steps take the rank from lr 0.03-0.3 (with the biases "
-    "not trained no rank is lost up to lr 10; in the mixture it is the projector's output bias, which "
-    "momentum flings out of the sharp minimum where it centres the projections), a transient "
-    "that lars_biases=lars removes; "
-    "3000-step runs lose rank for good from lr x trust / (1 - momentum) of about 0.1-0.5, "
-    "where the encoder's hidden ReLUs die (in the recipe 10-35 of the first layer's 64 near the onset) and the "
-    "weights gather on the live ones, driven by the encoder weights' minibatch noise; the onset grows "
-    "with the batch size)")
+    "not derived under LARS with weight decay: 300-step runs lose rank through the biases' plain "
+    "SGD steps (the mixture's projector output bias is flung out of the sharp minimum where it "
+    "centres the projections; lars_biases=lars removes it), 3000-step runs through the encoder "
+    "weights' minibatch noise, which kills hidden ReLUs (docs/onset.md, LARS's dimensional level)")
 #: the levels each encoder row reports
 ENCODER_LEVELS = ("complete", "dimensional")
 
